@@ -1,0 +1,296 @@
+"""Rendering labeled examples and queries as prompt text.
+
+A :class:`PromptTemplate` holds an *example format* such as ``"Review: {text}\\nSentiment: {label}"``. Input
+fields are ``{field}`` placeholders; the format must end with ``{label}`` (classification) or ``{output}``
+(generation). Everything before that final placeholder, with trailing spaces stripped, is the *query cue*
+(``"Review: {text}\\nSentiment:"``); the stripped gap (normally ``" "``) is the *answer lead*, so the answer
+the LM scores for a label is ``lead + verbalize(label)`` (``" positive"``). A demonstration is the query cue
+followed by its answer, which is exactly the example format filled in.
+
+In chat mode the packer wraps demonstrations and query cue in the tokenizer's chat template as the user
+turn (the instruction becomes the system message) and the answer is the bare verbalized label in the
+assistant turn (lead ``""``). :meth:`PromptTemplate.chat_frame` renders the fixed text around the user
+content.
+
+>>> t = PromptTemplate("Review: {text}\\nSentiment: {label}")
+>>> t.render_query({"text": "great fun"})
+'Review: great fun\\nSentiment:'
+>>> t.answer("very_good")
+' very good'
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from ragicl._exceptions import DataError
+
+if TYPE_CHECKING:
+    from ragicl.types import Dataset, Example
+
+TARGET_FIELDS = ("label", "output")
+
+# Formats for the shared datasets (../shared/datasets); PromptTemplate.for_dataset(name) looks them up.
+_PRESETS: dict[str, str] = {
+    "sst2": "Review: {text}\nSentiment: {label}",
+    "sst5": "Review: {text}\nSentiment: {label}",
+    "mr": "Review: {text}\nSentiment: {label}",
+    "cr": "Review: {text}\nSentiment: {label}",
+    "subj": "Input: {text}\nType: {label}",
+    "agnews": "Article: {text}\nTopic: {label}",
+    "trec": "Question: {text}\nAnswer type: {label}",
+    "banking77": "Query: {text}\nIntent: {label}",
+    "rte": "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer: {label}",
+    "cb": "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer: {label}",
+    "gsm8k": "Question: {question}\nAnswer: {output}",
+}
+
+# A user-content stand-in that no chat template alters; split on it to get the fixed chat frame.
+_CHAT_PLACEHOLDER = "RAGICL_USER_CONTENT_7f3a9c"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """The example format split into its pieces (computed from the format string, never stored)."""
+
+    cue_pieces: tuple[tuple[str, str | None], ...]  # (literal text, field or None), query cue only
+    fields: tuple[str, ...]  # input fields in order of first use
+    target: str  # "label" or "output"
+    lead: str  # text between the query cue and the target placeholder
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How examples and queries become prompt text.
+
+    ``example`` is the format of one demonstration and must end with ``{label}`` or ``{output}``;
+    ``instruction`` is written once before the demonstrations (the system message in chat mode);
+    ``separator`` joins blocks; ``verbalizer`` maps labels to answer words (default: ``_`` becomes a
+    space); ``chat`` wraps the prompt in the tokenizer's chat template. The constructor only stores:
+    problems in the format are reported by :meth:`validate` (which the packer calls at ``fit``).
+
+    >>> t = PromptTemplate("Premise: {premise}\\nHypothesis: {hypothesis}\\nAnswer: {label}")
+    >>> t.validate(["premise", "hypothesis"])
+    >>> from ragicl.types import Example
+    >>> t.render_example(Example("1", {"premise": "A dog runs.", "hypothesis": "It moves."},
+    ...                          label="entailment"))
+    'Premise: A dog runs.\\nHypothesis: It moves.\\nAnswer: entailment'
+    """
+
+    example: str = "Review: {text}\nSentiment: {label}"
+    instruction: str = ""
+    separator: str = "\n\n"
+    verbalizer: Mapping[str, str] | None = None
+    chat: bool = False
+
+    # ----------------------------------------------------------------------------------------- builders
+    @classmethod
+    def default(cls, source: Dataset | Sequence[str], task: str = "classification",
+                output_field: str | None = None, **kwargs: Any) -> PromptTemplate:
+        """A template from field names: ``"Premise: {premise}\\nHypothesis: {hypothesis}\\nLabel: {label}"``.
+
+        ``source`` is a :class:`~ragicl.types.Dataset` (its fields and task are used) or a list of input
+        field names. For generation the last line is ``"<Output field>: {output}"`` (default ``Answer``).
+
+        >>> PromptTemplate.default(["question"], task="generation").example
+        'Question: {question}\\nAnswer: {output}'
+        """
+        if isinstance(source, str):
+            raise TypeError(f"source must be a Dataset or a list of field names, got the string {source!r}; "
+                            f"pass [{source!r}].")
+        if hasattr(source, "input_fields"):
+            fields = list(source.input_fields)  # type: ignore[union-attr]
+            task = source.task  # type: ignore[union-attr]
+            output_field = output_field or source.output_field  # type: ignore[union-attr]
+        else:
+            fields = list(source)
+        if not fields:
+            raise ValueError("default() needs at least one input field name, got none.")
+        lines = [f"{_title(name)}: {{{name}}}" for name in fields]
+        if task == "generation":
+            lines.append(f"{_title(output_field) if output_field else 'Answer'}: {{output}}")
+        elif task == "classification":
+            lines.append("Label: {label}")
+        else:
+            raise ValueError(f"task must be 'classification' or 'generation', got {task!r}.")
+        return cls(example="\n".join(lines), **kwargs)
+
+    @classmethod
+    def for_dataset(cls, name: str, **kwargs: Any) -> PromptTemplate:
+        """A preset format for one of the shared datasets (``sst2``, ``rte``, ``agnews``, ``gsm8k``, ...).
+
+        >>> PromptTemplate.for_dataset("rte").example
+        'Premise: {premise}\\nHypothesis: {hypothesis}\\nAnswer: {label}'
+        """
+        key = name.lower()
+        if key not in _PRESETS:
+            raise ValueError(f"no preset template for dataset {name!r}; known: {sorted(_PRESETS)}. "
+                             f"Use PromptTemplate.default(dataset) or write the format yourself.")
+        return cls(example=_PRESETS[key], **kwargs)
+
+    # --------------------------------------------------------------------------------------- structure
+    @cached_property
+    def _parsed(self) -> _Parsed:
+        """The parsed format, computed once per template (raises ValueError when malformed)."""
+        try:
+            items = list(string.Formatter().parse(self.example))
+        except ValueError as err:
+            raise ValueError(f"example format {self.example!r} is not a valid format string ({err}); write "
+                             f"literal braces as '{{{{' and '}}}}'.") from None
+        pieces: list[tuple[str, str | None]] = []
+        fields: list[str] = []
+        target: str | None = None
+        for literal, name, spec, conversion in items:
+            if target is not None:
+                raise ValueError(f"example format {self.example!r} has text after {{{target}}}; it must end "
+                                 f"with {{label}} (classification) or {{output}} (generation).")
+            if name is None:
+                pieces.append((literal, None))
+                continue
+            if name == "" or name.isdigit() or not name.isidentifier():
+                raise ValueError(f"example format {self.example!r} has placeholder {{{name}}}; expected named "
+                                 f"fields like {{text}} ending with {{label}} or {{output}}.")
+            if spec or conversion:
+                raise ValueError(f"placeholder {{{name}}} in {self.example!r} has a format spec or conversion; "
+                                 f"write plain {{{name}}}.")
+            if name in TARGET_FIELDS:
+                target = name
+                pieces.append((literal, None))
+                continue
+            pieces.append((literal, name))
+            if name not in fields:
+                fields.append(name)
+        if target is None:
+            raise ValueError(f"example format {self.example!r} does not end with {{label}} or {{output}}; "
+                             f"the label (or output) placeholder must come last, e.g. "
+                             f"'Review: {{text}}\\nSentiment: {{label}}'.")
+        if not fields:
+            raise ValueError(f"example format {self.example!r} uses no input field; add one such as {{text}}.")
+        last_literal = pieces[-1][0]
+        stripped = last_literal.rstrip(" ")
+        lead = last_literal[len(stripped):]
+        cue = tuple(pieces[:-1]) + (((stripped, None),) if stripped else ())
+        return _Parsed(cue, tuple(fields), target, lead)
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        """Input fields the format uses, in order."""
+        return self._parsed.fields
+
+    @property
+    def target(self) -> str:
+        """``"label"`` (classification) or ``"output"`` (generation)."""
+        return self._parsed.target
+
+    @property
+    def lead(self) -> str:
+        """Text before the answer: the gap before ``{label}`` (``" "``), or ``""`` in chat mode."""
+        return "" if self.chat else self._parsed.lead
+
+    def validate(self, input_fields: Sequence[str] | None = None) -> None:
+        """Check the format; with ``input_fields``, also that every placeholder names one of them.
+
+        Raises ``ValueError`` for a malformed format (no final ``{label}``/``{output}``, positional or
+        formatted placeholders) and :class:`DataError` for a placeholder the data does not have. Fields
+        the data has but the template does not use are fine.
+        """
+        parsed = self._parsed
+        if not isinstance(self.separator, str) or not isinstance(self.instruction, str):
+            raise TypeError("separator and instruction must be strings, got "
+                             f"{type(self.separator).__name__} and {type(self.instruction).__name__}.")
+        if input_fields is not None:
+            known = list(input_fields)
+            unknown = [name for name in parsed.fields if name not in known]
+            if unknown:
+                raise DataError(f"template placeholder(s) {', '.join('{' + n + '}' for n in unknown)} name no "
+                                f"input field of the data; the data has {known}. Rename the placeholder(s) "
+                                f"in the example format or pass input_fields to read_dataset.")
+
+    # ---------------------------------------------------------------------------------------- rendering
+    def render_query(self, inputs: Mapping[str, str] | Example, *, example_id: str | None = None) -> str:
+        """The query cue filled with ``inputs``: the example format up to (not including) the answer."""
+        if hasattr(inputs, "inputs"):
+            example_id = inputs.id if example_id is None else example_id  # type: ignore[union-attr]
+            inputs = inputs.inputs  # type: ignore[union-attr]
+        return self._fill(self._parsed.cue_pieces, inputs, example_id)  # type: ignore[arg-type]
+
+    def render_example(self, ex: Example) -> str:
+        """A demonstration: the example format filled in (query cue, lead, verbalized label or output).
+
+        In chat mode demonstrations keep the lead; only the final answer in the assistant turn drops it.
+        """
+        parsed = self._parsed
+        target = ex.label if parsed.target == "label" else ex.output
+        if target is None:
+            raise DataError(f"example {ex.id!r} has no {parsed.target}; every demonstration needs one "
+                            f"(the template ends with {{{parsed.target}}}).")
+        body = self.verbalize(target) if parsed.target == "label" else target
+        return self._fill(parsed.cue_pieces, ex.inputs, ex.id) + parsed.lead + body
+
+    def verbalize(self, label: str) -> str:
+        """The word(s) a label is written as: ``verbalizer[label]``, or the label with ``_`` as spaces."""
+        if self.verbalizer is not None:
+            if label not in self.verbalizer:
+                raise DataError(f"label {label!r} is not in the verbalizer (which maps "
+                                f"{sorted(self.verbalizer)}); add it to the verbalizer.")
+            return self.verbalizer[label]
+        return label.replace("_", " ")
+
+    def answer(self, target: str) -> str:
+        """The continuation the LM scores: lead + verbalized label (classification) or lead + output."""
+        parsed = self._parsed
+        body = self.verbalize(target) if parsed.target == "label" else target
+        return ("" if self.chat else parsed.lead) + body
+
+    def chat_frame(self, tokenizer: Any) -> tuple[str, str, bool]:
+        """Fixed chat text around the user content: ``(prefix, suffix, instruction_in_system)``.
+
+        Renders ``[system: instruction, user: <placeholder>]`` with ``add_generation_prompt=True`` and
+        splits on the placeholder. When the chat template rejects a system message the instruction is
+        left out of the frame (``instruction_in_system=False``) and belongs at the start of the content.
+        """
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"chat=True but tokenizer {type(tokenizer).__name__} has no chat template; use "
+                             f"chat=False or an instruction-tuned model's tokenizer.")
+        user = [{"role": "user", "content": _CHAT_PLACEHOLDER}]
+        in_system = bool(self.instruction)
+        messages = ([{"role": "system", "content": self.instruction}] if in_system else []) + user
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:
+            if not in_system:
+                raise
+            in_system = False
+            text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        if not isinstance(text, str) or text.count(_CHAT_PLACEHOLDER) != 1:
+            raise ValueError("the tokenizer's chat template did not render the user content exactly once; "
+                             "use chat=False for this tokenizer.")
+        prefix, suffix = text.split(_CHAT_PLACEHOLDER)
+        if in_system and self.instruction not in prefix:
+            in_system = False  # the template dropped the system message
+        return prefix, suffix, in_system
+
+    @staticmethod
+    def _fill(pieces: Sequence[tuple[str, str | None]], inputs: Mapping[str, str],
+              example_id: str | None) -> str:
+        out: list[str] = []
+        for literal, name in pieces:
+            out.append(literal)
+            if name is not None:
+                try:
+                    value = inputs[name]
+                except KeyError:
+                    where = f"example {example_id!r}" if example_id is not None else "the query"
+                    raise DataError(f"{where} has no input field {name!r} (it has {sorted(inputs)}); the "
+                                    f"template uses {{{name}}}. Fix the data or the template.") from None
+                out.append(value if isinstance(value, str) else str(value))
+        return "".join(out)
+
+
+def _title(name: str) -> str:
+    words = name.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
