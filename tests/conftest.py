@@ -54,3 +54,11 @@ def minilm():
     from ragicl.embed import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder()
+
+
+@pytest.fixture(scope="session")
+def smollm_lm(smollm_path):
+    """The default LM loaded once (float32 on CPU) as a TransformersLM; tests must not mutate it."""
+    from ragicl.lm import TransformersLM
+
+    return TransformersLM(smollm_path, batch_size=4, show_progress=False).load()

@@ -1,0 +1,217 @@
+"""Text → L2-normalized float32 vectors: the :class:`Embedder` protocol and two implementations.
+
+``SentenceTransformerEmbedder`` is the real one (default ``all-MiniLM-L6-v2``, loaded offline from its PyPI
+package through :func:`ragicl.models.resolve_embedder`); ``HashEmbedder`` is a deterministic fake for fast
+unit tests. The text of an example is ``Example.text()``: input fields joined by newlines.
+
+>>> emb = HashEmbedder(dimension=32)
+>>> emb.encode(["a cat", "a dog"]).shape
+(2, 32)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._exceptions import check_positive_int, require
+from .models import DEFAULT_EMBEDDER, resolve_embedder
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that maps texts to L2-normalized float32 vectors of a fixed dimension.
+
+    ``name`` identifies the model (it is written to an index's manifest and checked on load);
+    ``encode`` returns an array of shape ``(len(texts), dimension)``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], *, batch_size: int | None = None,
+               show_progress: bool | None = None) -> np.ndarray: ...
+
+
+def _check_texts(texts: Sequence[str] | str) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is a {type(t).__name__}; expected str (use Example.text()).")
+    return out
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    return x / norms
+
+
+def progress_enabled(show_progress: bool | None) -> bool:
+    """Explicit choice, else show bars when ragicl logs at INFO or below."""
+    if show_progress is not None:
+        return bool(show_progress)
+    return logging.getLogger("ragicl").isEnabledFor(logging.INFO)
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded lazily on first use.
+
+    Args:
+        model: short name (``"all-MiniLM-L6-v2"``, resolved offline from its PyPI package), hub id or path.
+            This user-facing name is what :attr:`name` returns and what an index manifest records.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+            On CUDA the model runs in float16; outputs are always float32.
+        batch_size: texts per forward pass.
+        show_progress: progress bar; ``None`` shows it when the ``ragicl`` logger is at INFO or below.
+
+    Texts are length-sorted inside each ``encode`` call (sentence-transformers does this) so batches carry
+    little padding; the output keeps the input order.
+
+    >>> emb = SentenceTransformerEmbedder()          # nothing loaded yet
+    >>> emb.encode(["a fine film"]).shape            # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(self, model: str = DEFAULT_EMBEDDER, device: str = "auto", batch_size: int = 64,
+                 show_progress: bool | None = None) -> None:
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._model: Any = None
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEmbedder(model={self.model!r}, device={self.device!r})"
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def dimension(self) -> int:
+        model = self.load()
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def load(self) -> Any:
+        """Load the model (once) and return the ``SentenceTransformer``."""
+        if self._model is None:
+            st = require("sentence_transformers", "cpu", "sentence-transformers")
+            device = self.device
+            if device == "auto":
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            path = resolve_embedder(self.model)
+            logger.info("loading embedder %s from %s on %s", self.model, path, device)
+            model = st.SentenceTransformer(path, device=device)
+            if str(device).startswith("cuda"):
+                model = model.half()
+            self._model = model
+        return self._model
+
+    def encode(self, texts: Sequence[str], *, batch_size: int | None = None,
+               show_progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts`` into a float32 ``(n, dimension)`` array of unit vectors (input order kept)."""
+        texts = _check_texts(texts)
+        batch_size = check_positive_int("batch_size", batch_size or self.batch_size)
+        model = self.load()
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        show = progress_enabled(show_progress if show_progress is not None else self.show_progress)
+        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=show and len(texts) > batch_size,
+                               convert_to_numpy=True, normalize_embeddings=True)
+        return _normalize(vectors)  # float16 on CUDA, and re-normalizing is cheap
+
+
+_TOKEN = re.compile(r"\w+")
+
+
+class HashEmbedder:
+    """A deterministic fake embedder for fast tests (no model): hashed character n-grams and words.
+
+    Each text is case-folded; its character trigrams (with boundary spaces) and words are hashed
+    (BLAKE2, stable across runs and machines) into ``dimension`` signed buckets, then L2-normalized.
+    Texts sharing many n-grams get similar vectors, so neighbours are meaningful enough for tests.
+    Not a semantic model: use it only to test plumbing. Its :attr:`name` is ``"hash-<dimension>"``,
+    which :func:`get_embedder` maps back to it, so an index built with it reloads without arguments.
+
+    >>> HashEmbedder(16).encode(["same"])[0].tolist() == HashEmbedder(16).encode(["same"])[0].tolist()
+    True
+    """
+
+    def __init__(self, dimension: int = 64, ngram: int = 3) -> None:
+        self._dimension = dimension
+        self.ngram = ngram
+
+    def __repr__(self) -> str:
+        return f"HashEmbedder(dimension={self._dimension})"
+
+    @property
+    def name(self) -> str:
+        return f"hash-{self._dimension}"
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def _features(self, text: str) -> list[str]:
+        text = " ".join(text.split()).casefold()
+        padded = f" {text} "
+        n = self.ngram
+        grams = [padded[i:i + n] for i in range(max(1, len(padded) - n + 1))]
+        return grams + ["w:" + w for w in _TOKEN.findall(text)]
+
+    def encode(self, texts: Sequence[str], *, batch_size: int | None = None,
+               show_progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts`` into a float32 ``(n, dimension)`` array of unit vectors."""
+        texts = _check_texts(texts)
+        d = check_positive_int("dimension", self._dimension)
+        out = np.zeros((len(texts), d), dtype=np.float32)
+        cache: dict[str, tuple[int, float]] = {}
+        for row, text in enumerate(texts):
+            for feat in self._features(text):
+                hit = cache.get(feat)
+                if hit is None:
+                    h = int.from_bytes(hashlib.blake2b(feat.encode("utf-8"), digest_size=8).digest(), "little")
+                    hit = cache[feat] = (h % d, 1.0 if (h >> 32) & 1 else -1.0)
+                out[row, hit[0]] += hit[1]
+        empty = ~out.any(axis=1)
+        out[empty, 0] = 1.0  # a text with no features still gets a unit vector
+        return _normalize(out)
+
+
+def get_embedder(spec: str | Embedder, *, device: str = "auto", batch_size: int = 64,
+                 show_progress: bool | None = None) -> Embedder:
+    """An :class:`Embedder` from a name (``"all-MiniLM-L6-v2"``, a hub id, a path, ``"hash-64"``) or as is.
+
+    >>> get_embedder("hash-32").dimension
+    32
+    """
+    if isinstance(spec, str):
+        match = re.fullmatch(r"hash(?:-(\d+))?", spec)
+        if match:
+            return HashEmbedder(int(match.group(1) or 64))
+        return SentenceTransformerEmbedder(spec, device=device, batch_size=batch_size,
+                                           show_progress=show_progress)
+    # look on the type first: reading ``dimension`` on an instance may load a model
+    missing = [a for a in ("name", "dimension", "encode")
+               if not hasattr(type(spec), a) and a not in getattr(spec, "__dict__", {})]
+    if missing:
+        raise TypeError(f"expected an embedder name or an object with name, dimension and encode(); got a "
+                        f"{type(spec).__name__} lacking {missing}.")
+    return spec

@@ -1,0 +1,603 @@
+"""``ExampleIndex``: every example of a dataset embedded into a FAISS index, searchable and persisted.
+
+Folder layout written by :meth:`ExampleIndex.save` (see docs/DESIGN.md, *Index*): ``manifest.json``,
+``index.faiss`` (CPU form), ``examples.jsonl`` (one example per line, with its duplicate ``key``) and
+``embeddings.npy`` (memory-mapped on load; used by MMR, exact re-ranking and rebuilding).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._exceptions import (
+    DataError,
+    EmbedderMismatchError,
+    IndexFormatError,
+    NotFittedError,
+    check_positive_int,
+    require,
+)
+from .embed import Embedder, get_embedder
+from .models import DEFAULT_EMBEDDER
+from .types import Dataset, Example, SearchResult
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FILES = ("index.faiss", "embeddings.npy", "examples.jsonl")
+Query = str | Mapping[str, str] | Example
+
+
+def _faiss() -> Any:
+    return require("faiss", "cpu", "faiss-cpu")
+
+
+def _canonical(name: str) -> str:
+    return name.strip().rstrip("/").lower().removeprefix("sentence-transformers/")
+
+
+def _torch_searcher(vectors: np.ndarray, factory: str, device: str, fp16: bool, faiss: Any) -> Any:
+    """The torch exact-search seam (``ragicl.torch_search``) for CUDA without faiss-gpu, or ``None``."""
+    try:
+        from .torch_search import maybe_torch_search
+    except ImportError:  # torch (or the module) missing: faiss on CPU it is
+        return None
+    return maybe_torch_search(vectors, factory=factory, device=device, fp16=fp16, faiss_module=faiss)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    os.close(fd)
+
+
+class ExampleIndex:
+    """A FAISS index (inner product on unit vectors = cosine) over every example of a dataset.
+
+    Build with :meth:`build`, reopen with :meth:`load`; the constructor only stores settings.
+    ``device="auto"`` puts the FAISS index on the GPU(s) when faiss has GPU support and one is visible
+    (``fp16=True`` stores GPU vectors in float16); otherwise everything runs on CPU.
+
+    >>> from ragicl.data import from_records
+    >>> ds = from_records([{"text": t, "label": "x"} for t in ["red", "green", "blue"]])
+    >>> index = ExampleIndex.build(ds, embedder="hash-16")
+    >>> len(index), index.dimension, index.factory
+    (3, 16, 'Flat')
+    """
+
+    def __init__(self, embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat",
+                 device: str = "auto", *, batch_size: int | None = None, show_progress: bool | None = None,
+                 fp16: bool = False) -> None:
+        self._embedder_spec, self.factory, self.device, self.fp16 = embedder, factory, device, fp16
+        self.batch_size, self.show_progress = batch_size, show_progress
+        self._embedder: Embedder | None = None
+        self._faiss_index: Any = None
+        self._backend = "cpu"  # "cpu" | "faiss-gpu" | "torch" (exact search on CUDA without faiss-gpu)
+        self._examples: list[Example] = []
+        self._keys: list[str] = []
+        self._embeddings: np.ndarray | None = None
+        self._schema: dict[str, Any] = {}
+        self._search_params: dict[str, Any] = {}
+        self._saved_manifest: dict[str, Any] | None = None
+        self._cache: dict[str, Any] = {}  # derived data, cleared by add()
+
+    def __repr__(self) -> str:
+        name = self._embedder.name if self._embedder else self._embedder_spec
+        return f"ExampleIndex({len(self)} examples, embedder={name!r}, factory={self.factory!r})"
+
+    # ------------------------------------------------------------------ build / add
+    @classmethod
+    def build(cls, dataset: Dataset | Any, embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat",
+              device: str = "auto", *, batch_size: int | None = None, show_progress: bool | None = None,
+              fp16: bool = False, train_size: int = 100_000, seed: int = 0) -> ExampleIndex:
+        """Embed every example of ``dataset`` and index it.
+
+        Args:
+            dataset: a :class:`Dataset`, or anything :func:`ragicl.read_dataset` accepts.
+            embedder: an :class:`Embedder` or a name for :func:`ragicl.embed.get_embedder`.
+            factory: a ``faiss.index_factory`` string: ``"Flat"`` (exact), ``"IVF256,Flat"``, ``"HNSW32"``...
+                Factories that need training are trained on the data (a ``train_size`` sample if larger).
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"``; used for the embedder and the FAISS index.
+        """
+        if not isinstance(dataset, Dataset):
+            from .data import read_dataset
+
+            dataset = read_dataset(dataset)
+        self = cls(embedder, factory, device, batch_size=batch_size, show_progress=show_progress, fp16=fp16)
+        self._build_from(dataset, train_size=train_size, seed=seed)
+        return self
+
+    def _build_from(self, dataset: Dataset, *, train_size: int = 100_000, seed: int = 0) -> None:
+        if len(dataset) == 0:
+            raise DataError("cannot index an empty dataset: received 0 examples, expected at least one.")
+        faiss = _faiss()
+        self._schema = {"input_fields": list(dataset.input_fields), "task": dataset.task,
+                        "labels": list(dataset.labels), "output_field": dataset.output_field,
+                        "name": dataset.name}
+        examples = self._check_new(dataset.examples)
+        start = time.perf_counter()
+        vectors = self.embed(examples)
+        d = vectors.shape[1]
+        try:
+            cpu = faiss.index_factory(d, self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise ValueError(f"invalid faiss factory string {self.factory!r}: {str(err).strip()[:200]}. "
+                             "Expected e.g. 'Flat', 'IVF256,Flat', 'HNSW32', 'IVF256,PQ16'.") from err
+        if not cpu.is_trained:
+            sample = vectors
+            if len(vectors) > train_size:
+                rng = np.random.default_rng(seed)
+                sample = vectors[np.sort(rng.choice(len(vectors), train_size, replace=False))]
+            logger.info("training %s on %d vectors", self.factory, len(sample))
+            try:
+                cpu.train(sample)
+            except RuntimeError as err:
+                raise ValueError(f"could not train faiss factory {self.factory!r} on {len(sample)} vectors: "
+                                 f"{str(err).strip()[:200]}. Fix: use fewer IVF lists (about n/39, e.g. "
+                                 f"'IVF{max(1, len(sample) // 39)},Flat') or 'Flat'.") from err
+        self._install(cpu)
+        self._embeddings = np.zeros((0, d), dtype=np.float32)
+        self._append(examples, vectors)
+        logger.info("indexed %d examples (dim %d, %s%s) in %.1f s", len(self), d, self.factory,
+                    "" if self._backend == "cpu" else f", {self._backend}", time.perf_counter() - start)
+
+    def add(self, examples: Dataset | Example | Iterable[Example]) -> None:
+        """Embed and add examples (incremental). Ids must be new; fields and labels must fit the schema.
+
+        On an index made with the bare constructor, ``add(dataset)`` builds it.
+        """
+        if self._faiss_index is None:
+            if not isinstance(examples, Dataset):
+                raise NotFittedError("this ExampleIndex is empty: build it with ExampleIndex.build(dataset) "
+                                     "or call add() with a Dataset first.")
+            self._build_from(examples)
+            return
+        if isinstance(examples, Dataset):
+            examples = examples.examples
+        elif isinstance(examples, Example):
+            examples = [examples]
+        new = self._check_new(list(examples))
+        if not new:
+            return
+        self._append(new, self.embed(new))
+
+    def _check_new(self, examples: Sequence[Example]) -> list[Example]:
+        fields = self._schema["input_fields"]
+        labels = set(self._schema["labels"])
+        known = self._id_positions() if self._examples else {}
+        seen: set[str] = set()
+        for i, ex in enumerate(examples):
+            if not isinstance(ex, Example):
+                raise TypeError(f"examples[{i}] is a {type(ex).__name__}; expected ragicl.Example.")
+            missing = [f for f in fields if f not in ex.inputs]
+            if missing:
+                raise DataError(f"example {ex.id!r} lacks input field(s) {missing}; the index expects "
+                                f"{fields}. Fix: read the data with input_fields={fields}.")
+            if self._schema["task"] == "classification" and labels and ex.label not in labels:
+                raise DataError(f"example {ex.id!r} has label {ex.label!r}, outside the index's label set "
+                                f"{sorted(labels)}. Fix: rebuild the index with labels=[...] including it.")
+            if ex.id in seen or ex.id in known:
+                raise DataError(f"example id {ex.id!r} is already in the index; ids must be unique. Fix: read "
+                                "the data with id_field=..., or give the new examples distinct ids (e.g. a prefix).")
+            seen.add(ex.id)
+        return list(examples)
+
+    def _append(self, examples: list[Example], vectors: np.ndarray) -> None:
+        self._faiss_index.add(vectors)
+        self._embeddings = vectors if not len(self._examples) else np.concatenate([self._embeddings, vectors])
+        self._examples.extend(examples)
+        self._keys.extend(ex.key() for ex in examples)
+        self._cache.clear()
+        self._saved_manifest = None
+
+    # ------------------------------------------------------------------ search
+    def embed(self, queries: Sequence[Query] | Query | np.ndarray) -> np.ndarray:
+        """Query vectors as :meth:`search` computes them: texts, input mappings or Examples → ``(Q, d)``.
+
+        A float32 matrix passes through after checking its dimension (``EmbedderMismatchError`` if wrong).
+        """
+        if isinstance(queries, np.ndarray):
+            x = queries.reshape(1, -1) if queries.ndim == 1 else queries
+            if x.ndim != 2 or (self._embeddings is not None and x.shape[1] != self.dimension):
+                raise EmbedderMismatchError(
+                    f"query vectors have shape {queries.shape}; this index holds {self.dimension}-dimensional "
+                    f"vectors from {self.embedder.name!r}. Fix: embed the queries with the same embedder, "
+                    "or pass texts and let the index embed them.")
+            return np.ascontiguousarray(x, dtype=np.float32)
+        if isinstance(queries, (str, Mapping, Example)):
+            queries = [queries]
+        texts = [self.query_text(q) for q in queries]
+        emb = self.embedder
+        if not texts:
+            return np.zeros((0, self.dimension if self._embeddings is not None else emb.dimension), np.float32)
+        x = np.asarray(emb.encode(texts, batch_size=self.batch_size, show_progress=self.show_progress))
+        if x.ndim != 2 or x.shape[0] != len(texts):
+            raise EmbedderMismatchError(f"embedder {emb.name!r} returned shape {x.shape} for {len(texts)} texts; "
+                                        "expected (n_texts, dimension).")
+        if self._embeddings is not None and x.shape[1] != self.dimension:
+            raise EmbedderMismatchError(
+                f"embedder {emb.name!r} produces {x.shape[1]}-dimensional vectors; the index was built with "
+                f"{self.manifest.get('embedder')!r} ({self.dimension} dims). Fix: load the index with the "
+                "embedder it was built with, or rebuild it.")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def query_text(self, query: Query) -> str:
+        """The text embedded for a query: the index's input fields joined by newlines."""
+        fields = self._schema.get("input_fields") or []
+        if isinstance(query, str):
+            return query
+        inputs = query.inputs if isinstance(query, Example) else query
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"a query must be a str, a mapping of input fields or an Example; got "
+                            f"{type(query).__name__}.")
+        if fields and all(f in inputs for f in fields):
+            return "\n".join(str(inputs[f]) for f in fields)
+        if isinstance(query, Example):
+            return query.text()
+        raise DataError(f"query mapping has fields {sorted(inputs)}; the index expects {fields}. "
+                        "Fix: pass a dict with those keys, or the text as a string.")
+
+    def search(self, queries: Sequence[Query] | Query | np.ndarray, k: int, *,
+               nprobe: int | None = None) -> SearchResult:
+        """The ``k`` nearest examples of each query, best first (positions into :attr:`examples`).
+
+        ``queries``: strings, input mappings, Examples, or a float32 ``(Q, d)`` matrix of unit vectors.
+        Positions are ``-1`` (score ``-inf``) where fewer than ``k`` neighbours exist. ``nprobe`` overrides
+        the IVF probe count for this call only.
+        """
+        k = check_positive_int("k", k)
+        self._require_built()
+        return self.search_vectors(self.embed(queries), k, nprobe=nprobe)
+
+    def search_vectors(self, x: np.ndarray, k: int, *, nprobe: int | None = None) -> SearchResult:
+        """:meth:`search` for an already checked float32 matrix (no embedding, no validation)."""
+        n_q, n = x.shape[0], len(self)
+        kk = min(k, n)
+        if n_q == 0 or kk == 0:
+            return SearchResult(np.full((n_q, k), -1, np.int64), np.full((n_q, k), -np.inf, np.float32))
+        if nprobe is not None and nprobe != self._search_params.get("nprobe"):
+            previous = self._search_params.get("nprobe")
+            if previous is None:
+                raise ValueError(f"nprobe applies to IVF indexes; this one is {self.factory!r}.")
+            self.set_search_params(nprobe=nprobe)
+            try:
+                scores, positions = self._faiss_index.search(x, kk)
+            finally:
+                self.set_search_params(nprobe=previous)
+        elif self._backend == "faiss-gpu" and kk > 2048:  # faiss-gpu's k limit: exact search on host
+            sims = x @ np.asarray(self._embeddings).T
+            positions = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+            scores = np.take_along_axis(sims, positions, axis=1)
+        else:
+            scores, positions = self._faiss_index.search(x, kk)
+        if kk < k:
+            positions = np.pad(positions, ((0, 0), (0, k - kk)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - kk)))
+        scores[positions < 0] = -np.inf
+        return SearchResult(positions.astype(np.int64, copy=False), scores.astype(np.float32, copy=False))
+
+    def set_search_params(self, **params: Any) -> None:
+        """Set FAISS search parameters, e.g. ``nprobe=16`` (IVF) or ``efSearch=64`` (HNSW); saved too."""
+        self._require_built()
+        faiss = _faiss()
+        space = faiss.GpuParameterSpace() if self._backend == "faiss-gpu" else faiss.ParameterSpace()
+        for name, value in params.items():
+            try:
+                if self._backend == "torch":  # exact Flat search: nothing to tune
+                    raise RuntimeError("exact search on the torch backend has no search parameters")
+                space.set_index_parameter(self._faiss_index, name, value)
+            except RuntimeError as err:
+                raise ValueError(f"cannot set {name}={value!r} on a {self.factory!r} index: "
+                                 f"{str(err).strip()[:160]}.") from err
+            self._search_params[name] = value
+
+    # ------------------------------------------------------------------ accessors
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def _require_built(self) -> None:
+        if self._faiss_index is None:
+            raise NotFittedError("this ExampleIndex is empty: use ExampleIndex.build(dataset) or "
+                                 "ExampleIndex.load(path).")
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = get_embedder(self._embedder_spec, device=self.device,
+                                          batch_size=self.batch_size or 64, show_progress=self.show_progress)
+        return self._embedder
+
+    @property
+    def dimension(self) -> int:
+        self._require_built()
+        return int(self._embeddings.shape[1])  # type: ignore[union-attr]
+
+    @property
+    def examples(self) -> tuple[Example, ...]:
+        if "examples" not in self._cache:
+            self._cache["examples"] = tuple(self._examples)
+        return self._cache["examples"]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """``Example.key()`` of every example, in position order (for duplicate detection)."""
+        if "key_tuple" not in self._cache:
+            self._cache["key_tuple"] = tuple(self._keys)
+        return self._cache["key_tuple"]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The ``(n, d)`` float32 unit vectors, in position order (memory-mapped after :meth:`load`)."""
+        self._require_built()
+        return self._embeddings  # type: ignore[return-value]
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        return tuple(self._schema.get("input_fields", ()))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self._schema.get("labels", ()))
+
+    @property
+    def dataset(self) -> Dataset:
+        """The indexed examples as a :class:`Dataset` with the index's schema."""
+        s = self._schema
+        return Dataset(self.examples, tuple(s["input_fields"]), s["task"], tuple(s["labels"]),
+                       s["output_field"], s["name"])
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """Index into :attr:`labels` of every example's label (``-1`` for none), int64."""
+        if "label_ids" not in self._cache:
+            lookup = {lab: i for i, lab in enumerate(self.labels)}
+            self._cache["label_ids"] = np.array([lookup.get(ex.label, -1) for ex in self._examples], np.int64)
+        return self._cache["label_ids"]
+
+    def _id_positions(self) -> dict[str, int]:
+        if "ids" not in self._cache:
+            self._cache["ids"] = {ex.id: i for i, ex in enumerate(self._examples)}
+        return self._cache["ids"]
+
+    def position_of(self, example_id: str) -> int | None:
+        """Position of the example with this id, or ``None``."""
+        return self._id_positions().get(example_id)
+
+    def duplicates_of(self, key: str) -> tuple[int, ...]:
+        """Positions of every example whose ``Example.key()`` equals ``key`` (exact duplicates)."""
+        if "keys" not in self._cache:
+            groups: dict[str, list[int]] = {}
+            for i, k in enumerate(self._keys):
+                groups.setdefault(k, []).append(i)
+            self._cache["keys"] = {k: tuple(v) for k, v in groups.items()}
+        return self._cache["keys"].get(key, ())
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What ``manifest.json`` holds (as last saved/loaded, or as it would be saved now)."""
+        if self._saved_manifest is not None:
+            return dict(self._saved_manifest)
+        self._require_built()
+        return self._make_manifest({})
+
+    def _make_manifest(self, files: dict[str, int]) -> dict[str, Any]:
+        if "fingerprint" not in self._cache:
+            self._cache["fingerprint"] = self.dataset.fingerprint()
+        faiss = _faiss()
+        return {"format_version": FORMAT_VERSION, "embedder": self.embedder.name, "dimension": self.dimension,
+                "metric": "inner_product", "factory": self.factory,
+                "dataset_fingerprint": self._cache["fingerprint"], "count": len(self),
+                **self._schema, "search_params": dict(self._search_params), "files": files,
+                "faiss_version": getattr(faiss, "__version__", "?"),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    # ------------------------------------------------------------------ device
+    def _install(self, cpu_index: Any) -> None:
+        """Record the IVF probe count (so per-call overrides restore it) and move to the device."""
+        faiss = _faiss()
+        try:
+            self._search_params.setdefault("nprobe", int(faiss.extract_index_ivf(cpu_index).nprobe))
+        except RuntimeError:  # not an IVF index
+            pass
+        self._faiss_index, self._backend = self._to_device(cpu_index)
+        if self._search_params:
+            self.set_search_params(**self._search_params)
+
+    def _to_device(self, cpu_index: Any) -> tuple[Any, str]:
+        faiss = _faiss()
+        device = str(self.device).lower()
+        if device not in {"auto", "cpu", "gpu"} and not device.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+        if device == "cpu":
+            return cpu_index, "cpu"
+        has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+        if not has_gpu:  # faiss-cpu: exact (Flat) search can still run on CUDA through torch
+            vectors = (np.zeros((0, cpu_index.d), np.float32) if self._embeddings is None
+                       else np.array(self._embeddings, dtype=np.float32))  # writable copy of the memmap
+            searcher = _torch_searcher(vectors, self.factory, device, self.fp16, faiss)
+            if searcher is not None:
+                logger.info("faiss has no GPU support: exact search runs on %s through torch", searcher.device)
+                return searcher, "torch"
+        if device == "auto" and not has_gpu:
+            return cpu_index, "cpu"
+        if not has_gpu:
+            raise ValueError(f"device={self.device!r} but faiss has no GPU support or sees no GPU. Fix: "
+                             "pip uninstall faiss-cpu && pip install 'ragicl[gpu]', or use device='cpu'.")
+        options = faiss.GpuMultipleClonerOptions()
+        options.useFloat16 = bool(self.fp16)
+        try:
+            return faiss.index_cpu_to_all_gpus(cpu_index, co=options), "faiss-gpu"
+        except RuntimeError as err:  # e.g. HNSW has no GPU version
+            logger.warning("faiss index %r cannot run on GPU (%s); searching on CPU", self.factory, err)
+            return cpu_index, "cpu"
+
+    def _cpu_index(self) -> Any:
+        if self._backend == "torch":
+            return self._faiss_index.to_faiss()
+        return _faiss().index_gpu_to_cpu(self._faiss_index) if self._backend == "faiss-gpu" else self._faiss_index
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index folder atomically: a sibling temp folder is written, fsynced and swapped in.
+
+        If anything fails midway the previous folder at ``path`` is left untouched.
+        """
+        self._require_built()
+        faiss = _faiss()
+        path = Path(path)
+        if path.exists() and not (path / "manifest.json").exists() and (
+                not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} exists and is not an ExampleIndex folder (no manifest.json); "
+                                  "refusing to replace it. Fix: choose another path or remove it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        old: Path | None = None
+        try:
+            faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
+            with open(tmp / "embeddings.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(self._embeddings, dtype=np.float32))
+            with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({**ex.to_json(), "key": key}, ensure_ascii=False) + "\n"
+                              for ex, key in zip(self._examples, self._keys))
+            for name in FILES:
+                _fsync(tmp / name)
+            manifest = self._make_manifest({name: (tmp / name).stat().st_size for name in FILES})
+            with open(tmp / "manifest.json", "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=2, ensure_ascii=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync(tmp)
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _fsync(path.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not path.exists():
+                os.replace(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._saved_manifest = manifest
+        logger.info("saved %d examples to %s", len(self), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, embedder: str | Embedder | None = None, device: str = "auto", *,
+             mmap: bool = True, fp16: bool = False, batch_size: int | None = None,
+             show_progress: bool | None = None) -> ExampleIndex:
+        """Open a folder written by :meth:`save`, checking the manifest against the files.
+
+        Raises ``IndexFormatError`` for a missing folder or file, a truncated file or inconsistent counts,
+        and ``EmbedderMismatchError`` if ``embedder`` is not the one the index was built with. Without
+        ``embedder`` the manifest's embedder is used (loaded lazily, on the first text query).
+        """
+        faiss = _faiss()
+        path = Path(path)
+        rebuild = f"Fix: rebuild it, e.g. `ragicl index build DATA --out {path}`."
+        if not (path / "manifest.json").is_file():
+            old = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+            hint = f" An interrupted save left the previous version at {old[-1]}." if old else ""
+            what = "has no manifest.json" if path.is_dir() else "does not exist"
+            raise IndexFormatError(f"no index at {path}: the folder {what}; expected a folder written by "
+                                   f"ExampleIndex.save.{hint} {rebuild}")
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+            count, dim = int(manifest["count"]), int(manifest["dimension"])
+            files = {name: int(manifest["files"][name]) for name in FILES}
+            version = manifest["format_version"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise IndexFormatError(f"{path / 'manifest.json'} is unreadable or incomplete ({err!r}). "
+                                   f"{rebuild}") from err
+        if version != FORMAT_VERSION:
+            raise IndexFormatError(f"{path} has index format version {version!r}; this ragicl reads version "
+                                   f"{FORMAT_VERSION}. {rebuild}")
+        for name, size in files.items():
+            if not (path / name).is_file():
+                raise IndexFormatError(f"{path} is missing {name} (listed in its manifest). {rebuild}")
+            if (actual := (path / name).stat().st_size) != size:
+                raise IndexFormatError(f"{path / name} is {actual} bytes; the manifest says {size} (truncated "
+                                       f"or modified after saving). {rebuild}")
+        try:
+            cpu = faiss.read_index(str(path / "index.faiss"))
+            vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
+            with open(path / "examples.jsonl", encoding="utf-8") as fh:
+                rows = [json.loads(line) for line in fh if line.strip()]
+            examples = [Example.from_json(row) for row in rows]
+        except (RuntimeError, ValueError, KeyError, OSError) as err:
+            raise IndexFormatError(f"could not read the index files in {path}: {err}. {rebuild}") from err
+        counts = {"index.faiss": cpu.ntotal, "embeddings.npy": vectors.shape[0], "examples.jsonl": len(examples)}
+        if any(c != count for c in counts.values()) or vectors.shape[1:] != (dim,) or cpu.d != dim:
+            raise IndexFormatError(f"{path} is inconsistent: the manifest says {count} examples of dimension "
+                                   f"{dim}, the files hold {counts} (vectors {vectors.shape}, faiss d={cpu.d}). "
+                                   f"{rebuild}")
+        if embedder is not None:
+            embedder = get_embedder(embedder, device=device, batch_size=batch_size or 64)
+            if _canonical(embedder.name) != _canonical(manifest["embedder"]) or embedder.dimension != dim:
+                raise EmbedderMismatchError(
+                    f"the index at {path} was built with {manifest['embedder']!r} ({dim} dims); received "
+                    f"embedder {embedder.name!r} ({embedder.dimension} dims). Fix: load it without an "
+                    f"embedder (uses {manifest['embedder']!r}), or rebuild the index with the new one.")
+        self = cls(embedder or manifest["embedder"], manifest["factory"], device, batch_size=batch_size,
+                   show_progress=show_progress, fp16=fp16)
+        self._schema = {"input_fields": manifest.get("input_fields") or [], "task": manifest.get("task"),
+                        "labels": manifest.get("labels") or [], "output_field": manifest.get("output_field"),
+                        "name": manifest.get("name") or ""}
+        self._examples = examples
+        self._keys = [row.get("key") or ex.key() for row, ex in zip(rows, examples)]
+        self._embeddings = vectors
+        self._search_params = dict(manifest.get("search_params") or {})
+        self._install(cpu)
+        self._cache["fingerprint"] = manifest.get("dataset_fingerprint")
+        self._saved_manifest = manifest
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """Count, dimension, factory, embedder, fingerprint and (if saved) size on disk."""
+        m = self.manifest
+        return {"count": len(self), "dimension": self.dimension, "factory": self.factory,
+                "embedder": m["embedder"], "fingerprint": m["dataset_fingerprint"],
+                "device": "cpu" if self._backend == "cpu" else "gpu", "backend": self._backend,
+                "bytes_on_disk": sum(m.get("files", {}).values()) or None}
+
+
+def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, *,
+                   embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat", device: str = "auto",
+                   batch_size: int | None = 64, input_fields: Sequence[str] | None = None,
+                   label_field: str | None = "label", output_field: str | None = None,
+                   show_progress: bool | None = None) -> ExampleIndex:
+    """Read a dataset, build an :class:`ExampleIndex`, save it to ``out`` and log a summary.
+
+    Shared by ``scripts/build_index.py`` and ``ragicl index build``. The conventional ``out`` is
+    ``indexes/<dataset name>``.
+    """
+    from .data import read_dataset
+
+    start = time.perf_counter()
+    dataset = source if isinstance(source, Dataset) else read_dataset(
+        source, input_fields=input_fields, label_field=label_field, output_field=output_field)
+    index = ExampleIndex.build(dataset, embedder=embedder, factory=factory, device=device,
+                               batch_size=batch_size, show_progress=show_progress)
+    index.save(out)
+    s = index.summary()
+    s["seconds"] = round(time.perf_counter() - start, 2)
+    logger.info("built %s: %d examples, dim %d, factory %r, embedder %s, fingerprint %s, %.1f MB, %.1f s",
+                out, s["count"], s["dimension"], s["factory"], s["embedder"], s["fingerprint"][:12],
+                (s["bytes_on_disk"] or 0) / 1e6, s["seconds"])
+    return index

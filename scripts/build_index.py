@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Build and save an ExampleIndex from a dataset file (same as ``ragicl index build``).
+
+    python scripts/build_index.py ../shared/datasets/sst2/train.jsonl                # -> indexes/sst2
+    python scripts/build_index.py data.csv --input-fields question,context --out indexes/qa \
+        --factory IVF64,Flat --embedder all-MiniLM-L6-v2 --device auto --batch-size 128
+
+Shows progress bars and prints a summary: count, dimension, factory, embedder, fingerprint, size on disk,
+seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+try:
+    import ragicl  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def dataset_name(path: str) -> str:
+    """``../shared/datasets/sst2/train.jsonl`` → ``sst2``; ``data/reviews.csv`` → ``reviews``."""
+    p = Path(path)
+    return p.parent.name if p.stem in {"train", "test", "dev", "validation"} else p.stem
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from ragicl.models import DEFAULT_EMBEDDER
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="dataset file: .jsonl, .json, .csv or .parquet (meta.json beside it is used)")
+    p.add_argument("--out", default=None, help="index folder (default: indexes/<dataset folder name>)")
+    p.add_argument("--input-fields", default=None, help="comma-separated input fields (default: meta/inferred)")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--output-field", default=None, help="target field of a generation dataset")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="sentence-transformers name/path, or hash-64")
+    p.add_argument("--factory", default="Flat", help="faiss index_factory string: Flat, IVF256,Flat, HNSW32")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("ragicl").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    from ragicl._exceptions import RagiclError
+    from ragicl.index import build_and_save
+
+    out = args.out or str(Path("indexes") / dataset_name(args.data))
+    start = time.perf_counter()
+    try:
+        index = build_and_save(
+            args.data, out, embedder=args.embedder, factory=args.factory, device=args.device,
+            batch_size=args.batch_size, label_field=args.label_field, output_field=args.output_field,
+            input_fields=args.input_fields.split(",") if args.input_fields else None,
+            show_progress=not args.quiet)
+    except (RagiclError, ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    s = index.summary()
+    print(f"built {out}\n"
+          f"  examples     {s['count']}\n"
+          f"  dimension    {s['dimension']}\n"
+          f"  factory      {s['factory']} ({s['device']})\n"
+          f"  embedder     {s['embedder']}\n"
+          f"  fingerprint  {s['fingerprint'][:16]}\n"
+          f"  size on disk {(s['bytes_on_disk'] or 0) / 1e6:.1f} MB\n"
+          f"  seconds      {time.perf_counter() - start:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""ExampleIndex: exactness vs numpy, persistence (atomic, verified), embedder checks, IVF, add."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import dataset_path
+
+from ragicl._exceptions import DataError, EmbedderMismatchError, IndexFormatError, NotFittedError
+from ragicl.data import from_records, read_dataset
+from ragicl.embed import HashEmbedder
+from ragicl.index import ExampleIndex, build_and_save
+from ragicl.types import Example
+
+
+@pytest.fixture(scope="module")
+def rte():
+    return read_dataset(dataset_path("rte"))
+
+
+@pytest.fixture(scope="module")
+def small(rte):
+    return rte.subset(range(400))
+
+
+@pytest.fixture(scope="module")
+def index(small):
+    return ExampleIndex.build(small, embedder=HashEmbedder(64))
+
+
+def _brute_force(index, x, k):
+    sims = x @ np.asarray(index.embeddings).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sims, order, axis=1)
+
+
+def test_search_equals_numpy_brute_force(index, rte):
+    queries = [ex for ex in rte.examples[1000:1040]]
+    res = index.search(queries, k=10)
+    x = index.embed(queries)
+    pos, scores = _brute_force(index, x, 10)
+    np.testing.assert_array_equal(res.positions, pos)
+    np.testing.assert_allclose(res.scores, scores, rtol=1e-5, atol=1e-6)
+    assert res.positions.dtype == np.int64 and res.scores.dtype == np.float32
+    # the same through a precomputed matrix, a single string and a mapping of input fields
+    np.testing.assert_array_equal(index.search(x, 10).positions, pos)
+    q = queries[0]
+    np.testing.assert_array_equal(index.search(q.inputs, 10).positions[0], pos[0])
+    np.testing.assert_array_equal(index.search(index.query_text(q), 10).positions[0], pos[0])
+
+
+def test_properties_and_manifest(index, small):
+    assert len(index) == 400 and index.dimension == 64 and index.factory == "Flat"
+    assert index.examples == small.examples and index.embedder.name == "hash-64"
+    ds = index.dataset
+    assert ds.input_fields == ("premise", "hypothesis") and ds.labels == small.labels and ds.task == "classification"
+    m = index.manifest
+    assert m["count"] == 400 and m["dimension"] == 64 and m["metric"] == "inner_product"
+    assert m["dataset_fingerprint"] == small.fingerprint() and m["embedder"] == "hash-64"
+    assert index.keys[0] == small[0].key() and index.position_of("7") == 7
+    assert index.label_ids.tolist() == small.label_array().tolist()
+
+
+def test_k_larger_than_index_pads(small):
+    tiny = ExampleIndex.build(small.subset(range(3)), embedder="hash-64")
+    res = tiny.search(["anything"], k=5)
+    assert sorted(res.positions[0, :3].tolist()) == [0, 1, 2]
+    assert res.positions[0, 3:].tolist() == [-1, -1] and np.isneginf(res.scores[0, 3:]).all()
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        tiny.search(["x"], k=0)
+    assert tiny.search([], k=2).positions.shape == (0, 2)
+
+
+def test_save_load_search_identical(index, rte, tmp_path):
+    path = index.save(tmp_path / "idx")
+    assert sorted(p.name for p in path.iterdir()) == ["embeddings.npy", "examples.jsonl", "index.faiss",
+                                                      "manifest.json"]
+    loaded = ExampleIndex.load(path)
+    assert loaded.examples == index.examples and loaded.keys == index.keys
+    assert loaded.manifest["dataset_fingerprint"] == index.manifest["dataset_fingerprint"]
+    assert isinstance(loaded.embeddings, np.memmap)
+    queries = list(rte.examples[2000:2030])
+    a, b = index.search(queries, 8), loaded.search(queries, 8)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert loaded.dataset.input_fields == index.dataset.input_fields
+    # overwrite in place, also from the loaded (memory-mapped) copy
+    loaded.save(path)
+    assert ExampleIndex.load(path).examples == index.examples
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_save_failure_keeps_old_index(small, tmp_path, monkeypatch):
+    path = tmp_path / "idx"
+    ExampleIndex.build(small.subset(range(50)), embedder="hash-64").save(path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    bigger = ExampleIndex.build(small, embedder="hash-64")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(np, "save", boom)
+    with pytest.raises(OSError, match="simulated"):
+        bigger.save(path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert len(ExampleIndex.load(path)) == 50
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temp folder left behind
+
+    # a failure at the swap itself restores the previous folder too
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("crash during swap (simulated)")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="swap"):
+        bigger.save(path)
+    monkeypatch.undo()
+    assert len(ExampleIndex.load(path)) == 50
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_save_refuses_foreign_folder(index, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an ExampleIndex folder"):
+        index.save(tmp_path / "data")
+
+
+@pytest.fixture
+def saved(small, tmp_path):
+    return ExampleIndex.build(small.subset(range(30)), embedder="hash-64").save(tmp_path / "idx")
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(IndexFormatError, match="does not exist.*ragicl index build"):
+        ExampleIndex.load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "embeddings.npy", "examples.jsonl"])
+def test_load_missing_file(saved, name):
+    (saved / name).unlink()
+    with pytest.raises(IndexFormatError, match=f"missing {name}"):
+        ExampleIndex.load(saved)
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "embeddings.npy", "examples.jsonl"])
+def test_load_truncated_file(saved, name):
+    data = (saved / name).read_bytes()
+    (saved / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        ExampleIndex.load(saved)
+
+
+def test_load_count_mismatch_and_bad_manifest(saved):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    (saved / "manifest.json").write_text(json.dumps({**manifest, "count": 31}))
+    with pytest.raises(IndexFormatError, match="inconsistent.*31 examples"):
+        ExampleIndex.load(saved)
+    (saved / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        ExampleIndex.load(saved)
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="unreadable"):
+        ExampleIndex.load(saved)
+    (saved / "manifest.json").unlink()
+    with pytest.raises(IndexFormatError, match="no manifest.json"):
+        ExampleIndex.load(saved)
+
+
+def test_embedder_mismatch(saved):
+    with pytest.raises(EmbedderMismatchError, match="built with 'hash-64'.*'hash-32'"):
+        ExampleIndex.load(saved, embedder=HashEmbedder(32))
+    assert len(ExampleIndex.load(saved, embedder=HashEmbedder(64))) == 30
+    index = ExampleIndex.load(saved)
+    with pytest.raises(EmbedderMismatchError, match="64-dimensional"):
+        index.search(np.ones((2, 32), np.float32), k=3)
+    index._embedder = HashEmbedder(16)  # an embedder swapped behind the index's back
+    with pytest.raises(EmbedderMismatchError, match="16-dimensional"):
+        index.search(["text"], k=3)
+
+
+def test_ivf_recall_and_nprobe(rte, tmp_path):
+    ds = rte.subset(range(2000))
+    flat = ExampleIndex.build(ds, embedder="hash-64")
+    ivf = ExampleIndex.build(ds, embedder="hash-64", factory="IVF16,Flat")
+    queries = list(rte.examples[2000:2100])
+    truth = flat.search(queries, 10).positions
+
+    def recall(res):
+        return np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, res.positions)])
+
+    assert recall(ivf.search(queries, 10, nprobe=16)) == 1.0  # probing every list is exact
+    ivf.set_search_params(nprobe=4)
+    low = recall(ivf.search(queries, 10))
+    assert 0.5 < low <= 1.0
+    assert recall(ivf.search(queries, 10, nprobe=1)) <= low  # per-call override...
+    assert recall(ivf.search(queries, 10)) == low  # ...is restored afterwards
+    loaded = ExampleIndex.load(ivf.save(tmp_path / "ivf"))
+    assert loaded.manifest["search_params"] == {"nprobe": 4}
+    assert recall(loaded.search(queries, 10)) == low
+    with pytest.raises(ValueError, match="cannot set nprobe"):
+        flat.set_search_params(nprobe=4)
+
+
+def test_factory_errors(small):
+    with pytest.raises(ValueError, match="invalid faiss factory"):
+        ExampleIndex.build(small, embedder="hash-64", factory="NotAFactory")
+    with pytest.raises(ValueError, match="could not train.*fewer IVF lists"):
+        ExampleIndex.build(small.subset(range(20)), embedder="hash-64", factory="IVF64,Flat")
+    with pytest.raises(ValueError, match="no GPU support|sees no GPU|no CUDA device"):
+        try:
+            import faiss
+
+            if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+                pytest.skip("a GPU is present")
+        except ImportError:
+            pass
+        ExampleIndex.build(small, embedder="hash-64", device="cuda")
+
+
+def test_hnsw_builds(small):
+    index = ExampleIndex.build(small, embedder="hash-64", factory="HNSW16")
+    assert index.search([small[3]], 1).positions[0, 0] == 3
+
+
+def test_add_incremental_equals_build(small):
+    whole = ExampleIndex.build(small, embedder="hash-64")
+    part = ExampleIndex.build(small.subset(range(250)), embedder="hash-64")
+    part.add(small.subset(range(250, 400)))
+    assert part.examples == whole.examples and part.manifest["dataset_fingerprint"] == small.fingerprint()
+    q = [ex.text() for ex in small.examples[:5]]
+    np.testing.assert_array_equal(part.search(q, 5).positions, whole.search(q, 5).positions)
+    with pytest.raises(DataError, match="already in the index"):
+        part.add(small[0])
+    with pytest.raises(DataError, match="outside the index's label set"):
+        part.add(Example("new-1", {"premise": "a", "hypothesis": "b"}, label="maybe"))
+    with pytest.raises(DataError, match="lacks input field"):
+        part.add(Example("new-2", {"text": "a"}, label="entailment"))
+    part.add(Example("new-3", {"premise": "a", "hypothesis": "b"}, label="entailment"))
+    assert len(part) == 401 and part.position_of("new-3") == 400
+
+
+def test_empty_and_unbuilt(small):
+    with pytest.raises(NotFittedError):
+        ExampleIndex(embedder="hash-64").search(["x"], 1)
+    lazy = ExampleIndex(embedder="hash-64")
+    lazy.add(small.subset(range(10)))
+    assert len(lazy) == 10
+    with pytest.raises(DataError):
+        ExampleIndex.build(from_records([{"text": "x", "label": "a"}]).subset([]), embedder="hash-64")
+
+
+def test_build_and_save_from_file(tmp_path):
+    rows = [{"q": f"question number {i}", "a": str(i)} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = build_and_save(tmp_path / "d.jsonl", tmp_path / "indexes" / "d", embedder="hash-32",
+                           output_field="a")
+    assert index.dataset.task == "generation" and index.summary()["bytes_on_disk"] > 0
+    assert ExampleIndex.load(tmp_path / "indexes" / "d").dataset.output_field == "a"
+
+
+def test_torch_backend_seam(small, tmp_path, monkeypatch):
+    """Without faiss-gpu, a CUDA request routes exact search through ragicl.torch_search; run it on CPU."""
+    torch_search = pytest.importorskip("ragicl.torch_search")
+    import ragicl.index as index_module
+
+    monkeypatch.setattr(index_module, "_torch_searcher",
+                        lambda vectors, *a: torch_search.TorchExactSearch(vectors, device="cpu"))
+    reference = ExampleIndex.build(small, embedder="hash-64", device="cpu")
+    index = ExampleIndex.build(small.subset(range(300)), embedder="hash-64", device="auto")
+    index.add(small.subset(range(300, 400)))
+    assert index.summary()["backend"] == "torch" and len(index) == 400
+    queries = [ex.text() for ex in small.examples[:20]]
+    a, b = reference.search(queries, 7), index.search(queries, 7)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot set nprobe"):
+        index.set_search_params(nprobe=2)
+    loaded = ExampleIndex.load(index.save(tmp_path / "idx"))  # re-enters the seam on load
+    assert loaded.summary()["backend"] == "torch"
+    np.testing.assert_array_equal(loaded.search(queries, 7).positions, a.positions)
+    assert ExampleIndex.load(tmp_path / "idx", device="cpu").summary()["backend"] == "cpu"

@@ -1,0 +1,185 @@
+"""Retriever: exclusion of the query and its duplicates, the four strategies, and a real end-to-end run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import dataset_path
+
+from ragicl.data import from_records, read_dataset
+from ragicl.index import ExampleIndex
+from ragicl.retrieve import Retriever
+from ragicl.types import Example
+
+BASE = ["the cat sat on the mat", "a dog barked at the mailman", "stocks fell sharply on monday",
+        "the team won the championship game", "rain is expected over the weekend",
+        "the chef cooked a wonderful meal", "the film was dull and far too long",
+        "a gripping thriller with a twist", "the senate passed the budget bill", "kids played in the park"]
+
+
+@pytest.fixture(scope="module")
+def dup_data():
+    """Distinct texts plus exact duplicates (case / whitespace variants) of the first three."""
+    rows = [{"text": t, "label": "a" if i % 2 else "b"} for i, t in enumerate(BASE * 3)]
+    rows = [{"text": f"{r['text']} v{'i' * (i // len(BASE))}" if i >= len(BASE) else r["text"], "label": r["label"]}
+            for i, r in enumerate(rows)]
+    for i in range(3):
+        rows.append({"text": "  " + BASE[i].upper() + " ", "label": "a"})
+        rows.append({"text": BASE[i].replace(" ", "  "), "label": "b"})
+    return from_records(rows)
+
+
+@pytest.fixture(scope="module")
+def dup_index(dup_data):
+    return ExampleIndex.build(dup_data, embedder="hash-64")
+
+
+@pytest.mark.parametrize("strategy", ["topk", "balanced", "mmr", "random"])
+def test_never_itself_nor_exact_duplicates(dup_data, dup_index, strategy):
+    retriever = Retriever(k=8, strategy=strategy)
+    results = retriever.retrieve(dup_index, list(dup_data.examples))
+    for query, r in zip(dup_data.examples, results):
+        assert len(r.positions) == 8 and len(set(r.positions)) == 8
+        keys = {dup_index.keys[p] for p in r.positions}
+        assert query.key() not in keys
+        assert dup_data.examples.index(query) not in r.positions
+    # plain-string and mapping queries are deduplicated by text too
+    for query in [BASE[0], {"text": BASE[1].title()}]:
+        (r,) = retriever.retrieve(dup_index, query)
+        assert all(dup_index.examples[p].key() != Example("", {"t": BASE[0]}).key() for p in r.positions) \
+            or query != BASE[0]
+
+
+def test_topk_is_brute_force_minus_duplicates(dup_data, dup_index):
+    query = dup_data[0]
+    (r,) = Retriever(k=10).retrieve(dup_index, query)
+    sims = np.asarray(dup_index.embeddings) @ dup_index.embed([query])[0]
+    dup = {i for i, ex in enumerate(dup_data) if ex.key() == query.key()}
+    assert len(dup) == 3
+    expected = [int(i) for i in np.argsort(-sims, kind="stable") if i not in dup][:10]
+    assert list(r.positions) == expected
+    np.testing.assert_allclose(r.scores, sims[expected], rtol=1e-5)
+
+
+def test_many_duplicates_widen_search():
+    rows = [{"text": "the same sentence", "label": "x"} for _ in range(40)]
+    rows += [{"text": f"other sentence {i}", "label": "y"} for i in range(10)]
+    index = ExampleIndex.build(from_records(rows), embedder="hash-64", factory="IVF2,Flat")
+    index.set_search_params(nprobe=1)  # the probed list may hold only duplicates: exact fallback covers it
+    (r,) = Retriever(k=5).retrieve(index, "The  same sentence")
+    assert len(r.positions) == 5 and all(p >= 40 for p in r.positions)
+    (r,) = Retriever(k=30).retrieve(index, "the same sentence")
+    assert sorted(r.positions) == list(range(40, 50))
+
+
+def test_index_exhausted_returns_fewer(dup_index):
+    (r,) = Retriever(k=100).retrieve(dup_index, BASE[0])
+    assert len(r.positions) == len(dup_index) - 3
+
+
+def test_n_candidates_k0_and_validation(dup_index):
+    r = Retriever(k=4).retrieve(dup_index, [BASE[5], BASE[6]], n_candidates=9)
+    assert [len(x.positions) for x in r] == [9, 9]
+    assert list(r[0].scores) == sorted(r[0].scores, reverse=True)
+    assert Retriever(k=0).retrieve(dup_index, [BASE[5]])[0].positions == ()
+    with pytest.raises(ValueError, match="non-negative integer"):
+        Retriever(k=-1)
+    with pytest.raises(ValueError, match=r"valid strategies: \['topk', 'balanced', 'mmr', 'random'\]"):
+        Retriever(strategy="nearest")
+    with pytest.raises(ValueError, match="mmr_lambda"):
+        Retriever(mmr_lambda=1.5)
+    with pytest.raises(ValueError, match="n_candidates"):
+        Retriever(k=2).retrieve(dup_index, BASE[0], n_candidates=0)
+
+
+def test_balanced_round_robin(dup_index):
+    query = "the film was dull and far too long"
+    (top,) = Retriever(k=60).retrieve(dup_index, query)  # everything, similarity order
+    (bal,) = Retriever(k=6, strategy="balanced").retrieve(dup_index, query)
+    labels = [dup_index.examples[p].label for p in bal.positions]
+    assert sorted(labels[:2]) == ["a", "b"] and sorted(labels[2:4]) == ["a", "b"]
+    for lab in "ab":  # within a label: similarity order
+        mine = [p for p in bal.positions if dup_index.examples[p].label == lab]
+        ranked = [p for p in top.positions if dup_index.examples[p].label == lab]
+        assert mine == ranked[: len(mine)]
+    for i in range(0, 6, 2):  # within a round: similarity order
+        assert bal.scores[i] >= bal.scores[i + 1]
+    gen = ExampleIndex.build(from_records([{"q": "x", "a": "y"}], output_field="a"), embedder="hash-16")
+    with pytest.raises(ValueError, match="balanced.*labels"):
+        Retriever(k=2, strategy="balanced").retrieve(gen, "x")
+
+
+def _mmr_reference(emb, q, cand, n, lam):
+    chosen = []
+    rest = list(cand)
+    while rest and len(chosen) < n:
+        def gain(c):
+            div = max((emb[c] @ emb[s] for s in chosen), default=0.0)
+            return lam * (emb[c] @ q) - (1 - lam) * div if chosen else emb[c] @ q
+        best = max(rest, key=gain)
+        chosen.append(best)
+        rest.remove(best)
+    return chosen
+
+
+def test_mmr_matches_reference_and_diversifies():
+    cluster = [f"the cat sat on the mat number {i}" for i in range(6)]
+    others = ["the cat napped on a rug", "a cat sat on the sofa", "dogs sat on the mat", "the mat was red"]
+    noise = [f"unrelated stock market news item {i}" for i in range(20)]
+    ds = from_records([{"text": t, "label": "x"} for t in cluster + others + noise])
+    index = ExampleIndex.build(ds, embedder="hash-64")
+    query = "the cat sat on the mat"
+    (top,) = Retriever(k=5).retrieve(index, query)
+    (mmr,) = Retriever(k=5, strategy="mmr", mmr_lambda=0.3).retrieve(index, query)
+    (same,) = Retriever(k=5, strategy="mmr", mmr_lambda=1.0).retrieve(index, query)
+    assert same.positions == top.positions
+    assert mmr.positions[0] == top.positions[0]
+    assert sum(p < 6 for p in mmr.positions) < sum(p < 6 for p in top.positions)
+    emb = np.asarray(index.embeddings)
+    q = index.embed([query])[0]
+    cand = list(Retriever(k=len(ds)).retrieve(index, query)[0].positions)[:50]
+    assert list(mmr.positions) == _mmr_reference(emb, q, cand, 5, 0.3)
+    np.testing.assert_allclose(mmr.scores, emb[list(mmr.positions)] @ q, rtol=1e-5)
+
+
+def test_random_is_seeded_and_excludes(dup_data, dup_index):
+    q = dup_data[0]
+    a = Retriever(k=6, strategy="random", seed=1).retrieve(dup_index, [q, q])
+    b = Retriever(k=6, strategy="random", seed=1).retrieve(dup_index, q)
+    c = Retriever(k=6, strategy="random", seed=2).retrieve(dup_index, q)
+    other = Retriever(k=6, strategy="random", seed=1).retrieve(dup_index, dup_data[5])
+    assert a[0] == a[1] == b[0] and c[0].positions != b[0].positions
+    assert other[0].positions != b[0].positions
+    assert all(math.isnan(s) for s in b[0].scores)
+    draws = Retriever(k=len(dup_index), strategy="random").retrieve(dup_index, q)[0].positions
+    assert len(draws) == len(dup_index) - 3 and q.key() not in {dup_index.keys[p] for p in draws}
+
+
+@pytest.fixture(scope="module")
+def sst2_index(sst2_train_path, minilm):
+    train = read_dataset(sst2_train_path).subset(range(500))
+    return ExampleIndex.build(train, embedder=minilm)
+
+
+@pytest.mark.slow
+def test_end_to_end_sst2_minilm(sst2_index, tmp_path):
+    test = read_dataset(dataset_path("sst2", "test"))
+    queries = list(test.examples[:4]) + [sst2_index.examples[10]]  # the last one is indexed itself
+    results = Retriever(k=8).retrieve(sst2_index, queries)
+    x = sst2_index.embed(queries)
+    sims = x @ np.asarray(sst2_index.embeddings).T
+    for i, (q, r) in enumerate(zip(queries, results)):
+        dup = {p for p, key in enumerate(sst2_index.keys) if key == q.key()}
+        expected = [int(p) for p in np.argsort(-sims[i], kind="stable") if p not in dup][:8]
+        assert list(r.positions) == expected
+        np.testing.assert_allclose(r.scores, sims[i, expected], rtol=1e-4, atol=1e-5)
+    assert 10 not in results[-1].positions
+    positive = Retriever(k=8).retrieve(sst2_index, "a wonderful, moving and beautifully acted film")[0]
+    labels = [sst2_index.examples[p].label for p in positive.positions]
+    assert labels.count("positive") >= 5
+    loaded = ExampleIndex.load(sst2_index.save(tmp_path / "sst2"))
+    assert loaded.embedder.name == "all-MiniLM-L6-v2"
+    again = Retriever(k=8).retrieve(loaded, queries[:2])
+    assert [r.positions for r in again] == [r.positions for r in results[:2]]
