@@ -104,35 +104,17 @@ class ICLClassifier:
 
     # ------------------------------------------------------------ prompts
     def _as_examples(self, queries: Sequence[Query] | Query) -> list[Example]:
-        if isinstance(queries, (str, Mapping, Example)):
-            queries = [queries]
-        out: list[Example] = []
-        for i, q in enumerate(queries):
-            if isinstance(q, Example):
-                out.append(q)
-            elif isinstance(q, str):
-                if len(self.input_fields_) != 1:
-                    raise DataError(f"query {i} is a plain string but the template needs the fields "
-                                    f"{list(self.input_fields_)}; pass a dict with those keys.")
-                out.append(Example(id=f"query-{i}", inputs={self.input_fields_[0]: q}))
-            elif isinstance(q, Mapping):
-                missing = [f for f in self.input_fields_ if f not in q]
-                if missing:
-                    raise DataError(f"query {i} lacks the input field(s) {missing}; it has {list(q)}.")
-                out.append(Example(id=f"query-{i}", inputs={f: str(q[f]) for f in self.input_fields_}))
-            else:
-                raise TypeError(f"query {i} is a {type(q).__name__}; expected str, dict or Example.")
-        return out
+        return as_examples(queries, self.input_fields_)
 
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:
         """The packed prompts the LM would see for these queries (retrieval + exact packing)."""
         self._check_fitted()
         examples = self._as_examples(queries)
         if self.retriever_ is None or self.index_ is None:
-            return [self.packer_.pack(q, []) for q in examples]
+            return self.packer_.pack_batch(examples, [[] for _ in examples])
         n_candidates = self.n_candidates or 2 * self.k
         retrieved = self.retriever_.retrieve(self.index_, examples, n_candidates=n_candidates)
-        return [self.packer_.pack(q, r.positions) for q, r in zip(examples, retrieved)]
+        return self.packer_.pack_batch(examples, [r.positions for r in retrieved], max_examples=self.k)
 
     # ------------------------------------------------------------ predict
     def _label_logprobs(self, prompts: Sequence[PackedPrompt]) -> np.ndarray:
@@ -142,14 +124,14 @@ class ICLClassifier:
     def predict_detailed(self, queries: Sequence[Query] | Query) -> list[Prediction]:
         """Label, full label distribution and the prompt used, for each query."""
         prompts = self.prompts(queries)
-        probs = _softmax(self._label_logprobs(prompts))
+        probs = softmax(self._label_logprobs(prompts))
         return [Prediction(self.classes_[int(row.argmax())],
                            {c: float(p) for c, p in zip(self.classes_, row)}, prompt)
                 for row, prompt in zip(probs, prompts)]
 
     def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
         """(n, L) probabilities over ``classes_``: each label's sequence probability, renormalized."""
-        return _softmax(self._label_logprobs(self.prompts(queries)))
+        return softmax(self._label_logprobs(self.prompts(queries)))
 
     def predict(self, queries: Sequence[Query] | Query) -> list[str]:
         """The most probable label of each query."""
@@ -166,7 +148,33 @@ class ICLClassifier:
             "device", "seed", "show_progress")}
 
 
-def _softmax(logp: np.ndarray) -> np.ndarray:
+def as_examples(queries: Sequence[Query] | Query, input_fields: Sequence[str]) -> list[Example]:
+    """Normalize queries (str, dict of input fields, or Example) to Examples; ids for non-Examples are
+    ``query-<i>``. A plain string needs a single-field template."""
+    if isinstance(queries, (str, Mapping, Example)):
+        queries = [queries]
+    out: list[Example] = []
+    for i, q in enumerate(queries):
+        if isinstance(q, Example):
+            out.append(q)
+        elif isinstance(q, str):
+            if len(input_fields) != 1:
+                raise DataError(f"query {i} is a plain string but the template needs the fields "
+                                f"{list(input_fields)}; pass a dict with those keys.")
+            out.append(Example(id=f"query-{i}", inputs={input_fields[0]: q}))
+        elif isinstance(q, Mapping):
+            missing = [f for f in input_fields if f not in q]
+            if missing:
+                raise DataError(f"query {i} lacks the input field(s) {missing}; it has {list(q)}.")
+            out.append(Example(id=f"query-{i}", inputs={f: str(q[f]) for f in input_fields}))
+        else:
+            raise TypeError(f"query {i} is a {type(q).__name__}; expected str, dict or Example.")
+    return out
+
+
+def softmax(logp: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of log-scores (numerically stable)."""
     z = logp - logp.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+

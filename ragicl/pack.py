@@ -292,18 +292,22 @@ class Packer:
                 self._answer_cache[label] = ids
         return list(ids)
 
-    def pack(self, query: Query, candidates: Sequence[int]) -> PackedPrompt:
+    def pack(self, query: Query, candidates: Sequence[int], *, max_examples: int | None = None
+             ) -> PackedPrompt:
         """The prompt for ``query`` with as many of ``candidates`` (positions, most relevant first) as fit.
 
-        Negative positions (the ``-1`` padding of a search result) and repeats are ignored. Raises
-        :class:`BudgetError` when the query alone does not fit.
+        ``max_examples`` caps the demonstrations (e.g. the classifier's ``k``): give more candidates than
+        that, and ones that do not fit are replaced by the next most relevant. Candidates left out, for
+        lack of room or past the cap, are recorded in ``excluded``. Negative positions (the ``-1``
+        padding of a search result) and repeats are ignored. Raises :class:`BudgetError` when the query
+        alone does not fit.
         """
         self._require_fitted()
         inputs, qid = self._query_inputs(query)
-        return self._pack_one(inputs, candidates, qid)
+        return self._pack_one(inputs, candidates, qid, max_examples=max_examples)
 
-    def pack_batch(self, queries: Sequence[Query], candidate_lists: Sequence[Sequence[int]]
-                   ) -> list[PackedPrompt]:
+    def pack_batch(self, queries: Sequence[Query], candidate_lists: Sequence[Sequence[int]], *,
+                   max_examples: int | None = None) -> list[PackedPrompt]:
         """:meth:`pack` for many queries; query blocks are tokenized in one batch."""
         self._require_fitted()
         if len(queries) != len(candidate_lists):
@@ -312,7 +316,8 @@ class Packer:
         parsed = [self._query_inputs(q) for q in queries]
         cues = [self.template.render_query(inputs, example_id=qid) for inputs, qid in parsed]
         qids = self._encode_many([self.template.separator + c for c in cues]) if self.fast_ else None
-        return [self._pack_one(inputs, cands, qid, cue=cue, q_ids=qids[i] if qids is not None else None)
+        return [self._pack_one(inputs, cands, qid, cue=cue, q_ids=qids[i] if qids is not None else None,
+                               max_examples=max_examples)
                 for i, ((inputs, qid), cands, cue) in enumerate(zip(parsed, candidate_lists, cues))]
 
     def _require_fitted(self) -> None:
@@ -334,8 +339,8 @@ class Packer:
                         f"{type(query).__name__}.")
 
     def _pack_one(self, inputs: Mapping[str, str], candidates: Sequence[int], qid: str | None, *,
-                  cue: str | None = None, q_ids: list[int] | None = None, budget: int | None = None
-                  ) -> PackedPrompt:
+                  cue: str | None = None, q_ids: list[int] | None = None, budget: int | None = None,
+                  max_examples: int | None = None) -> PackedPrompt:
         budget = self.budget_ if budget is None else budget
         if cue is None:
             cue = self.template.render_query(inputs, example_id=qid)
@@ -347,6 +352,7 @@ class Packer:
         chosen: list[int] = []
         skipped: list[int] = []
         seen: set[int] = set()
+        cap = len(ids_of) if max_examples is None else max_examples
         if hasattr(candidates, "tolist"):  # numpy arrays: index with plain ints
             candidates = candidates.tolist()  # type: ignore[union-attr]
         try:
@@ -355,7 +361,7 @@ class Packer:
                     continue
                 seen.add(p)
                 c = lens[p]
-                if c <= avail:
+                if c <= avail and len(chosen) < cap:
                     chosen.append(p)
                     avail -= c
                 else:

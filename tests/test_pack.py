@@ -285,3 +285,17 @@ def test_fake_tokenizer_with_bos_and_model_max_length():
     for _, _, prompt in random_packs(packer, data, 30, seed=10, max_k=10):
         assert list(prompt.token_ids) == tok(prompt.text)["input_ids"]
         assert prompt.token_ids[0] == 1 and prompt.n_tokens <= 196
+
+
+def test_max_examples_caps_demonstrations_and_records_the_rest(sst2, smollm_tokenizer):
+    """More candidates than the cap: the most relevant ones that fit go in, the rest are excluded."""
+    from ragicl.pack import Packer
+    from ragicl.template import PromptTemplate
+
+    examples = sst2[:30]
+    packer = Packer(smollm_tokenizer, PromptTemplate(example="Review: {text}\nSentiment: {label}"),
+                    max_prompt_tokens=4096, context_length=8192).fit(examples, labels=["negative", "positive"])
+    prompt = packer.pack(examples[0], list(range(1, 21)), max_examples=5)
+    assert prompt.included == tuple(examples[p].id for p in (5, 4, 3, 2, 1))
+    assert prompt.excluded == tuple(examples[p].id for p in range(6, 21))
+    assert list(prompt.token_ids) == smollm_tokenizer(prompt.text).input_ids

@@ -1,0 +1,95 @@
+"""ICLClassifier end to end on the real SmolLM2 (and a hash embedder where retrieval quality is not the
+point), plus one run on the real embedder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import dataset_path
+
+from ragicl import (
+    DataError,
+    ExampleIndex,
+    HashEmbedder,
+    ICLClassifier,
+    NotFittedError,
+    PromptTemplate,
+    TransformersLM,
+    read_dataset,
+)
+from ragicl.types import normalize_text
+
+TEMPLATE = PromptTemplate(example="Review: {text}\nSentiment: {label}")
+
+
+@pytest.fixture(scope="module")
+def lm(smollm_path):
+    return TransformersLM(smollm_path).load()
+
+
+@pytest.fixture(scope="module")
+def small_train():
+    return read_dataset(dataset_path("sst2", "train")).sample(120, seed=3)
+
+
+@pytest.fixture(scope="module")
+def hash_index(small_train):
+    return ExampleIndex.build(small_train, embedder=HashEmbedder(64), show_progress=False)
+
+
+def test_predict_proba_is_a_distribution_and_prompts_fit(lm, hash_index, small_train):
+    clf = ICLClassifier(lm, TEMPLATE, k=6, max_prompt_tokens=300).fit(hash_index)
+    queries = list(small_train.examples[:5])  # queries taken from the indexed set itself
+    probs = clf.predict_proba(queries)
+    assert probs.shape == (5, 2)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    preds = clf.predict_detailed(queries)
+    for q, pred in zip(queries, preds):
+        prompt = pred.prompt
+        assert prompt.n_tokens <= prompt.budget <= 300
+        assert list(prompt.token_ids) == lm.tokenizer(prompt.text).input_ids
+        # The query never appears among its own demonstrations (no leakage from the indexed set).
+        demos = prompt.text.split("\n\n")[:-1]
+        assert all(normalize_text(q.inputs["text"]) not in normalize_text(d) for d in demos)
+        assert 1 <= len(prompt.included) <= 6
+        assert pred.label == max(pred.probs, key=pred.probs.get)
+    assert clf.predict(queries) == [p.label for p in preds]
+
+
+def test_zero_shot_from_a_dataset_and_string_queries(lm, small_train):
+    clf = ICLClassifier(lm, TEMPLATE, k=0).fit(small_train)
+    (pred,) = clf.predict_detailed("a gripping, beautifully shot film")
+    assert pred.prompt.included == ()
+    assert pred.prompt.text == "Review: a gripping, beautifully shot film\nSentiment:"
+    assert pred.label == "positive"
+
+
+def test_bad_use_is_reported(lm, small_train, hash_index):
+    with pytest.raises(NotFittedError, match="fit"):
+        ICLClassifier(lm, TEMPLATE).predict(["x"])
+    with pytest.raises(ValueError, match="k must be a non-negative integer"):
+        ICLClassifier(lm, TEMPLATE, k=-1).fit(hash_index)
+    with pytest.raises(ValueError, match="needs examples to retrieve from"):
+        ICLClassifier(lm, TEMPLATE, k=4).fit(small_train)
+    clf = ICLClassifier(lm, TEMPLATE, k=0).fit(small_train)
+    with pytest.raises(DataError, match="lacks the input field"):
+        clf.predict([{"sentence": "x"}])
+
+
+def test_rte_two_fields_needs_dict_queries(lm):
+    train = read_dataset(dataset_path("rte", "train")).sample(40)
+    clf = ICLClassifier(lm, k=0).fit(train)
+    with pytest.raises(DataError, match="plain string"):
+        clf.predict(["just one string"])
+    probs = clf.predict_proba([{"premise": "A dog runs in a park.", "hypothesis": "An animal moves."}])
+    assert probs.shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_retrieval_beats_chance_on_real_sst2(lm, minilm):
+    train = read_dataset(dataset_path("sst2", "train")).sample(400, seed=0)
+    test = read_dataset(dataset_path("sst2", "test")).sample(30, seed=0)
+    index = ExampleIndex.build(train, embedder=minilm, show_progress=False)
+    clf = ICLClassifier(lm, TEMPLATE, k=8, max_prompt_tokens=512).fit(index)
+    # A deterministic run (fixed samples, CPU float32): retrieved 8-shot SmolLM2 is far above chance.
+    assert clf.score(test) >= 0.65
