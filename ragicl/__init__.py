@@ -1,0 +1,64 @@
+"""ragicl: retrieval in-context learning measured against fine-tuning.
+
+Index a whole fine-tuning set, retrieve the most useful labeled examples per query, pack them into the
+prompt under the target model's exact token budget, score labels, and measure the gap (total-variation
+distance) to the model fine-tuned on the same data.
+
+>>> from ragicl import ExampleIndex, ICLClassifier, read_dataset   # doctest: +SKIP
+"""
+
+from ._exceptions import (
+    BudgetError,
+    DataError,
+    EmbedderMismatchError,
+    IndexFormatError,
+    MissingDependencyError,
+    NotFittedError,
+    RagiclError,
+)
+from .classifier import ICLClassifier
+from .data import read_dataset
+from .embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
+from .evaluate import Gap, Report, SystemResult, compare
+from .index import ExampleIndex
+from .lm import LanguageModel, TransformersLM
+from .pack import Packer
+from .reference import train_reference
+from .retrieve import Retriever
+from .template import PromptTemplate
+from .types import Dataset, Example, PackedPrompt, Prediction, Retrieved, SearchResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "DataError",
+    "Dataset",
+    "Embedder",
+    "EmbedderMismatchError",
+    "Example",
+    "ExampleIndex",
+    "Gap",
+    "HashEmbedder",
+    "ICLClassifier",
+    "IndexFormatError",
+    "LanguageModel",
+    "MissingDependencyError",
+    "NotFittedError",
+    "PackedPrompt",
+    "Packer",
+    "Prediction",
+    "PromptTemplate",
+    "RagiclError",
+    "Report",
+    "Retrieved",
+    "Retriever",
+    "SearchResult",
+    "SentenceTransformerEmbedder",
+    "SystemResult",
+    "TransformersLM",
+    "__version__",
+    "compare",
+    "read_dataset",
+    "train_reference",
+]

@@ -82,7 +82,7 @@ def _systems(args: argparse.Namespace, index, test, finetuned: str | None, templ
     from .lm import TransformersLM
 
     lm = TransformersLM(args.lm, batch_size=args.batch_size)
-    common = dict(template=template, max_prompt_tokens=args.max_prompt_tokens, seed=args.seed)
+    common = {"template": template, "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed}
     systems = {
         "zero-shot": ICLClassifier(lm, k=0, **common).fit(index),
         f"random-{args.k}": ICLClassifier(lm, k=args.k, selection="random", **common).fit(index),
@@ -140,19 +140,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             index = None
     if index is None:
         index = build_and_save(data_dir / "train.jsonl", index_dir)
-    template = (PromptTemplate(example="Review: {text}\nSentiment: {label}")
-                if args.dataset in {"sst2", "sst5", "mr", "cr"} else PromptTemplate.default(train.input_fields))
+    try:
+        template = PromptTemplate.for_dataset(args.dataset)
+    except ValueError:
+        template = PromptTemplate.default(train.input_fields)
     ft = train_reference(train, lm=args.lm, template=template, out=out_dir / f"finetuned-{args.dataset}",
                          steps=args.steps, batch_size=args.ft_batch_size, seed=args.seed)
     args.template = None
     systems = _systems(args, index, test, str(ft.path), template)
-    notes = [f"test set sampled: {len(test)} of {len(test_full)} examples (seed {args.seed}) to fit the "
-             "time budget; intervals are bootstrap 95%",
-             f"fine-tuned reference: {args.lm}, full fine-tune, {ft.steps} steps x {args.ft_batch_size} "
+    notes = [(f"test set sampled: {len(test)} of {len(test_full)} examples (seed {args.seed}) to fit the "
+             "time budget; intervals are bootstrap 95%"),
+             (f"fine-tuned reference: {args.lm}, full fine-tune, {ft.steps} steps x {args.ft_batch_size} "
              f"examples ({ft.steps * args.ft_batch_size} of {len(train)} seen once at most), "
-             f"{ft.seconds:.0f} s — deliberately short for this machine",
-             f"index: {len(index)} examples, {index.embedder.name}, factory {index.factory!r}; "
-             f"k={args.k}, max_prompt_tokens={args.max_prompt_tokens}"]
+             f"{ft.seconds:.0f} s — deliberately short for this machine"),
+             (f"index: {len(index)} examples, {index.embedder.name}, factory {index.factory!r}; "
+             f"k={args.k}, max_prompt_tokens={args.max_prompt_tokens}")]
     report = compare(test, systems, reference="fine-tuned", notes=notes)
     print(report.table())
     report.to_json(out_dir / f"report-{args.dataset}.json")

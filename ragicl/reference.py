@@ -71,7 +71,8 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
                        max_prompt_tokens)
     label_ids = [list(packer.answer_ids(label)) for label in train.labels]
     result = finetune(model, prompts, targets, label_ids, mode=mode, steps=steps, batch_size=batch_size,
-                      lr=lr, seed=seed, out=out, show_progress=show_progress)
+                      lr=lr, seed=seed, out=out, show_progress=show_progress,
+                      inplace=isinstance(lm, str))  # our own copy: no need to protect it
     record = {"settings": settings, "result": {"seconds": result.seconds, "losses": list(result.losses),
                                                "mode": result.mode, "steps": result.steps}}
     tmp = stamp.with_suffix(".tmp")

@@ -1,0 +1,181 @@
+"""Fine-tuning the real SmolLM2 on a handful of SST-2 examples: the loss goes down, each mode trains only
+its parameters, LoRA checkpoints reload as plain models, saves are atomic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ragicl.finetune import (
+    FinetuneResult,
+    _label_logits,
+    finetune,
+    finetune_lm,
+    label_loss,
+    save_model,
+    trainable_names,
+)
+
+pytestmark = pytest.mark.slow
+LABELS = ("negative", "positive")
+
+
+@pytest.fixture(scope="module")
+def data(smollm_lm, sst2_train_path):
+    """Eight short real SST-2 examples as zero-shot prompts, their targets and the label ids."""
+    tok = smollm_lm.tokenizer
+    rows = []
+    with open(sst2_train_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if len(row["text"]) < 90:
+                rows.append(row)
+            if len(rows) == 8:
+                break
+    prompts = [tok(f"Review: {r['text']}\nSentiment:")["input_ids"] for r in rows]
+    targets = [LABELS.index(r["label"]) for r in rows]
+    assert len(set(targets)) == 2
+    label_ids = [tok(f" {lab}", add_special_tokens=False)["input_ids"] for lab in LABELS]
+    return prompts, targets, label_ids
+
+
+def _changed(before, after) -> set[str]:
+    ref = dict(before.named_parameters())
+    return {name for name, p in after.named_parameters() if not torch.equal(p, ref[name])}
+
+
+def test_training_reduces_the_loss_and_leaves_the_base_alone(smollm_lm, data):
+    prompts, targets, label_ids = data
+    before = label_loss(smollm_lm, prompts, targets, label_ids)
+    res = finetune(smollm_lm, prompts, targets, label_ids, mode="attention", steps=3, batch_size=8,
+                   lr=3e-5, warmup=0.0, show_progress=False)
+    assert res.mode == "attention" and res.steps == 3 and len(res.losses) == 3 and res.path is None
+    assert res.losses[0] == pytest.approx(before, abs=1e-3)  # step 1 sees the whole set before any update
+    after = label_loss(res.lm, prompts, targets, label_ids)
+    assert after < 0.8 * before, (before, after, res.losses)
+    assert label_loss(smollm_lm, prompts, targets, label_ids) == pytest.approx(before, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["full", "attention", "value", "lora"])
+def test_each_mode_trains_only_its_parameters(smollm_lm, data, mode):
+    prompts, targets, label_ids = data
+    res = finetune(smollm_lm, prompts[:2], targets[:2], label_ids, mode=mode, steps=1, batch_size=2,
+                   lr=1e-3 if mode == "lora" else 1e-4, show_progress=False)
+    base, trained = smollm_lm.model, res.lm.model
+    expected = set(trainable_names(base, mode))
+    suffixes = {"full": None, "attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "value": ("v_proj",),
+                "lora": ("q_proj", "v_proj")}[mode]
+    if suffixes is None:
+        assert expected == {n for n, _ in base.named_parameters()}
+    else:
+        assert expected and all(n.endswith(tuple(f"{s}.weight" for s in suffixes)) for n in expected)
+    assert {n for n, _ in trained.named_parameters()} == {n for n, _ in base.named_parameters()}  # merged
+    assert _changed(base, trained) == expected  # everything else is bit-identical
+    assert not any(p.requires_grad for p in trained.parameters())
+
+
+def test_lora_checkpoint_reloads_as_a_plain_model(smollm_lm, data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    prompts, targets, label_ids = data
+    out = tmp_path / "ft-lora"
+    res = finetune(smollm_lm, prompts[:2], targets[:2], label_ids, mode="lora", steps=1, batch_size=2,
+                   lr=1e-3, out=out, show_progress=False)
+    assert res.path == out
+    assert not (out / "adapter_config.json").exists() and (out / "config.json").exists()
+    meta = json.loads((out / "ragicl_finetune.json").read_text())
+    assert meta["mode"] == "lora" and meta["steps"] == 1 and meta["final_loss"] == res.losses[-1]
+    assert [p.name for p in tmp_path.iterdir()] == ["ft-lora"]  # no temp folders left behind
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in n for n, _ in reloaded.named_parameters())
+    ids = torch.tensor([prompts[0]])
+    with torch.inference_mode():
+        np.testing.assert_allclose(reloaded(input_ids=ids).logits.numpy(),
+                                   res.lm.model(input_ids=ids).logits.numpy(), atol=1e-4)
+        base_logits = smollm_lm.model(input_ids=ids).logits
+    assert not torch.equal(base_logits, reloaded(input_ids=ids).logits)
+
+
+class _Saveable:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def save_pretrained(self, path) -> None:
+        Path(path, "config.json").write_text("{}")
+        if self.fail:
+            raise OSError("disk full")
+
+
+def test_save_is_atomic(tmp_path):
+    out = tmp_path / "ckpt"
+    save_model(_Saveable(), _Saveable(), out, {"run": 1})
+    assert json.loads((out / "ragicl_finetune.json").read_text()) == {"run": 1}
+    with pytest.raises(OSError, match="disk full"):
+        save_model(_Saveable(fail=True), _Saveable(), out, {"run": 2})
+    assert json.loads((out / "ragicl_finetune.json").read_text()) == {"run": 1}  # previous one intact
+    save_model(_Saveable(), _Saveable(), out, {"run": 3})
+    assert json.loads((out / "ragicl_finetune.json").read_text()) == {"run": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_training_objective_matches_evaluation_scoring(smollm_lm, data):
+    prompts, _, label_ids = data
+    tok = smollm_lm.tokenizer
+    multi = [tok(w, add_special_tokens=False)["input_ids"] for w in (" not entailment", " entailment")]
+    with torch.inference_mode():
+        for labels in (label_ids, multi):
+            logits = _label_logits(smollm_lm.model, prompts[:3], labels, smollm_lm._pad_id).numpy()
+            scores = smollm_lm.score_continuations(prompts[:3], labels)
+            if labels is multi:  # summed log-probs exactly
+                np.testing.assert_allclose(logits, scores, atol=2e-4)
+            soft = torch.softmax(torch.from_numpy(logits), -1).numpy()
+            np.testing.assert_allclose(soft, torch.softmax(torch.from_numpy(scores), -1).numpy(), atol=1e-4)
+
+
+def test_finetune_lm_trains_on_output_tokens_only(smollm_lm, data):
+    prompts, targets, label_ids = data
+    outputs = [label_ids[t] + [smollm_lm.tokenizer.eos_token_id] for t in targets[:2]]
+    nll = -sum(float(smollm_lm.score_continuations([p], [o])[0, 0]) for p, o in zip(prompts[:2], outputs))
+    res = finetune_lm(smollm_lm, prompts[:2], outputs, mode="value", steps=2, batch_size=2, lr=1e-4,
+                      warmup=0.0, show_progress=False)
+    assert res.losses[0] == pytest.approx(nll / sum(len(o) for o in outputs), abs=1e-4)
+    assert res.losses[1] < res.losses[0]
+
+
+def test_seeded_runs_are_reproducible(smollm_lm, data):
+    prompts, targets, label_ids = data
+    runs = [finetune(smollm_lm, prompts, targets, label_ids, mode="value", steps=2, batch_size=3, seed=7,
+                     show_progress=False).losses for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_clear_errors(smollm_lm, data):
+    prompts, targets, label_ids = data
+    with pytest.raises(ValueError, match="targets has 1 entries"):
+        finetune(smollm_lm, prompts[:2], targets[:1], label_ids)
+    with pytest.raises(ValueError, match=r"label indices in \[0, 2\)"):
+        finetune(smollm_lm, prompts[:1], [2], label_ids)
+    with pytest.raises(ValueError, match="at least 2"):
+        finetune(smollm_lm, prompts[:1], [0], label_ids[:1])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        finetune("no/such-model", prompts[:1], [0], label_ids, mode="bias")
+    with pytest.raises(ValueError, match="prompts is empty"):
+        finetune(smollm_lm, [], [], label_ids)
+    with pytest.raises(ValueError, match="over the model's context length of 8192"):
+        finetune(smollm_lm, [[1] * 8192], [0], label_ids)
+    with pytest.raises(TypeError, match="TransformersLM"):
+        finetune(object(), prompts[:1], [0], label_ids)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has none; its modules are named"):
+        trainable_names(torch.nn.Sequential(torch.nn.Linear(2, 2)), "value")
+
+
+def test_result_record_is_frozen_and_rebuildable():
+    rec = FinetuneResult(path=Path("x"), seconds=1.5, losses=(0.7, 0.5), mode="full", steps=2)
+    assert rec == FinetuneResult(Path("x"), 1.5, (0.7, 0.5), "full", 2)
+    with pytest.raises(FrozenInstanceError):
+        rec.steps = 3  # type: ignore[misc]

@@ -1,0 +1,143 @@
+"""TransformersLM against the real SmolLM2: scoring equals a naive reference, padding does not matter,
+generation and next-token distributions behave."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ragicl import lm as lm_module
+from ragicl.lm import LanguageModel, TransformersLM
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(path, n: int, skip: int = 0) -> list[dict]:
+    with open(path) as f:
+        rows = [json.loads(line) for _, line in zip(range(skip + n), f)]
+    return rows[skip:]
+
+
+def _fewshot(tok, demos: list[dict], query: str) -> list[int]:
+    blocks = [f"Review: {d['text']}\nSentiment: {d['label']}" for d in demos]
+    return tok("\n\n".join([*blocks, f"Review: {query}\nSentiment:"]))["input_ids"]
+
+
+def _naive(lm: TransformersLM, prompt: list[int], cont: list[int]) -> float:
+    """One forward over prompt+continuation, no padding, no cache: the definition of the score."""
+    ids = torch.tensor([list(prompt) + list(cont)])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(lm.model(input_ids=ids).logits.float(), dim=-1)[0]
+    return float(sum(logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(cont)))
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm_lm, sst2_train_path) -> list[list[int]]:
+    """Real SST-2 prompts of different lengths: 1-shot, 2-shot, zero-shot (unsorted by length)."""
+    tok = smollm_lm.tokenizer
+    rows = _rows(sst2_train_path, 8)
+    return [_fewshot(tok, rows[1:2], rows[6]["text"]), _fewshot(tok, rows[:2], rows[4]["text"]),
+            _fewshot(tok, [], rows[7]["text"])]
+
+
+def _ids(tok, words: list[str]) -> list[list[int]]:
+    return [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+
+
+def test_protocol_and_lazy_constructor():
+    lm = TransformersLM("no/such-model-anywhere", device="cpu")
+    assert lm._model is None and "not loaded" in repr(lm)  # constructor stores only
+    assert lm._resolve_dtype("cpu") == torch.float32
+    with pytest.raises(ValueError, match="dtype must be"):
+        TransformersLM(dtype="float8")._resolve_dtype("cpu")
+
+
+def test_single_token_labels_match_naive_reference(smollm_lm, prompts):
+    conts = _ids(smollm_lm.tokenizer, [" positive", " negative"])
+    assert all(len(c) == 1 for c in conts)
+    assert isinstance(smollm_lm, LanguageModel)
+    got = smollm_lm.score_continuations(prompts, conts)
+    ref = np.array([[_naive(smollm_lm, p, c) for c in conts] for p in prompts])
+    assert got.shape == (3, 2) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_multi_token_mixed_lengths_match_naive_reference(smollm_lm, prompts, monkeypatch):
+    conts = _ids(smollm_lm.tokenizer, [" not entailment", " positive", " a bit of both"])
+    assert len({len(c) for c in conts}) == 3  # genuinely mixed lengths, one of them a single token
+    got = smollm_lm.score_continuations(prompts[1:], conts)  # two prompts of different lengths
+    ref = np.array([[_naive(smollm_lm, p, c) for c in conts] for p in prompts[1:]])
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
+    monkeypatch.setattr(lm_module, "_ROW_TOKENS", 1)  # continuation pass one (prompt, label) row at a time
+    np.testing.assert_allclose(smollm_lm.score_continuations(prompts[1:], conts), ref, atol=2e-4, rtol=0)
+    with torch.inference_mode():  # the no-cache fallback agrees too
+        np.testing.assert_allclose(smollm_lm._score_concat(prompts[1:], conts), ref, atol=2e-4, rtol=0)
+
+
+def test_padding_and_batching_invariance(smollm_lm, prompts):
+    tok = smollm_lm.tokenizer
+    for words in ([" positive", " negative"], [" not entailment", " entailment"]):
+        conts = _ids(tok, words)
+        batched = smollm_lm.score_continuations(prompts, conts)  # batch_size=4: one left-padded batch
+        alone = np.concatenate([smollm_lm.score_continuations([p], conts) for p in prompts])
+        np.testing.assert_allclose(batched, alone, atol=1e-4, rtol=0)
+    # batch_size 2 splits the length-sorted prompts over batches; order must be restored
+    small = TransformersLM.from_model(smollm_lm.model, tok, batch_size=2, show_progress=False)
+    np.testing.assert_allclose(small.score_continuations(prompts, conts), batched, atol=1e-4, rtol=0)
+
+
+def test_prefers_the_right_label_in_a_4_shot_prompt(smollm_lm, sst2_train_path):
+    tok = smollm_lm.tokenizer
+    rows = _rows(sst2_train_path, 12)
+    demos = [r for r in rows if r["label"] == "positive"][:2] + [r for r in rows if r["label"] == "negative"][:2]
+    good = _fewshot(tok, demos, "an absolute delight : funny , warm and beautifully acted . i loved it .")
+    bad = _fewshot(tok, demos, "a boring , ugly mess . the worst film of the year , a total waste of time .")
+    scores = smollm_lm.score_continuations([good, bad], _ids(tok, [" positive", " negative"]))
+    assert scores[0, 0] > scores[0, 1]
+    assert scores[1, 1] > scores[1, 0]
+
+
+def test_next_token_logprobs_are_a_distribution(smollm_lm, prompts):
+    lp = smollm_lm.next_token_logprobs(prompts)
+    assert lp.shape == (3, smollm_lm.model.config.vocab_size)
+    np.testing.assert_allclose(np.exp(lp.astype(np.float64)).sum(1), 1.0, atol=1e-3)
+    conts = _ids(smollm_lm.tokenizer, [" positive", " negative"])
+    scores = smollm_lm.score_continuations(prompts, conts)
+    np.testing.assert_allclose(lp[:, [c[0] for c in conts]], scores, atol=1e-5)
+
+
+def test_generate_greedy_stop_and_seeded_sampling(smollm_lm, prompts):
+    texts = smollm_lm.generate(prompts, 6)
+    assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
+    cut = smollm_lm.generate(prompts, 6, stop=["e"])  # also shows greedy decoding is deterministic
+    for full, short in zip(texts, cut):
+        assert "e" not in short and full.startswith(short)
+    assert any(len(short) < len(full) for full, short in zip(texts, cut))  # the stop really cut something
+    state = torch.get_rng_state()
+    a = smollm_lm.generate(prompts[2:], 4, do_sample=True, temperature=1.5, seed=3)
+    b = smollm_lm.generate(prompts[2:], 4, do_sample=True, temperature=1.5, seed=3)
+    assert a == b
+    assert torch.equal(torch.get_rng_state(), state)  # seeding did not touch the global RNG
+
+
+def test_clear_errors(smollm_lm, prompts):
+    tok = smollm_lm.tokenizer
+    labels = _ids(tok, [" positive", " negative"])
+    with pytest.raises(ValueError, match="continuations is empty"):
+        smollm_lm.score_continuations(prompts, [])
+    with pytest.raises(ValueError, match="continuation 1 is empty"):
+        smollm_lm.score_continuations(prompts, [labels[0], []])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        smollm_lm.score_continuations([prompts[0], []], labels)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        smollm_lm.score_continuations([], labels)
+    too_long = [1] * (smollm_lm.context_length + 1)
+    with pytest.raises(ValueError, match="context length of 8192"):
+        smollm_lm.score_continuations([too_long], labels)
+    with pytest.raises(ValueError, match="context length"):
+        smollm_lm.generate([[1] * (smollm_lm.context_length - 2)], 8)
+    with pytest.raises(TypeError, match="expected token ids"):
+        smollm_lm.score_continuations(["Review: fine"], labels)
