@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     fine-tuned on a sample of the test set, print the table and write JSON."""
     from .data import read_dataset
     from .evaluate import compare
-    from .index import ExampleIndex, build_and_save
+    from .index import ExampleIndex
     from .reference import train_reference
     from .template import PromptTemplate
 
@@ -128,18 +128,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (data_dir / "train.jsonl").exists():
         raise RagiclError(f"no {data_dir}/train.jsonl: pass --data-dir pointing at a folder with "
                           f"{args.dataset}/train.jsonl and test.jsonl (the repo expects ../shared/datasets).")
-    train = read_dataset(data_dir / "train.jsonl", name=args.dataset)
+    train_full = read_dataset(data_dir / "train.jsonl", name=args.dataset)
+    train = train_full.sample(args.n_train, seed=args.seed) if args.n_train else train_full
     test_full = read_dataset(data_dir / "test.jsonl", name=args.dataset, labels=train.labels)
     test = test_full.sample(args.n, seed=args.seed)
     out_dir = Path(args.out)
-    index_dir = Path("indexes") / args.dataset
+    index_dir = Path(args.index_dir) if args.index_dir else Path("indexes") / args.dataset
     index = None
     if (index_dir / "manifest.json").exists():
         index = ExampleIndex.load(index_dir)
         if index.manifest.get("dataset_fingerprint") != train.fingerprint():
             index = None
     if index is None:
-        index = build_and_save(data_dir / "train.jsonl", index_dir)
+        index = ExampleIndex.build(train)
+        index.save(index_dir)
     try:
         template = PromptTemplate.for_dataset(args.dataset)
     except ValueError:
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", default="sst2")
     d.add_argument("--data-dir", default=os.environ.get("RAGICL_DATA", "../shared/datasets"))
     d.add_argument("--n", type=int, default=200, help="test examples (sampled)")
+    d.add_argument("--n-train", type=int, default=None, help="sample the training set (default: all of it)")
+    d.add_argument("--index-dir", default=None, help="where the index is kept (default indexes/<dataset>)")
     d.add_argument("--steps", type=int, default=60, help="fine-tuning steps")
     d.add_argument("--ft-batch-size", type=int, default=16)
     d.add_argument("--out", default="runs/demo")

