@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Label-scoring benchmark: one pass for all labels vs one pass per label, with/without ``logits_to_keep``.
+
+Prompts are real ICL prompts: SST-2 test queries packed by ``ragicl.pack.Packer`` with random training
+demonstrations up to ``--budget`` tokens (SmolLM2 tokenizer); labels are `` negative`` / `` positive``.
+
+* **ragicl** ``TransformersLM.score_continuations``: one forward pass per prompt for all labels, only the
+  last position's logits computed (``logits_to_keep=1``).
+* **one pass, full logits**: the same pass computing logits at every position (what a plain
+  ``model(input_ids)`` does) — isolates ``logits_to_keep``.
+* **per label, full logits** (OpenICL ``PPLInferencer`` style): prompt + label forwarded once per label,
+  log-softmax over every position, the label tokens' log-probs summed.
+* **per label, logits_to_keep**: per-label passes keeping only the label positions' logits — isolates the
+  number of passes.
+
+All variants use the same batching (length-sorted, left-padded, ``batch_size``) and report prompts/s,
+tokens/s (real tokens forwarded), the speed-up of ragicl, agreement with ragicl (argmax and max |Δ log-p|),
+and model-FLOPs utilisation ``2 · params · tokens / time`` against the peak (datasheet on CUDA; on CPU the
+measured matmul ceiling).
+
+Examples::
+
+    python scripts/bench_scoring.py --quick
+    python scripts/bench_scoring.py --prompts 32 --budget 256
+    python scripts/bench_scoring.py --device cuda --prompts 512 --budget 1024 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Callable
+from typing import Any
+
+import _bench_common as bc
+import numpy as np
+
+
+def build_prompts(n: int, budget: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]], Any, Any]:
+    """``n`` packed SST-2 prompts (token ids), the label continuations, the test subset and the packer."""
+    from transformers import AutoTokenizer
+
+    from ragicl.data import read_dataset
+    from ragicl.models import DEFAULT_LM, resolve_lm
+    from ragicl.pack import Packer
+    from ragicl.template import PromptTemplate
+
+    tok = AutoTokenizer.from_pretrained(resolve_lm(DEFAULT_LM))
+    train = read_dataset(bc.dataset_file("sst2", "train"))
+    test = read_dataset(bc.dataset_file("sst2", "test")).sample(n, seed=seed)
+    packer = Packer(tok, PromptTemplate.for_dataset("sst2"), max_prompt_tokens=budget).fit(
+        train.examples, labels=train.labels)
+    rng = random.Random(seed)
+    cands = [rng.sample(range(len(train)), 64) for _ in test]
+    prompts = [list(p.token_ids) for p in packer.pack_batch(list(test), cands)]
+    labels = [packer.answer_ids(lab) for lab in train.labels]
+    return prompts, labels, test, packer
+
+
+class Baselines:
+    """Reference scorers written directly on the HF model, batched like ``TransformersLM``."""
+
+    def __init__(self, lm: Any, batch_size: int) -> None:
+        self.lm = lm
+        self.model = lm.model
+        self.batch_size = batch_size
+        tok = lm.tokenizer
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.tokens = 0
+
+    def _batches(self, seqs: list[list[int]]) -> list[list[int]]:
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _forward(self, seqs: list[list[int]], keep: int) -> Any:
+        """Log-softmax over the last ``keep`` positions (0 = all), float32, shape (B, keep or T, V)."""
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s):] = torch.tensor(s)
+            mask[r, width - len(s):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.model.device
+        self.tokens += int(mask.sum())
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                         use_cache=False, logits_to_keep=keep)
+        return torch.log_softmax(out.logits.float(), dim=-1)
+
+    def one_pass_full(self, prompts: list[list[int]], labels: list[list[int]]) -> np.ndarray:
+        import torch
+
+        assert all(len(c) == 1 for c in labels), "single-token labels only"
+        out = np.zeros((len(prompts), len(labels)), np.float32)
+        first = [c[0] for c in labels]
+        with torch.inference_mode():
+            for batch in self._batches(prompts):
+                lp = self._forward([prompts[i] for i in batch], keep=0)[:, -1, :]
+                out[batch] = lp[:, first].cpu().numpy()
+        return out
+
+    def per_label(self, prompts: list[list[int]], labels: list[list[int]], keep_only_label: bool) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(prompts), len(labels)), np.float32)
+        with torch.inference_mode():
+            for c, cont in enumerate(labels):
+                seqs = [p + cont for p in prompts]
+                n = len(cont)
+                for batch in self._batches(seqs):
+                    # positions predicting the label tokens: the n positions before the end
+                    lp = self._forward([seqs[i] for i in batch], keep=(n + 1) if keep_only_label else 0)
+                    pred = lp[:, -(n + 1):-1, :]
+                    target = torch.tensor(cont, device=pred.device).expand(len(batch), n)
+                    out[batch, c] = pred.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu().numpy()
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=32, help="number of prompts (SST-2 test queries)")
+    parser.add_argument("--budget", type=int, default=256, help="prompt token budget")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
+    parser.add_argument("--repeat", type=int, default=2, help="round-robin timed repeats (best kept)")
+    parser.add_argument("--quick", action="store_true", help="8 prompts of 96 tokens (<60 s on a quiet CPU)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.prompts, args.budget, args.repeat = 8, 96, 1
+    bc.setup_logging()
+    info = bc.print_environment(args.device)
+
+    import torch
+
+    from ragicl.hardware import Ceiling, forward_flops, gpu_peak_flops, measure_matmul_flops
+    from ragicl.lm import TransformersLM
+
+    prompts, labels, _, _ = build_prompts(args.prompts, args.budget)
+    lm = TransformersLM(device=args.device, dtype=args.dtype, batch_size=args.batch_size).load()
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    dtype = str(lm.model.dtype).removeprefix("torch.")
+    if args.device.startswith("cuda"):
+        peak, name = gpu_peak_flops(dtype)
+        ceiling = Ceiling(peak, f"datasheet {dtype} peak of {name}") if peak else None
+        sync: Callable[[], None] | None = torch.cuda.synchronize
+    else:
+        ceiling, sync = measure_matmul_flops(2048, repeats=3), None
+    print(f"# model {lm.name} ({n_params / 1e6:.1f} M params, {dtype}, {lm.model.device}), {len(prompts)} "
+          f"prompts, mean {np.mean([len(p) for p in prompts]):.0f} tokens, labels {labels}")
+    if ceiling:
+        print(f"# ceiling {ceiling.flops / 1e9:.1f} GFLOP/s ({ceiling.source})")
+
+    base = Baselines(lm, args.batch_size)
+    lm.score_continuations(prompts[:2], labels)  # warm-up
+    prompt_tokens = sum(len(p) for p in prompts)
+    variants: dict[str, Callable[[], np.ndarray]] = {
+        "ragicl score_continuations (1 pass, logits_to_keep=1)": lambda: lm.score_continuations(prompts, labels),
+        "1 pass, full logits": lambda: base.one_pass_full(prompts, labels),
+        "per label, full logits (OpenICL PPL style)": lambda: base.per_label(prompts, labels, False),
+        "per label, logits_to_keep": lambda: base.per_label(prompts, labels, True),
+    }
+    # round-robin over the variants, best of --repeat: load changes on a shared machine hit all alike
+    best: dict[str, float] = {}
+    results: dict[str, tuple[np.ndarray, int]] = {}
+    for _ in range(args.repeat):
+        for name, fn in variants.items():
+            base.tokens = 0
+            secs, scores = bc.timeit(fn, repeat=1, warmup=0, sync=sync)
+            best[name] = min(best.get(name, float("inf")), secs)
+            results[name] = (scores, base.tokens or prompt_tokens)
+    rows, ref, t_ref = [], None, None
+    for name in variants:
+        secs, (scores, tokens) = best[name], results[name]
+        if ref is None:
+            ref, t_ref = scores, secs
+        flops = forward_flops(n_params, tokens)
+        rows.append({"variant": name, "seconds": secs, "prompts/s": len(prompts) / secs,
+                     "tokens forwarded": tokens, "tokens/s": tokens / secs,
+                     "speed-up of ragicl": secs / t_ref,
+                     "argmax = ragicl": float(np.mean(scores.argmax(1) == ref.argmax(1))),
+                     "max |Δ log-p|": float(np.max(np.abs(scores - ref))),
+                     "model GFLOP/s": flops / secs / 1e9,
+                     "MFU %": 100 * flops / secs / ceiling.flops if ceiling else None})
+    bc.print_table(rows, f"Scoring {len(prompts)} prompts x {len(labels)} labels, budget {args.budget}, "
+                         f"batch {args.batch_size}, {args.device}")
+    per_label = rows[2]["seconds"] / rows[0]["seconds"]
+    print(f"# ragicl vs per-label (OpenICL PPL): {per_label:.2f}x faster (target ≥ 1.8x: "
+          f"{'met' if per_label >= 1.8 else 'missed'}); equal results: argmax agreement "
+          f"{rows[2]['argmax = ragicl']:.3f}, max |Δ log-p| {rows[2]['max |Δ log-p|']:.2g}")
+    print(f"\n# load at end: {bc.load_average()}")
+    bc.save_json(args.json, {"env": info, "args": vars(args), "rows": rows,
+                             "ceiling": vars(ceiling) if ceiling else None})
+
+
+if __name__ == "__main__":
+    main()
