@@ -20,6 +20,7 @@ from .classifier import ICLClassifier
 from .data import read_dataset
 from .embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .evaluate import Gap, Report, SystemResult, compare
+from .generation import GenerationReport, ICLGenerator, generation_gap
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
 from .pack import Packer
@@ -39,8 +40,10 @@ __all__ = [
     "Example",
     "ExampleIndex",
     "Gap",
+    "GenerationReport",
     "HashEmbedder",
     "ICLClassifier",
+    "ICLGenerator",
     "IndexFormatError",
     "LanguageModel",
     "MissingDependencyError",
@@ -59,6 +62,7 @@ __all__ = [
     "TransformersLM",
     "__version__",
     "compare",
+    "generation_gap",
     "read_dataset",
     "train_reference",
 ]

@@ -289,3 +289,20 @@ def test_torch_backend_seam(small, tmp_path, monkeypatch):
     assert loaded.summary()["backend"] == "torch"
     np.testing.assert_array_equal(loaded.search(queries, 7).positions, a.positions)
     assert ExampleIndex.load(tmp_path / "idx", device="cpu").summary()["backend"] == "cpu"
+
+
+def test_ivfpq_trains_without_polysemous_codes():
+    """faiss's factory turns on polysemous training for IVF-PQ (minutes of k-means on codes); the index
+    switches it off, since nothing searches polysemous codes."""
+    import faiss
+
+    from ragicl import ExampleIndex, HashEmbedder
+    from ragicl.types import Dataset, Example
+
+    rows = tuple(Example(id=str(i), inputs={"text": f"review number {i} is {'good' if i % 2 else 'bad'}"},
+                         label="positive" if i % 2 else "negative") for i in range(400))
+    ds = Dataset(rows, ("text",), "classification", ("negative", "positive"))
+    index = ExampleIndex.build(ds, embedder=HashEmbedder(32), factory="IVF4,PQ4", show_progress=False)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index._cpu_index()))
+    assert ivf.do_polysemous_training is False
+    assert index.search(["review number 3 is good"], 5).positions.shape == (1, 5)
