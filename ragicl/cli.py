@@ -173,11 +173,11 @@ def _dataset_name(path: str | os.PathLike) -> str:
     return p.parent.name if p.stem in {"train", "test", "dev", "validation"} else p.stem
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
+def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
     from .models import DEFAULT_LM
 
     p.add_argument("--lm", default=DEFAULT_LM, help="base LM: short name, hub id or path")
-    p.add_argument("--k", type=int, default=16, help="demonstrations per prompt")
+    p.add_argument("--k", type=int, default=k, help="demonstrations per prompt")
     p.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"])
     p.add_argument("--max-prompt-tokens", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=8)
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=40, help="fine-tuning steps")
     d.add_argument("--ft-batch-size", type=int, default=16)
     d.add_argument("--out", default="runs/demo")
-    _eval_args(d)
+    _eval_args(d, k=8)  # 8 shots keeps the whole job under 15 minutes on 2 CPU cores
     d.set_defaults(func=cmd_demo, lm=DEFAULT_LM)
     return parser
 
