@@ -26,11 +26,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._exceptions import DataError
-from .stats import Interval, accuracy, bootstrap_ci, macro_f1, tv_distance
+from ._exceptions import DataError, MissingDependencyError
+from .stats import Interval, accuracy, bootstrap_ci, exceedance, macro_f1, tv_distance
 from .types import Dataset
 
 logger = logging.getLogger(__name__)
+
+#: default thresholds ε for the share of queries with TV > ε reported in every :class:`Gap`
+DEFAULT_EPSILONS: tuple[float, ...] = (0.05, 0.1, 0.2)
 
 
 @runtime_checkable
@@ -74,10 +77,13 @@ class Gap:
     tv_quantiles: Mapping[str, float]
     agreement: float
     tv_per_query: np.ndarray = field(repr=False, compare=False)
+    #: ε → share of queries with TV > ε, with its Clopper–Pearson 95% interval (empty without scipy)
+    exceed: Mapping[float, Interval] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict:
         return {"system": self.system, "reference": self.reference, "tv": self.tv.to_json(),
-                "tv_quantiles": dict(self.tv_quantiles), "agreement": self.agreement}
+                "tv_quantiles": dict(self.tv_quantiles), "agreement": self.agreement,
+                "exceed": {f"{eps:g}": iv.to_json() for eps, iv in self.exceed.items()}}
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ class Report:
             g = gaps.get(s.name)
             tv = str(g.tv) if g else ("(reference)" if s.name == self.reference else "")
             agree = f"{g.agreement:.3f}" if g else ""
-            lines.append(f"{s.name:<22} {str(s.accuracy):<24} {s.macro_f1:>8.3f}  {tv:<30} {agree:>6} "
+            lines.append(f"{s.name:<22} {s.accuracy!s:<24} {s.macro_f1:>8.3f}  {tv:<30} {agree:>6} "
                          f"{s.seconds_per_query:>8.3f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -152,8 +158,14 @@ def _json_default(obj: object) -> object:
 
 
 def gap(probs: np.ndarray, reference_probs: np.ndarray, *, system: str = "system",
-        reference: str = "reference", n_boot: int = 2000, seed: int = 0) -> Gap:
-    """TV gap between two systems' per-query label distributions (rows of ``probs``)."""
+        reference: str = "reference", n_boot: int = 2000, seed: int = 0,
+        epsilons: Sequence[float] = DEFAULT_EPSILONS) -> Gap:
+    """TV gap between two systems' per-query label distributions (rows of ``probs``).
+
+    Besides the mean TV (bootstrap interval) and its upper quantiles, ``exceed[ε]`` is the share of
+    queries with TV > ε and its exact Clopper–Pearson interval, for each ε in ``epsilons`` (skipped, with
+    a warning, when scipy is not installed).
+    """
     probs = np.asarray(probs, dtype=np.float64)
     reference_probs = np.asarray(reference_probs, dtype=np.float64)
     if probs.shape != reference_probs.shape:
@@ -163,7 +175,13 @@ def gap(probs: np.ndarray, reference_probs: np.ndarray, *, system: str = "system
     quantiles = {f"q{int(q * 100)}": float(np.quantile(tv, q)) for q in (0.5, 0.9, 0.95)}
     quantiles["max"] = float(tv.max())
     agreement = float(np.mean(probs.argmax(1) == reference_probs.argmax(1)))
-    return Gap(system, reference, bootstrap_ci(tv, n_boot=n_boot, seed=seed), quantiles, agreement, tv)
+    try:
+        exceed = {float(eps): exceedance(tv, float(eps)) for eps in epsilons}
+    except MissingDependencyError as err:
+        logger.warning("share of queries with TV > ε skipped: %s", err)
+        exceed = {}
+    return Gap(system, reference, bootstrap_ci(tv, n_boot=n_boot, seed=seed), quantiles, agreement, tv,
+               exceed)
 
 
 def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,

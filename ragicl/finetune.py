@@ -154,12 +154,21 @@ def _sequence_logprobs(model: Any, prompts: list[list[int]], conts: list[list[in
     return (picked * keep).sum(-1)
 
 
+_MAX_ROWS = 64  # sequences in one training forward pass, at most (micro-batching above this)
+
+
+def _single_token(label_ids: Sequence[Sequence[int]]) -> bool:
+    """True when every label is one token and the tokens differ: one last-position pass scores all."""
+    firsts = [ids[0] for ids in label_ids]
+    return all(len(ids) == 1 for ids in label_ids) and len(set(firsts)) == len(firsts)
+
+
 def _label_logits(model: Any, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int) -> Any:
     """``(B, L)`` label logits: summed continuation log-probs (one pass if labels are single tokens)."""
     import torch
 
     firsts = [ids[0] for ids in label_ids]
-    if all(len(ids) == 1 for ids in label_ids) and len(set(firsts)) == len(firsts):
+    if _single_token(label_ids):
         ids, mask, positions = _left_pad(prompts, pad_id, next(model.parameters()).device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                        logits_to_keep=1).logits[:, -1, :].float()
@@ -241,7 +250,7 @@ def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets:
                   batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay,
                   max_grad_norm=max_grad_norm, seed=seed, out=out, inplace=inplace,
                   show_progress=show_progress, longest=max(map(len, ids)) + max(map(len, labels)),
-                  n_labels=len(labels))
+                  n_labels=len(labels), rows_per_example=1 if _single_token(labels) else len(labels))
 
 
 def finetune_lm(lm: str | LanguageModel, prompts: Sequence[Sequence[int]],
@@ -312,7 +321,8 @@ def _lr_lambda(steps: int, warmup_steps: int) -> Callable[[int], float]:
 def _train(lm: str | LanguageModel, n: int, loss_fn: Callable[[Any, list[int], int], Any], *, kind: str,
            mode: str, steps: int, batch_size: int, lr: float, warmup: float, weight_decay: float,
            max_grad_norm: float, seed: int, out: str | os.PathLike | None, inplace: bool,
-           show_progress: bool | None, longest: int, **extra: Any) -> FinetuneResult:
+           show_progress: bool | None, longest: int, rows_per_example: int = 1,
+           **extra: Any) -> FinetuneResult:
     import torch
     from tqdm.auto import tqdm
 
@@ -354,15 +364,22 @@ def _train(lm: str | LanguageModel, n: int, loss_fn: Callable[[Any, list[int], i
                 if not order:
                     order = torch.randperm(n, generator=generator).tolist()
                 batch.append(order.pop())
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(model, batch, pad_id)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = 0.0
+            # Gradient accumulation over micro-batches keeps a forward pass under _MAX_ROWS sequences
+            # (a 77-label task scores 77 prompt+label rows per example); the gradient is the same.
+            micro = max(1, _MAX_ROWS // max(1, rows_per_example))
+            for start in range(0, len(batch), micro):
+                chunk = batch[start:start + micro]
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    part = loss_fn(model, chunk, pad_id) * (len(chunk) / len(batch))
+                part.backward()
+                loss += float(part.detach())
             if max_grad_norm and max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             dt = time.perf_counter() - t_step
             bar.set_postfix(loss=f"{losses[-1]:.4f}", s_per_step=f"{dt:.2f}")
             level = logging.INFO if (step + 1) % log_every == 0 or step == 0 else logging.DEBUG
