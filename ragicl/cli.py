@@ -70,9 +70,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .reference import train_reference
 
     train = _read(args.train, args, name=_dataset_name(args.train))
-    result = train_reference(train, lm=args.lm, template=_template(args, train), out=args.out,
-                             mode=args.mode, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, reuse=not args.force)
+    if args.aux_fewshot:
+        from .auxloss import train_with_fewshot_aux
+        from .index import ExampleIndex
+
+        if not args.index:
+            raise RagiclError("--aux-fewshot needs --index: the index (built over the training set) that "
+                              "the few-shot prompts are retrieved from, e.g. `ragicl index build` first.")
+        aux = train_with_fewshot_aux(train, ExampleIndex.load(args.index), lm=args.lm,
+                                     template=_template(args, train), k=args.aux_fewshot,
+                                     lambda0=args.aux_lambda, schedule=args.aux_schedule, mode=args.mode,
+                                     steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     seed=args.seed, out=args.out)
+        result = aux.finetune
+    else:
+        result = train_reference(train, lm=args.lm, template=_template(args, train), out=args.out,
+                                 mode=args.mode, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, reuse=not args.force)
     print(f"fine-tuned {args.lm} ({result.mode}, {result.steps} steps) in {result.seconds:.0f} s -> "
           f"{result.path}; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
     return 0
@@ -214,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--template", default=None, help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
     f.add_argument("--instruction", default=None)
     f.add_argument("--force", action="store_true", help="train even if a matching checkpoint exists")
+    f.add_argument("--aux-fewshot", type=int, default=0, metavar="K",
+                   help="add the auxiliary K-shot loss (Lee, Sohn & Lee 2026) with shots retrieved from --index")
+    f.add_argument("--index", default=None, help="index over the training set, for --aux-fewshot")
+    f.add_argument("--aux-lambda", type=float, default=1.0, help="initial weight of the few-shot loss")
+    f.add_argument("--aux-schedule", default="linear", choices=["linear", "cosine", "constant"],
+                   help="how the few-shot loss weight is annealed to 0 over training")
     _add_data_args(f)
     f.set_defaults(func=cmd_finetune)
 

@@ -62,3 +62,22 @@ def test_demo_runs_the_whole_comparison_small(tmp_path, capsys, monkeypatch, smo
     data = json.loads((tmp_path / "runs" / "report-sst2.json").read_text())
     assert data["reference"] == "fine-tuned" and len(data["gaps"]) == 3
     assert all(0.0 <= g["tv"]["estimate"] <= 1.0 for g in data["gaps"])
+
+
+@pytest.mark.slow
+def test_finetune_modes_and_aux_fewshot_from_the_cli(tmp_path, tiny_sst2, capsys, smollm_path):
+    out = tmp_path / "ft-value"
+    assert main(["finetune", "--train", str(tiny_sst2), "--out", str(out), "--lm", smollm_path,
+                 "--mode", "value", "--steps", "1", "--batch-size", "2"]) == 0
+    meta = json.loads((out / "ragicl_finetune.json").read_text())
+    assert meta["mode"] == "value" and meta["steps"] == 1
+    assert main(["finetune", "--train", str(tiny_sst2), "--out", str(tmp_path / "x"), "--lm", smollm_path,
+                 "--aux-fewshot", "2", "--steps", "1"]) == 2
+    assert "--aux-fewshot needs --index" in capsys.readouterr().err
+    index = tmp_path / "idx"
+    assert main(["index", "build", str(tiny_sst2), "--out", str(index), "--embedder", "hash-64"]) == 0
+    aux_out = tmp_path / "ft-aux"
+    assert main(["finetune", "--train", str(tiny_sst2), "--out", str(aux_out), "--lm", smollm_path,
+                 "--aux-fewshot", "2", "--index", str(index), "--steps", "2", "--batch-size", "2"]) == 0
+    assert "fine-tuned" in capsys.readouterr().out
+    assert (aux_out / "config.json").exists()
