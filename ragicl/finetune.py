@@ -154,7 +154,7 @@ def _sequence_logprobs(model: Any, prompts: list[list[int]], conts: list[list[in
     return (picked * keep).sum(-1)
 
 
-_MAX_ROWS = 64  # sequences in one training forward pass, at most (micro-batching above this)
+_MAX_ROWS = 256  # prompt+label rows in one training forward pass, at most (micro-batching above this)
 
 
 def _single_token(label_ids: Sequence[Sequence[int]]) -> bool:
@@ -174,10 +174,50 @@ def _label_logits(model: Any, prompts: list[list[int]], label_ids: list[list[int
                        logits_to_keep=1).logits[:, -1, :].float()
         # restricting raw logits equals restricting log-probs up to a per-row constant: same softmax
         return logits[:, torch.tensor(firsts, device=logits.device)]
-    n_labels = len(label_ids)
-    rows_p = [p for p in prompts for _ in range(n_labels)]
-    rows_c = [list(c) for _ in prompts for c in label_ids]
-    return _sequence_logprobs(model, rows_p, rows_c, pad_id).view(len(prompts), n_labels)
+    return _shared_prompt_label_logits(model, prompts, label_ids, pad_id)
+
+
+def _shared_prompt_label_logits(model: Any, prompts: list[list[int]], label_ids: list[list[int]],
+                                pad_id: int) -> Any:
+    """``(B, L)`` summed label log-probs with gradients, one pass over each prompt shared by all labels.
+
+    The prompt pass keeps its KV cache; every (prompt, label) row then feeds only the label's tokens on
+    top of its prompt's cached keys (``TransformersLM.score_continuations`` does the same without
+    gradients). With 77 three-token labels after a 30-token prompt that is ~7x fewer tokens than scoring
+    every prompt+label concatenation.
+    """
+    import torch
+
+    from .lm import _select_cache
+
+    device = next(model.parameters()).device
+    ids, mask, positions = _left_pad(prompts, pad_id, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first_lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    n_b, n_c = len(prompts), len(label_ids)
+    scores = first_lp[:, torch.tensor([c[0] for c in label_ids], device=device)]
+    rest_len = max(len(c) for c in label_ids) - 1
+    if rest_len == 0:
+        return scores
+    feed = torch.full((n_c, rest_len), pad_id, dtype=torch.long, device=device)
+    target = torch.zeros((n_c, rest_len), dtype=torch.long, device=device)
+    real = torch.zeros((n_c, rest_len), dtype=torch.bool, device=device)
+    for c, seq in enumerate(label_ids):
+        k = len(seq) - 1
+        feed[c, :k] = torch.tensor(seq[:-1], dtype=torch.long, device=device)
+        target[c, :k] = torch.tensor(seq[1:], dtype=torch.long, device=device)
+        real[c, :k] = True
+    rows = torch.arange(n_b * n_c, device=device)  # row = b * C + c
+    b_idx, c_idx = rows // n_c, rows % n_c
+    # right-padded label slots are masked and come after every real slot, so causality keeps them out
+    mask2 = torch.cat([mask[b_idx], real[c_idx].long()], dim=1)
+    positions2 = mask.sum(-1)[b_idx].unsqueeze(1) + torch.arange(rest_len, device=device).unsqueeze(0)
+    out2 = model(input_ids=feed[c_idx], attention_mask=mask2, position_ids=positions2,
+                 past_key_values=_select_cache(out.past_key_values, b_idx), use_cache=True)
+    logprobs = torch.log_softmax(out2.logits.float(), dim=-1)
+    picked = logprobs.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1)
+    rest = picked.masked_fill(~real[c_idx], 0.0).sum(-1)
+    return scores + rest.view(n_b, n_c)
 
 
 def _check_data(prompts: Sequence[Sequence[int]], what: str, n: int | None = None) -> list[list[int]]:

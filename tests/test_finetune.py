@@ -202,3 +202,24 @@ def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
             diff = (p - a[name]).abs()
             assert diff.max() <= 2e-3 + 1e-6  # at most one flipped sign step
             assert float((diff > 1e-6).float().mean()) < 1e-3  # and only in a handful of elements
+
+
+def test_shared_prompt_label_loss_equals_concatenation_with_gradients(smollm_lm, data):
+    """The training loss shares one prompt pass across multi-token labels: same values and gradients
+    as scoring every prompt+label concatenation."""
+    from ragicl.finetune import _sequence_logprobs, _shared_prompt_label_logits
+
+    prompts, _, _ = data
+    tok = smollm_lm.tokenizer
+    labels = [tok(t, add_special_tokens=False)["input_ids"] for t in (" not good", " very good indeed", " ok")]
+    model, pad = smollm_lm.model, smollm_lm._pad_id
+    batch = [list(p) for p in prompts[:3]]
+    shared = _shared_prompt_label_logits(model, batch, labels, pad)
+    rows_p = [p for p in batch for _ in labels]
+    rows_c = [list(c) for _ in batch for c in labels]
+    concat = _sequence_logprobs(model, rows_p, rows_c, pad).view(len(batch), len(labels))
+    torch.testing.assert_close(shared, concat, atol=2e-4, rtol=1e-4)
+    w = model.model.layers[0].self_attn.v_proj.weight
+    g_shared = torch.autograd.grad(shared.sum(), w)[0]
+    g_concat = torch.autograd.grad(concat.sum(), w)[0]
+    torch.testing.assert_close(g_shared, g_concat, atol=1e-3, rtol=1e-3)
