@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,8 +81,9 @@ def _lr(variant: str, args) -> float:
     return args.lr_small if variant in ("value", "lora") else args.lr
 
 
-def _finetune(variant: str, train, index, lm, template, args, out: Path) -> FinetuneResult:
-    path = out / f"ft-{variant}"
+def _finetune(variant: str, train, index, lm, template, args, out: Path, seed: int | None = None) -> FinetuneResult:
+    seed = args.seed if seed is None else seed
+    path = out / (f"ft-{variant}" if seed == args.seed else f"ft-{variant}-s{seed}")
     if variant == "aux":
         from ragicl.auxloss import train_with_fewshot_aux
 
@@ -91,13 +94,31 @@ def _finetune(variant: str, train, index, lm, template, args, out: Path) -> Fine
                 return FinetuneResult(path, meta["seconds"], tuple(meta["losses"]), "full", args.steps)
         res = train_with_fewshot_aux(train, index, lm=lm, template=template, k=args.aux_k, lambda0=args.aux_lambda,
                                      mode="full", steps=args.steps, batch_size=args.ft_batch_size, lr=_lr(variant, args),
-                                     max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, out=path)
+                                     max_prompt_tokens=args.max_prompt_tokens, seed=seed, out=path)
         return res.finetune
     from ragicl.reference import train_reference
 
     return train_reference(train, lm=lm, template=template, out=path, mode=variant, steps=args.steps,
                            batch_size=args.ft_batch_size, lr=_lr(variant, args), max_prompt_tokens=256,
-                           seed=args.seed)
+                           seed=seed)
+
+
+def _seed_spread(report, reference: str, seed_refs: list[str]) -> tuple[str, dict]:
+    """Mean TV of every system to each seed's fine-tuned reference: how much of a gap is fine-tuning noise."""
+    refs = [reference, *seed_refs]
+    probs = {s.name: np.asarray(s.probs) for s in report.systems}
+    rows, js = [], {}
+    for name, p in probs.items():
+        tvs = [float(0.5 * np.abs(p - probs[r]).sum(axis=1).mean()) for r in refs if r != name]
+        js[name] = {r: t for r, t in zip([r for r in refs if r != name], tvs)}
+        rows.append([name, *[f"{js[name].get(r, 0.0):.3f}" if r != name else "—" for r in refs],
+                     f"{min(tvs):.3f}–{max(tvs):.3f}"])
+    floor = [js[r][q] for r in refs for q in refs if q != r]
+    text = (f"Mean per-query TV of each system to the reference fine-tuned with each seed. The TV between the "
+            f"seeds' own references (fine-tuning noise floor) ranges {min(floor):.3f}–{max(floor):.3f}: a gap "
+            f"below that is indistinguishable from re-running the fine-tuning.\n\n"
+            + markdown_table(["system", *[f"TV to {r}" for r in refs], "range"], rows))
+    return text, js
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="128,256,512")
     p.add_argument("--fractions", default="64,16,4,1", help="denominators: 64,16,4,1 = 1/64..1")
     p.add_argument("--seeds", default="0,1", help="seeds of the data-fraction curve")
+    p.add_argument("--ft-seeds", default="", help="extra fine-tuning seeds of the reference variant, e.g. 1,2: "
+                   "each becomes a system (its TV to the reference is the fine-tuning noise floor) and every "
+                   "system's TV is reported against every seed's reference")
     p.add_argument("--n-anchors", type=int, default=64)
     p.add_argument("--aux-k", type=int, default=2)
     p.add_argument("--aux-lambda", type=float, default=1.0)
@@ -161,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         ft_results[v] = _finetune(v, train, index, lm, template, args, out)
     ft_lms = {v: TransformersLM(str(r.path), batch_size=args.batch_size, show_progress=False).load()
               for v, r in ft_results.items()}
+    extra_seeds = [s for s in _ints(args.ft_seeds) if s != args.seed]
+    seed_lms = {}
+    for s in extra_seeds:
+        log.info("fine-tuning variant %s, seed %d", variants[0], s)
+        r = _finetune(variants[0], train, index, lm, template, args, out, seed=s)
+        seed_lms[s] = TransformersLM(str(r.path), batch_size=args.batch_size, show_progress=False).load()
 
     def icl(shots: int, selection: str = "topk", seed: int = 0, model=lm, budget: int | None = mpt):
         return ICLClassifier(model, template, k=shots, max_prompt_tokens=budget, selection=selection, seed=seed)
@@ -178,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         systems["kNN-prompting"] = KNNPromptingClassifier(icl(0), n_anchors=args.n_anchors, n_demos=min(4, k))
     for v in variants:
         systems[f"ft-{v}"] = icl(0, model=ft_lms[v])
+    for s, m in seed_lms.items():
+        systems[f"ft-{variants[0]} s{s}"] = icl(0, model=m)
     for name, sys_ in systems.items():
         log.info("fitting %s", name)
         sys_.fit(index)
@@ -204,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                                         for v, r in ft_results.items()])),
         ("Cost", str(cost)),
     ]
+    if seed_lms:
+        body, results["ft_seeds"] = _seed_spread(report, reference, [f"ft-{variants[0]} s{s}" for s in seed_lms])
+        sections.append((f"Fine-tuning seeds ({variants[0]}, seeds {[args.seed, *seed_lms]})", body))
     images: dict[str, Path] = {}
     reference_probs = report.system(reference).probs
     curves = {c for c in args.curves.split(",") if c}
