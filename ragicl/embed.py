@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._exceptions import check_positive_int, require
+from ._exceptions import DataError, EmbedderMismatchError, check_positive_int, require
 from .models import DEFAULT_EMBEDDER, resolve_embedder
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,11 @@ class SentenceTransformerEmbedder:
     @property
     def name(self) -> str:
         return self.model
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is in memory (reading :attr:`dimension` loads it otherwise)."""
+        return self._model is not None
 
     @property
     def dimension(self) -> int:
@@ -193,6 +198,59 @@ class HashEmbedder:
         empty = ~out.any(axis=1)
         out[empty, 0] = 1.0  # a text with no features still gets a unit vector
         return _normalize(out)
+
+
+def check_vectors(vectors: Any, n_examples: int, embedder: Embedder) -> np.ndarray:
+    """Precomputed embeddings checked and normalized as this module's embedders return them.
+
+    Returns a float32 C-contiguous copy of ``vectors`` (``(n_examples, d)``, finite, no zero rows) whose rows
+    are unit vectors: rows already of unit norm (within 1e-4) are kept bit for bit, others are divided by
+    their norm. ``EmbedderMismatchError`` if ``embedder``'s dimension is known without loading a model
+    (``is_loaded`` is not ``False``) and differs. Used by :meth:`ragicl.index.ExampleIndex.from_vectors`.
+
+    >>> check_vectors(np.array([[3.0, 4.0]]), 1, HashEmbedder(2)).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    """
+    unreadable = (f"vectors must be a 2-D float array; received a {type(vectors).__name__} numpy cannot read "
+                  "as numbers{}. Fix: pass a numpy array (for a GPU tensor: tensor.cpu().numpy()).")
+    try:
+        x = np.asarray(vectors)
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. a CUDA tensor, ragged rows
+        raise TypeError(unreadable.format(f" ({err})")) from err
+    if x.dtype.kind == "O":
+        raise TypeError(unreadable.format(""))
+    if x.ndim != 2 or x.dtype.kind != "f":
+        raise DataError(f"vectors must be a 2-D float array (n_examples, dimension); received shape "
+                        f"{x.shape} of dtype {x.dtype}. Fix: one row per example, e.g. "
+                        "np.asarray(v, dtype=np.float32).reshape(len(dataset), -1).")
+    if x.shape[0] != n_examples or x.shape[1] == 0:
+        raise DataError(f"vectors has shape {x.shape}; expected one row per example of the dataset "
+                        f"({n_examples} rows, in dataset order) and at least one column. Fix: embed exactly "
+                        "the dataset's examples, or subset the dataset to the embedded rows.")
+    known = None if getattr(embedder, "is_loaded", True) is False else int(embedder.dimension)
+    if known is not None and known != x.shape[1]:
+        raise EmbedderMismatchError(
+            f"vectors are {x.shape[1]}-dimensional but embedder {embedder.name!r} produces "
+            f"{known}-dimensional vectors, so text queries could not be searched. Fix: pass the embedder "
+            "(or its name) that produced the vectors as embedder=...")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: reported just below
+        x = np.array(x, dtype=np.float32, order="C")  # our own copy: the caller may reuse theirs
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise DataError(f"vectors has NaN or infinite values (after conversion to float32) in {len(bad)} "
+                        f"row(s), e.g. rows {bad[:5].tolist()}; expected finite embeddings. Fix: re-embed "
+                        "those examples, or drop them from both the dataset and the matrix.")
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))  # float64: no overflow, no (n, d) temp
+    zero = np.flatnonzero(norms < 1e-12)
+    if len(zero):
+        raise DataError(f"vectors has {len(zero)} zero row(s) (norm < 1e-12), e.g. rows {zero[:5].tolist()}; "
+                        "a zero vector has no direction, so cosine similarity to it is undefined. Fix: "
+                        "re-embed those examples, or drop them from both the dataset and the matrix.")
+    rows = np.flatnonzero(np.abs(norms - 1.0) > 1e-4)  # unit rows (an embedder's output) stay bit for bit
+    for start in range(0, len(rows), 65536):
+        chunk = rows[start:start + 65536]
+        x[chunk] = x[chunk] / norms[chunk, None]
+    return x
 
 
 def get_embedder(spec: str | Embedder, *, device: str = "auto", batch_size: int = 64,

@@ -7,63 +7,31 @@ Folder layout written by :meth:`ExampleIndex.save` (see docs/DESIGN.md, *Index*)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._exceptions import (
-    DataError,
-    EmbedderMismatchError,
-    IndexFormatError,
-    NotFittedError,
-    check_positive_int,
-    require,
-)
-from .embed import Embedder, get_embedder
+from . import _index_device, _index_io
+from ._exceptions import DataError, EmbedderMismatchError, NotFittedError, check_positive_int, require
+from ._index_io import FILES, FORMAT_VERSION, build_and_save
+from .embed import Embedder, check_vectors, get_embedder
 from .models import DEFAULT_EMBEDDER
 from .types import Dataset, Example, SearchResult
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-FILES = ("index.faiss", "embeddings.npy", "examples.jsonl")
+__all__ = ["FILES", "FORMAT_VERSION", "ExampleIndex", "Query", "build_and_save"]
+
 Query = str | Mapping[str, str] | Example
 
 
 def _faiss() -> Any:
     return require("faiss", "cpu", "faiss-cpu")
-
-
-def _canonical(name: str) -> str:
-    return name.strip().rstrip("/").lower().removeprefix("sentence-transformers/")
-
-
-def _torch_searcher(vectors: np.ndarray, factory: str, device: str, fp16: bool, faiss: Any) -> Any:
-    """The torch exact-search seam (``ragicl.torch_search``) for CUDA without faiss-gpu, or ``None``."""
-    try:
-        from .torch_search import maybe_torch_search
-    except ImportError:  # torch (or the module) missing: faiss on CPU it is
-        return None
-    return maybe_torch_search(vectors, factory=factory, device=device, fp16=fp16, faiss_module=faiss)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    os.close(fd)
 
 
 class ExampleIndex:
@@ -122,7 +90,56 @@ class ExampleIndex:
         self._build_from(dataset, train_size=train_size, seed=seed)
         return self
 
-    def _build_from(self, dataset: Dataset, *, train_size: int = 100_000, seed: int = 0) -> None:
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray | Any, dataset: Dataset | Any,
+                     embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat",
+                     device: str = "auto", *, batch_size: int | None = None,
+                     show_progress: bool | None = None, fp16: bool = False, train_size: int = 100_000,
+                     seed: int = 0) -> ExampleIndex:
+        """Index ``dataset`` with precomputed embeddings instead of embedding it (row ``i`` = example ``i``).
+
+        For data already embedded elsewhere (e.g. ``SentenceTransformer.encode`` on a GPU) and for
+        benchmarks on synthetic vectors. The result is an ordinary index: searched, saved and loaded like
+        one from :meth:`build`, and given the same vectors it *is* the index :meth:`build` makes.
+
+        Args:
+            vectors: a 2-D float array ``(len(dataset), dimension)`` (numpy, or anything ``np.asarray``
+                reads, e.g. a CPU tensor). It is copied as float32. The metric is cosine (inner product of
+                unit vectors), so rows are L2-normalized the way the embedders normalize (``x / ‖x‖``);
+                rows already of unit norm (within 1e-4) are kept bit for bit, so an embedder's own output
+                gives exactly the index :meth:`build` would. NaN/inf values and zero rows are rejected.
+            dataset: the examples, in the order of ``vectors``: a :class:`Dataset`, or anything
+                :func:`ragicl.read_dataset` accepts.
+            embedder: the model that produced ``vectors``; it embeds text queries (and :meth:`add`) later,
+                and its name is written to the manifest. If its dimension is known without loading a
+                model (a loaded or model-free embedder such as ``"hash-64"``), a different width raises
+                ``EmbedderMismatchError`` here; a sentence-transformers model is *not* loaded for the check
+                — its width is checked at the first text query, like a loaded index's. Searching with
+                query vectors (:meth:`search` on a matrix, :meth:`search_vectors`) never loads it.
+            factory, device, batch_size, show_progress, fp16, train_size, seed: as for :meth:`build`.
+
+        Raises ``DataError`` for a row count other than ``len(dataset)``, a non-2-D or non-float array,
+        or non-finite/zero rows; ``EmbedderMismatchError`` for a known embedder of another dimension.
+
+        >>> from ragicl.data import from_records
+        >>> from ragicl.embed import HashEmbedder
+        >>> ds = from_records([{"text": t, "label": "x"} for t in ["red", "green", "blue"]])
+        >>> vectors = HashEmbedder(16).encode([ex.text() for ex in ds])      # or any model's output
+        >>> index = ExampleIndex.from_vectors(vectors, ds, embedder="hash-16")
+        >>> index.search(["green"], k=1).positions.tolist()
+        [[1]]
+        """
+        if not isinstance(dataset, Dataset):
+            from .data import read_dataset
+
+            dataset = read_dataset(dataset)
+        self = cls(embedder, factory, device, batch_size=batch_size, show_progress=show_progress, fp16=fp16)
+        x = check_vectors(vectors, len(dataset), self.embedder)
+        self._build_from(dataset, vectors=x, train_size=train_size, seed=seed)
+        return self
+
+    def _build_from(self, dataset: Dataset, *, vectors: np.ndarray | None = None, train_size: int = 100_000,
+                    seed: int = 0) -> None:
         if len(dataset) == 0:
             raise DataError("cannot index an empty dataset: received 0 examples, expected at least one.")
         faiss = _faiss()
@@ -131,7 +148,7 @@ class ExampleIndex:
                         "name": dataset.name}
         examples = self._check_new(dataset.examples)
         start = time.perf_counter()
-        vectors = self.embed(examples)
+        vectors = self.embed(examples) if vectors is None else vectors
         d = vectors.shape[1]
         try:
             cpu = faiss.index_factory(d, self.factory, faiss.METRIC_INNER_PRODUCT)
@@ -399,18 +416,7 @@ class ExampleIndex:
         if self._saved_manifest is not None:
             return dict(self._saved_manifest)
         self._require_built()
-        return self._make_manifest({})
-
-    def _make_manifest(self, files: dict[str, int]) -> dict[str, Any]:
-        if "fingerprint" not in self._cache:
-            self._cache["fingerprint"] = self.dataset.fingerprint()
-        faiss = _faiss()
-        return {"format_version": FORMAT_VERSION, "embedder": self.embedder.name, "dimension": self.dimension,
-                "metric": "inner_product", "factory": self.factory,
-                "dataset_fingerprint": self._cache["fingerprint"], "count": len(self),
-                **self._schema, "search_params": dict(self._search_params), "files": files,
-                "faiss_version": getattr(faiss, "__version__", "?"),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        return _index_io.make_manifest(self, {})
 
     # ------------------------------------------------------------------ device
     def _install(self, cpu_index: Any) -> None:
@@ -420,87 +426,24 @@ class ExampleIndex:
             self._search_params.setdefault("nprobe", int(faiss.extract_index_ivf(cpu_index).nprobe))
         except RuntimeError:  # not an IVF index
             pass
-        self._faiss_index, self._backend = self._to_device(cpu_index)
+        self._faiss_index, self._backend = _index_device.to_device(
+            cpu_index, device=self.device, factory=self.factory, fp16=self.fp16, embeddings=self._embeddings)
         if self._search_params:
             self.set_search_params(**self._search_params)
 
-    def _to_device(self, cpu_index: Any) -> tuple[Any, str]:
-        faiss = _faiss()
-        device = str(self.device).lower()
-        if device not in {"auto", "cpu", "gpu"} and not device.startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
-        if device == "cpu":
-            return cpu_index, "cpu"
-        has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-        if not has_gpu:  # faiss-cpu: exact (Flat) search can still run on CUDA through torch
-            vectors = (np.zeros((0, cpu_index.d), np.float32) if self._embeddings is None
-                       else np.array(self._embeddings, dtype=np.float32))  # writable copy of the memmap
-            searcher = _torch_searcher(vectors, self.factory, device, self.fp16, faiss)
-            if searcher is not None:
-                logger.info("faiss has no GPU support: exact search runs on %s through torch", searcher.device)
-                return searcher, "torch"
-        if device == "auto" and not has_gpu:
-            return cpu_index, "cpu"
-        if not has_gpu:
-            raise ValueError(f"device={self.device!r} but faiss has no GPU support or sees no GPU. Fix: "
-                             "pip uninstall faiss-cpu && pip install 'ragicl[gpu]', or use device='cpu'.")
-        options = faiss.GpuMultipleClonerOptions()
-        options.useFloat16 = bool(self.fp16)
-        try:
-            return faiss.index_cpu_to_all_gpus(cpu_index, co=options), "faiss-gpu"
-        except RuntimeError as err:  # e.g. HNSW has no GPU version
-            logger.warning("faiss index %r cannot run on GPU (%s); searching on CPU", self.factory, err)
-            return cpu_index, "cpu"
-
     def _cpu_index(self) -> Any:
-        if self._backend == "torch":
-            return self._faiss_index.to_faiss()
-        return _faiss().index_gpu_to_cpu(self._faiss_index) if self._backend == "faiss-gpu" else self._faiss_index
+        return _index_device.to_cpu(self._faiss_index, self._backend)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index folder atomically: a sibling temp folder is written, fsynced and swapped in.
 
-        If anything fails midway the previous folder at ``path`` is left untouched.
+        If anything fails midway the previous folder at ``path`` is left untouched; a folder that is not
+        an index (no ``manifest.json``, not empty) is never replaced (``FileExistsError``).
         """
         self._require_built()
-        faiss = _faiss()
         path = Path(path)
-        if path.exists() and not (path / "manifest.json").exists() and (
-                not path.is_dir() or any(path.iterdir())):
-            raise FileExistsError(f"{path} exists and is not an ExampleIndex folder (no manifest.json); "
-                                  "refusing to replace it. Fix: choose another path or remove it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        old: Path | None = None
-        try:
-            faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
-            with open(tmp / "embeddings.npy", "wb") as fh:
-                np.save(fh, np.ascontiguousarray(self._embeddings, dtype=np.float32))
-            with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps({**ex.to_json(), "key": key}, ensure_ascii=False) + "\n"
-                              for ex, key in zip(self._examples, self._keys))
-            for name in FILES:
-                _fsync(tmp / name)
-            manifest = self._make_manifest({name: (tmp / name).stat().st_size for name in FILES})
-            with open(tmp / "manifest.json", "w", encoding="utf-8") as fh:
-                json.dump(manifest, fh, indent=2, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync(tmp)
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _fsync(path.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None and not path.exists():
-                os.replace(old, path)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        self._saved_manifest = manifest
+        self._saved_manifest = _index_io.save(self, path)
         logger.info("saved %d examples to %s", len(self), path)
         return path
 
@@ -514,62 +457,22 @@ class ExampleIndex:
         and ``EmbedderMismatchError`` if ``embedder`` is not the one the index was built with. Without
         ``embedder`` the manifest's embedder is used (loaded lazily, on the first text query).
         """
-        faiss = _faiss()
         path = Path(path)
-        rebuild = f"Fix: rebuild it, e.g. `ragicl index build DATA --out {path}`."
-        if not (path / "manifest.json").is_file():
-            old = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
-            hint = f" An interrupted save left the previous version at {old[-1]}." if old else ""
-            what = "has no manifest.json" if path.is_dir() else "does not exist"
-            raise IndexFormatError(f"no index at {path}: the folder {what}; expected a folder written by "
-                                   f"ExampleIndex.save.{hint} {rebuild}")
-        try:
-            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-            count, dim = int(manifest["count"]), int(manifest["dimension"])
-            files = {name: int(manifest["files"][name]) for name in FILES}
-            version = manifest["format_version"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise IndexFormatError(f"{path / 'manifest.json'} is unreadable or incomplete ({err!r}). "
-                                   f"{rebuild}") from err
-        if version != FORMAT_VERSION:
-            raise IndexFormatError(f"{path} has index format version {version!r}; this ragicl reads version "
-                                   f"{FORMAT_VERSION}. {rebuild}")
-        for name, size in files.items():
-            if not (path / name).is_file():
-                raise IndexFormatError(f"{path} is missing {name} (listed in its manifest). {rebuild}")
-            if (actual := (path / name).stat().st_size) != size:
-                raise IndexFormatError(f"{path / name} is {actual} bytes; the manifest says {size} (truncated "
-                                       f"or modified after saving). {rebuild}")
-        try:
-            cpu = faiss.read_index(str(path / "index.faiss"))
-            vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
-            with open(path / "examples.jsonl", encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
-            examples = [Example.from_json(row) for row in rows]
-        except (RuntimeError, ValueError, KeyError, OSError) as err:
-            raise IndexFormatError(f"could not read the index files in {path}: {err}. {rebuild}") from err
-        counts = {"index.faiss": cpu.ntotal, "embeddings.npy": vectors.shape[0], "examples.jsonl": len(examples)}
-        if any(c != count for c in counts.values()) or vectors.shape[1:] != (dim,) or cpu.d != dim:
-            raise IndexFormatError(f"{path} is inconsistent: the manifest says {count} examples of dimension "
-                                   f"{dim}, the files hold {counts} (vectors {vectors.shape}, faiss d={cpu.d}). "
-                                   f"{rebuild}")
+        folder = _index_io.read(path, mmap=mmap)
+        manifest = folder.manifest
         if embedder is not None:
-            embedder = get_embedder(embedder, device=device, batch_size=batch_size or 64)
-            if _canonical(embedder.name) != _canonical(manifest["embedder"]) or embedder.dimension != dim:
-                raise EmbedderMismatchError(
-                    f"the index at {path} was built with {manifest['embedder']!r} ({dim} dims); received "
-                    f"embedder {embedder.name!r} ({embedder.dimension} dims). Fix: load it without an "
-                    f"embedder (uses {manifest['embedder']!r}), or rebuild the index with the new one.")
+            embedder = _index_io.check_embedder(path, manifest, embedder, device=device,
+                                                batch_size=batch_size or 64)
         self = cls(embedder or manifest["embedder"], manifest["factory"], device, batch_size=batch_size,
                    show_progress=show_progress, fp16=fp16)
         self._schema = {"input_fields": manifest.get("input_fields") or [], "task": manifest.get("task"),
                         "labels": manifest.get("labels") or [], "output_field": manifest.get("output_field"),
                         "name": manifest.get("name") or ""}
-        self._examples = examples
-        self._keys = [row.get("key") or ex.key() for row, ex in zip(rows, examples)]
-        self._embeddings = vectors
+        self._examples = folder.examples
+        self._keys = folder.keys
+        self._embeddings = folder.vectors
         self._search_params = dict(manifest.get("search_params") or {})
-        self._install(cpu)
+        self._install(folder.faiss_index)
         self._cache["fingerprint"] = manifest.get("dataset_fingerprint")
         self._saved_manifest = manifest
         return self
@@ -582,28 +485,3 @@ class ExampleIndex:
                 "device": "cpu" if self._backend == "cpu" else "gpu", "backend": self._backend,
                 "bytes_on_disk": sum(m.get("files", {}).values()) or None}
 
-
-def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, *,
-                   embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat", device: str = "auto",
-                   batch_size: int | None = 64, input_fields: Sequence[str] | None = None,
-                   label_field: str | None = "label", output_field: str | None = None,
-                   show_progress: bool | None = None) -> ExampleIndex:
-    """Read a dataset, build an :class:`ExampleIndex`, save it to ``out`` and log a summary.
-
-    Shared by ``scripts/build_index.py`` and ``ragicl index build``. The conventional ``out`` is
-    ``indexes/<dataset name>``.
-    """
-    from .data import read_dataset
-
-    start = time.perf_counter()
-    dataset = source if isinstance(source, Dataset) else read_dataset(
-        source, input_fields=input_fields, label_field=label_field, output_field=output_field)
-    index = ExampleIndex.build(dataset, embedder=embedder, factory=factory, device=device,
-                               batch_size=batch_size, show_progress=show_progress)
-    index.save(out)
-    s = index.summary()
-    s["seconds"] = round(time.perf_counter() - start, 2)
-    logger.info("built %s: %d examples, dim %d, factory %r, embedder %s, fingerprint %s, %.1f MB, %.1f s",
-                out, s["count"], s["dimension"], s["factory"], s["embedder"], s["fingerprint"][:12],
-                (s["bytes_on_disk"] or 0) / 1e6, s["seconds"])
-    return index

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._exceptions import check_positive_int
-from .types import Example, Retrieved
+from .types import Example, Retrieved, text_key
 
 if TYPE_CHECKING:
     from .index import ExampleIndex, Query
@@ -102,14 +102,19 @@ class Retriever:
         if self.k == 0 or not queries:
             return [Retrieved((), ()) for _ in queries]
         n = self.k if n_candidates is None else check_positive_int("n_candidates", n_candidates)
-        excluded = [self._excluded(index, q) for q in queries]
+        texts = [index.query_text(q) for q in queries]
+        excluded = self._excluded(index, queries, texts)
         if self.strategy == "random":
-            return [self._random(index, q, ex, n) for q, ex in zip(queries, excluded)]
-        x = index.embed(queries)
+            return [self._random(index, q, t, ex, n) for q, t, ex in zip(queries, texts, excluded)]
+        x = index.embed(texts)
         depth = n if self.strategy == "topk" else max(n, self.fetch_k or max(4 * n, 50))
-        pools = _candidates(index, x, excluded, depth)
-        if self.strategy == "topk":
-            return [Retrieved(tuple(p[:n].tolist()), tuple(s[:n].tolist())) for p, s in pools]
+        positions, scores, counts = _candidates(index, x, excluded, depth)
+        if self.strategy == "topk":  # one tolist() per matrix, not per row
+            rows = zip(positions.tolist(), scores.tolist())
+            if counts.min() == positions.shape[1]:
+                return [Retrieved(tuple(p), tuple(s)) for p, s in rows]
+            return [Retrieved(tuple(p[:c]), tuple(s[:c])) for (p, s), c in zip(rows, counts.tolist())]
+        pools = [(positions[i, :c], scores[i, :c]) for i, c in enumerate(counts.tolist())]
         if self.strategy == "balanced":
             if not index.labels:
                 raise ValueError("strategy 'balanced' needs a classification index with labels; this index "
@@ -117,52 +122,77 @@ class Retriever:
             return [_balanced(index.label_ids[p], p, s, n) for p, s in pools]
         return [_mmr(index, x[i], p, n, self.mmr_lambda) for i, (p, _) in enumerate(pools)]
 
-    def _excluded(self, index: ExampleIndex, query: Query) -> np.ndarray:
-        key = Example(id="", inputs={"q": index.query_text(query)}).key()
-        positions = list(index.duplicates_of(key))
-        if self.exclude_same_id and isinstance(query, Example):
-            own = index.position_of(query.id)
-            if own is not None and own not in positions:
-                positions.append(own)
-        return np.asarray(positions, dtype=np.int64)
+    def _excluded(self, index: ExampleIndex, queries: list[Query], texts: list[str]) -> list[tuple[int, ...]]:
+        """Positions to exclude per query: its exact duplicates (and, if asked, the example with its id)."""
+        duplicates_of = index.duplicates_of
+        excluded = [duplicates_of(text_key(t)) for t in texts]
+        if self.exclude_same_id:
+            for i, query in enumerate(queries):
+                if isinstance(query, Example):
+                    own = index.position_of(query.id)
+                    if own is not None and own not in excluded[i]:
+                        excluded[i] = (*excluded[i], own)
+        return excluded
 
-    def _random(self, index: ExampleIndex, query: Query, excluded: np.ndarray, n: int) -> Retrieved:
-        ident = f"{query.id if isinstance(query, Example) else ''}\x00{index.query_text(query)}"
+    def _random(self, index: ExampleIndex, query: Query, text: str, excluded: tuple[int, ...],
+                n: int) -> Retrieved:
+        ident = f"{query.id if isinstance(query, Example) else ''}\x00{text}"
         digest = int.from_bytes(hashlib.sha256(ident.encode("utf-8")).digest()[:8], "little")
         rng = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, digest])
         total = len(index)
         draw = rng.choice(total, size=min(total, n + len(excluded)), replace=False)
-        if len(excluded):
+        if excluded:
             draw = draw[~np.isin(draw, excluded)]
         draw = draw[:n]
         return Retrieved(tuple(draw.tolist()), (math.nan,) * len(draw))
 
 
-def _candidates(index: ExampleIndex, x: np.ndarray, excluded: list[np.ndarray],
-                depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Up to ``depth`` nearest non-excluded candidates per query, widening the search (×2) as needed."""
-    total = len(index)
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(x)
-    todo = list(range(len(x)))
-    fetch = min(total, depth + max(len(e) for e in excluded))
-    while todo and fetch > 0:
-        res = index.search_vectors(x[todo], fetch)
-        again = []
-        for row, q in enumerate(todo):
-            pos, sc = res.positions[row], res.scores[row]
-            keep = pos >= 0
-            if len(excluded[q]):
-                keep &= ~np.isin(pos, excluded[q])
-            pos, sc = pos[keep], sc[keep]
-            if len(pos) >= min(depth, total - len(excluded[q])):
-                out[q] = (pos[:depth], sc[:depth])
-            elif fetch >= total:  # an approximate index (IVF, HNSW) saw too few: exact search instead
-                out[q] = _exact(index, x[q], excluded[q], depth)
-            else:
-                again.append(q)
-        todo, fetch = again, min(total, fetch * 2)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-    return [o if o is not None else empty for o in out]
+def _candidates(index: ExampleIndex, x: np.ndarray, excluded: Sequence[Sequence[int]],
+                depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``depth`` nearest non-excluded candidates per query, widening the search (×2) as needed.
+
+    Vectorised over the batch: returns ``positions`` (``(Q, min(depth, N))`` int64, padded with ``-1``),
+    ``scores`` (float32, padded with ``-inf``) and ``counts`` (valid candidates per row, best first). Each
+    search pass runs on the same rows as a per-query loop would, so results are identical to one.
+    """
+    total, n_q = len(index), len(x)
+    width = min(depth, total)
+    positions = np.full((n_q, width), -1, np.int64)
+    scores = np.full((n_q, width), -np.inf, np.float32)
+    counts = np.zeros(n_q, np.int64)
+    n_excluded = np.fromiter(map(len, excluded), np.int64, n_q)
+    need = np.minimum(depth, total - n_excluded)  # fewer only when the index runs out
+    todo = np.arange(n_q)
+    fetch = min(total, depth + int(n_excluded.max(initial=0)))
+    while len(todo) and fetch > 0:
+        res = index.search_vectors(x if len(todo) == n_q else x[todo], fetch)
+        pos, sc = res.positions, res.scores
+        keep = pos >= 0
+        rows = np.flatnonzero(n_excluded[todo])  # rows (of this pass) with something to exclude
+        if len(rows):  # one np.isin over (row, position) codes; -1 entries are already dropped
+            lens = n_excluded[todo[rows]]
+            ex_positions = np.concatenate([excluded[q] for q in todo[rows].tolist()])
+            banned = np.repeat(rows, lens) * total + ex_positions
+            keep[rows] &= ~np.isin(rows[:, None] * total + pos[rows], banned)
+        kept = keep.sum(axis=1)
+        if kept.min() < fetch:  # move the kept entries to the front of their row, order preserved
+            order = np.argsort(~keep, axis=1, kind="stable")
+            pos = np.take_along_axis(pos, order, axis=1)
+            sc = np.take_along_axis(sc, order, axis=1)
+            gone = np.arange(fetch) >= kept[:, None]
+            pos[gone], sc[gone] = -1, -np.inf
+        done = kept >= need[todo]
+        rows_done = todo[done]
+        positions[rows_done] = pos[done, :width]
+        scores[rows_done] = sc[done, :width]
+        counts[rows_done] = np.minimum(kept[done], depth)
+        if fetch >= total:  # an approximate index (IVF, HNSW) saw too few: exact search instead
+            for q in todo[~done].tolist():
+                p, s = _exact(index, x[q], np.asarray(excluded[q], np.int64), depth)
+                positions[q, :len(p)], scores[q, :len(p)], counts[q] = p, s, len(p)
+            break
+        todo, fetch = todo[~done], min(total, fetch * 2)
+    return positions, scores, counts
 
 
 def _exact(index: ExampleIndex, q: np.ndarray, excluded: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:

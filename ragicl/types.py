@@ -27,6 +27,15 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def text_key(text: str) -> str:
+    """Hash of the normalized text: the :meth:`Example.key` of an example whose input text is ``text``.
+
+    >>> text_key("A  cat") == text_key("a cat") == Example("1", {"text": "a cat"}).key()
+    True
+    """
+    return hashlib.sha1(normalize_text(text).encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class Example:
     """One labeled example: an id, its input fields, and a label (classification) or output (generation).
@@ -49,7 +58,7 @@ class Example:
 
     def key(self) -> str:
         """Hash of the normalized input text: two examples with the same key are exact duplicates."""
-        return hashlib.sha1(normalize_text(self.text()).encode("utf-8")).hexdigest()
+        return text_key(self.text())
 
     def to_json(self) -> dict:
         row: dict = {"id": self.id, "inputs": dict(self.inputs)}

@@ -76,15 +76,16 @@ def batched(fn: Any, n_queries: int, batch: int, budget_queries: int) -> float:
 
 
 def build_example_index(db: np.ndarray, q: np.ndarray, device: str) -> tuple[Any, float]:
-    """An ``ExampleIndex`` (exact) over precomputed vectors through a row-lookup embedder."""
+    """An exact ``ExampleIndex`` over precomputed vectors (``from_vectors``); text queries ``"q7"`` / ``"d7"``
+    embed to row 7 of ``q`` / ``db`` through a row-lookup embedder."""
     from ragicl.index import ExampleIndex
     from ragicl.types import Dataset, Example
 
     t = time.perf_counter()
     examples = tuple(Example(id=str(i), inputs={"text": f"d{i}"}) for i in range(len(db)))
     ds = Dataset(examples, ("text",), task="classification", labels=(), name="synthetic")
-    index = ExampleIndex.build(ds, embedder=bc.RowEmbedder(db, q), factory="Flat", device=device,
-                               batch_size=1 << 20, show_progress=False)
+    index = ExampleIndex.from_vectors(db, ds, embedder=bc.RowEmbedder(db, q), factory="Flat", device=device,
+                                      batch_size=1 << 20, show_progress=False)
     return index, time.perf_counter() - t
 
 
@@ -235,8 +236,11 @@ def ann_section(n: int, d: int, db: np.ndarray, q: np.ndarray, truth: np.ndarray
 
 
 def absolute_overhead(d: int, k: int, n: int = 1000, n_q: int = 1000, repeat: int = 7) -> list[dict]:
-    """ragicl's own cost per query, in CPU time (robust to other processes' load): every path on a tiny
-    index (``n`` vectors) where faiss's work is small, minus raw faiss."""
+    """ragicl's own cost per query, in CPU time (robust to other processes' load): every path on a small
+    index (``n`` vectors) where faiss's work is small, minus raw faiss.
+
+    The last path asks for the ``n_q`` first *indexed* examples (texts ``d0``, ``d1``...), so every query
+    has a duplicate to exclude (the slow path of ``Retriever``); its faiss baseline is the same search."""
     from ragicl.retrieve import Retriever
 
     db, centers = synthetic(n, d, seed=0, n_clusters=16)
@@ -250,6 +254,9 @@ def absolute_overhead(d: int, k: int, n: int = 1000, n_q: int = 1000, repeat: in
     fns = {"raw faiss": lambda: raw.search(q, k), "ExampleIndex.search_vectors": lambda: index.search_vectors(q, k),
            "ExampleIndex.search (matrix)": lambda: index.search(q, k),
            "Retriever.retrieve (topk)": lambda: retriever.retrieve(index, qtexts)}
+    if n >= n_q:
+        dtexts = [f"d{i}" for i in range(n_q)]
+        fns["Retriever.retrieve (topk, every query indexed)"] = lambda: retriever.retrieve(index, dtexts)
     best: dict[str, float] = {}
     for _ in range(repeat):
         for name, fn in fns.items():
@@ -279,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-per-list", type=int, default=64, help="IVF training vectors per list")
     parser.add_argument("--hnsw-max-n", type=int, default=200_000, help="skip HNSW above this N (slow build)")
     parser.add_argument("--clusters", type=int, default=None, help="synthetic clusters (default N/100)")
+    parser.add_argument("--overhead-n", type=int, nargs="+", default=[1000],
+                        help="index sizes of the CPU-time overhead table (ragicl's own µs/query)")
+    parser.add_argument("--overhead-repeat", type=int, default=7,
+                        help="interleaved repeats of the CPU-time overhead table (best kept)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="print only the CPU-time overhead table (no ceiling, exact or ANN sections)")
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats of exact searches (best kept)")
     parser.add_argument("--ann-repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all)")
@@ -303,6 +316,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
     info = bc.print_environment(args.device)
+    absolute = [row for n in args.overhead_n
+                for row in absolute_overhead(args.d, args.k, n, repeat=args.overhead_repeat)]
+    bc.print_table(absolute, "ragicl's own cost per query (CPU time, small index; load-independent)")
+    if args.overhead_only:
+        print(f"\n# load at end: {bc.load_average()}")
+        bc.save_json(args.json, {"env": info, "args": vars(args), "absolute": absolute})
+        return
     if args.device.startswith("cuda"):
         peak, name = gpu_peak_flops("float32")
         ceiling = Ceiling(peak, f"datasheet fp32 peak of {name}") if peak else measure_matmul_flops(
@@ -311,8 +331,6 @@ def main(argv: list[str] | None = None) -> None:
         ceiling = measure_matmul_flops(2048 if args.quick else 4096, repeats=3)
     print(f"# ceiling: {ceiling.flops / 1e9:.1f} GFLOP/s ({ceiling.source})")
 
-    absolute = absolute_overhead(args.d, args.k)
-    bc.print_table(absolute, "ragicl's own cost per query (CPU time, tiny index; load-independent)")
     all_rows: dict[str, list[dict]] = {"exact": [], "overhead": [], "sweep": [], "buckets": [],
                                        "absolute": absolute}
     for n in args.n:

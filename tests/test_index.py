@@ -271,9 +271,9 @@ def test_build_and_save_from_file(tmp_path):
 def test_torch_backend_seam(small, tmp_path, monkeypatch):
     """Without faiss-gpu, a CUDA request routes exact search through ragicl.torch_search; run it on CPU."""
     torch_search = pytest.importorskip("ragicl.torch_search")
-    import ragicl.index as index_module
+    import ragicl._index_device as device_module
 
-    monkeypatch.setattr(index_module, "_torch_searcher",
+    monkeypatch.setattr(device_module, "torch_searcher",
                         lambda vectors, *a: torch_search.TorchExactSearch(vectors, device="cpu"))
     reference = ExampleIndex.build(small, embedder="hash-64", device="cpu")
     index = ExampleIndex.build(small.subset(range(300)), embedder="hash-64", device="auto")
@@ -306,3 +306,95 @@ def test_ivfpq_trains_without_polysemous_codes():
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index._cpu_index()))
     assert ivf.do_polysemous_training is False
     assert index.search(["review number 3 is good"], 5).positions.shape == (1, 5)
+
+
+# ---------------------------------------------------------------------- from_vectors
+def _own_vectors(dataset, dim=64):
+    """What ``build`` embeds: each example's input fields in the dataset's order, through HashEmbedder."""
+    return HashEmbedder(dim).encode([ex.text(dataset.input_fields) for ex in dataset.examples])
+
+
+def test_from_vectors_of_the_embedders_output_is_the_built_index(index, small, rte):
+    vectors = _own_vectors(small)
+    fv = ExampleIndex.from_vectors(vectors, small, embedder=HashEmbedder(64))
+    np.testing.assert_array_equal(fv.embeddings, index.embeddings)  # bit for bit, not re-normalized
+    assert fv.examples == index.examples and fv.keys == index.keys and fv.dataset.labels == small.labels
+    assert fv.manifest["dataset_fingerprint"] == index.manifest["dataset_fingerprint"]
+    assert fv.manifest["embedder"] == "hash-64" and fv.factory == "Flat"
+    queries = list(rte.examples[1000:1040])
+    a, b = index.search(queries, 10), fv.search(queries, 10)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    from ragicl.retrieve import Retriever
+
+    for strategy in ("topk", "balanced", "mmr"):
+        r = Retriever(k=6, strategy=strategy)
+        batch = queries + list(small.examples[:5])  # the last five are indexed: excluded duplicates
+        assert r.retrieve(fv, batch) == r.retrieve(index, batch)
+    fv.add(rte[500])  # the embedder embeds what is added later
+    assert len(fv) == 401 and fv.search([rte[500]], 1).positions[0, 0] == 400
+
+
+def test_from_vectors_normalizes_copies_and_saves(index, small, rte, tmp_path):
+    unit = _own_vectors(small)
+    scale = np.random.default_rng(0).uniform(0.1, 10.0, size=(len(small), 1))
+    raw = unit.astype(np.float64) * scale  # unnormalized float64, e.g. a model run without normalization
+    before = raw.copy()
+    fv = ExampleIndex.from_vectors(raw, small, embedder="hash-64")
+    np.testing.assert_array_equal(raw, before)  # the caller's array is untouched...
+    assert fv.embeddings.dtype == np.float32 and fv.embeddings.flags.c_contiguous
+    raw[:] = 0  # ...and not aliased
+    np.testing.assert_allclose(np.linalg.norm(fv.embeddings, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(fv.embeddings, unit, atol=1e-6)
+    queries = list(rte.examples[1000:1030])
+    np.testing.assert_array_equal(fv.search(queries, 5).positions, index.search(queries, 5).positions)
+    loaded = ExampleIndex.load(fv.save(tmp_path / "fv"))
+    assert loaded.manifest["embedder"] == "hash-64" and len(loaded) == len(small)
+    np.testing.assert_array_equal(loaded.search(queries, 5).positions, fv.search(queries, 5).positions)
+    np.testing.assert_array_equal(loaded.embeddings, fv.embeddings)
+    # records instead of a Dataset, and a trained factory
+    records = [{"text": t, "label": "x"} for t in ("red", "green", "blue", "cyan")]
+    tiny = ExampleIndex.from_vectors(np.eye(4, 8), records, embedder="hash-8")
+    assert tiny.search(np.eye(4, 8, dtype=np.float32), 1).positions[:, 0].tolist() == [0, 1, 2, 3]
+    ivf = ExampleIndex.from_vectors(unit, small, embedder="hash-64", factory="IVF4,Flat")
+    exact = index.search(queries, 5).positions
+    np.testing.assert_array_equal(ivf.search(queries, 5, nprobe=4).positions, exact)
+
+
+def test_from_vectors_rejects_bad_input(small):
+    good = _own_vectors(small)
+    with pytest.raises(DataError, match=r"shape \(399, 64\).*400 rows"):
+        ExampleIndex.from_vectors(good[:-1], small, embedder="hash-64")
+    with pytest.raises(DataError, match=r"2-D float array.*shape \(25600,\)"):
+        ExampleIndex.from_vectors(good.ravel(), small, embedder="hash-64")
+    with pytest.raises(DataError, match="dtype int64.*np.float32"):
+        ExampleIndex.from_vectors(np.ones((400, 64), np.int64), small, embedder="hash-64")
+    with pytest.raises(TypeError, match="numpy cannot read"):
+        ExampleIndex.from_vectors(object(), small, embedder="hash-64")
+    bad = good.copy()
+    bad[7, 3], bad[9, 0] = np.nan, np.inf
+    with pytest.raises(DataError, match=r"NaN or infinite.*2 row\(s\).*\[7, 9\]"):
+        ExampleIndex.from_vectors(bad, small, embedder="hash-64")
+    with pytest.raises(DataError, match="NaN or infinite"):  # finite float64 overflowing float32
+        ExampleIndex.from_vectors(np.full((400, 64), 1e300), small, embedder="hash-64")
+    bad = good.copy()
+    bad[5] = 0
+    with pytest.raises(DataError, match=r"1 zero row\(s\) \(norm < 1e-12\).*\[5\]"):
+        ExampleIndex.from_vectors(bad, small, embedder="hash-64")
+    with pytest.raises(EmbedderMismatchError, match="64-dimensional but embedder 'hash-32' produces 32"):
+        ExampleIndex.from_vectors(good, small, embedder="hash-32")
+    with pytest.raises(DataError, match="empty dataset"):
+        ExampleIndex.from_vectors(np.zeros((0, 64), np.float32), small.subset([]), embedder="hash-64")
+
+
+def test_from_vectors_does_not_load_a_model_to_check_its_dimension(small):
+    from ragicl.embed import SentenceTransformerEmbedder
+
+    lazy = SentenceTransformerEmbedder("no-such-model-is-ever-loaded")
+    index = ExampleIndex.from_vectors(_own_vectors(small, 24), small, embedder=lazy, device="cpu")
+    assert not lazy.is_loaded and index.manifest["embedder"] == "no-such-model-is-ever-loaded"
+    x = np.asarray(index.embeddings[:3])
+    assert index.search(x, 1).positions[:, 0].tolist() == [0, 1, 2]  # matrix queries never load it
+    assert not lazy.is_loaded
+    with pytest.raises(EmbedderMismatchError, match="24-dimensional"):  # a wrong width is still caught
+        index.search(np.ones((1, 16), np.float32), 1)

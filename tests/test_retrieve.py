@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import dataset_path
 
+from ragicl import retrieve
 from ragicl.data import from_records, read_dataset
 from ragicl.index import ExampleIndex
 from ragicl.retrieve import Retriever
@@ -183,3 +184,94 @@ def test_end_to_end_sst2_minilm(sst2_index, tmp_path):
     assert loaded.embedder.name == "all-MiniLM-L6-v2"
     again = Retriever(k=8).retrieve(loaded, queries[:2])
     assert [r.positions for r in again] == [r.positions for r in results[:2]]
+
+
+# ---------------------------------------------------------------------- vectorized == per-query semantics
+def _per_query_pools(index, queries, depth, exclude_same_id):
+    """The retriever's pools with a Python loop over rows (the pre-vectorization code, kept as the spec).
+
+    Each pass searches the still-unanswered rows as one batch, as the retriever does: faiss breaks exact
+    ties differently for a batch and for a single query, so the batches must match to compare orders.
+    """
+    x = index.embed(queries)
+    excluded = []
+    for query in queries:
+        ex = list(index.duplicates_of(Example("", {"q": index.query_text(query)}).key()))
+        if exclude_same_id and isinstance(query, Example):
+            own = index.position_of(query.id)
+            if own is not None and own not in ex:
+                ex.append(own)
+        excluded.append(np.asarray(ex, dtype=np.int64))
+    total = len(index)
+    pools = [None] * len(queries)
+    todo, fetch = list(range(len(queries))), min(total, depth + max(len(e) for e in excluded))
+    while todo:
+        res = index.search_vectors(x[todo], fetch)
+        again = []
+        for row, q in enumerate(todo):
+            pos, sc = res.positions[row], res.scores[row]
+            keep = (pos >= 0) & ~np.isin(pos, excluded[q])
+            pos, sc = pos[keep], sc[keep]
+            if len(pos) >= min(depth, total - len(excluded[q])):
+                pools[q] = (pos[:depth], sc[:depth])
+            elif fetch >= total:  # an approximate index saw too few: brute force (unchanged helper)
+                pools[q] = retrieve._exact(index, x[q], excluded[q], depth)
+            else:
+                again.append(q)
+        todo, fetch = again, min(total, fetch * 2)
+    return x, pools
+
+
+@pytest.fixture(scope="module")
+def crowded():
+    """Many exact duplicates (a 30-copy group), near-duplicates, labels a/b/c, on a coarse IVF index."""
+    rows = [{"text": "the same sentence", "label": "a"} for _ in range(30)]
+    rows += [{"text": f"THE  same sentence{' ' * (i % 3)}", "label": "b"} for i in range(5)]
+    rows += [{"text": f"{w} sentence number {i}", "label": "abc"[i % 3]}
+             for i, w in enumerate(["other", "the same", "a different", "one more"] * 10)]
+    return from_records(rows)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF2,Flat"])
+@pytest.mark.parametrize("strategy", ["topk", "balanced", "mmr"])
+def test_vectorized_batch_equals_per_query(crowded, factory, strategy):
+    index = ExampleIndex.build(crowded, embedder="hash-32", factory=factory)
+    if factory.startswith("IVF"):
+        index.set_search_params(nprobe=1)  # too few candidates per probe: widening and exact fallback
+    queries = [crowded[0], crowded[31], "the same sentence", "The Same Sentence", {"text": "other sentence"},
+               crowded[50], Example(id="7", inputs={"text": "not indexed, but shares an id"}), "nothing alike"]
+    queries += list(crowded.examples[35::9])
+    for k, n_candidates, same_id in [(1, None, False), (4, 9, True), (12, None, True), (len(crowded), None, False)]:
+        retriever = Retriever(k=k, strategy=strategy, exclude_same_id=same_id, fetch_k=None if k != 4 else 10)
+        got = retriever.retrieve(index, queries, n_candidates=n_candidates)
+        n = n_candidates or k
+        depth = n if strategy == "topk" else max(n, retriever.fetch_k or max(4 * n, 50))
+        x, pools = _per_query_pools(index, queries, depth, same_id)
+        for i, ((p, s), r) in enumerate(zip(pools, got)):
+            if strategy == "topk":
+                want = (tuple(p[:n].tolist()), tuple(s[:n].tolist()))
+            elif strategy == "balanced":
+                b = retrieve._balanced(index.label_ids[p], p, s, n)
+                want = (b.positions, b.scores)
+            else:
+                m = retrieve._mmr(index, x[i], p, n, retriever.mmr_lambda)
+                want = (m.positions, m.scores)
+            assert (r.positions, r.scores) == want, (k, i, queries[i])
+    # everything excluded: the 35 copies of "the same sentence" asked for more than exist
+    (r,) = Retriever(k=len(crowded)).retrieve(index, "the same sentence")
+    assert len(r.positions) == len(crowded) - 35 and min(r.positions) >= 35
+    # exclude_same_id drops the example with the query's id even though its text differs
+    (r,) = Retriever(k=len(crowded), exclude_same_id=True).retrieve(index, queries[6])
+    assert index.position_of("7") not in r.positions and len(r.positions) == len(crowded) - 1
+
+
+def test_retrieve_without_any_duplicate_uses_one_search(dup_index, monkeypatch):
+    """The fast path: no query has a duplicate, so one batched search answers every query."""
+    calls = []
+    real = dup_index.search_vectors
+    monkeypatch.setattr(dup_index, "search_vectors", lambda x, k, **kw: calls.append((len(x), k)) or real(x, k))
+    queries = [f"a brand new sentence {i}" for i in range(5)]
+    got = Retriever(k=3).retrieve(dup_index, queries)
+    assert calls == [(5, 3)] and all(len(r.positions) == 3 for r in got)
+    assert all(isinstance(p, int) for r in got for p in r.positions)
+    assert all(isinstance(s, float) for r in got for s in r.scores)
