@@ -23,7 +23,7 @@ from .evaluate import Gap, Report, SystemResult, compare
 from .generation import GenerationReport, ICLGenerator, generation_gap
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
-from .pack import Packer
+from .pack import Packer, PreparedQuery
 from .reference import train_reference
 from .retrieve import Retriever
 from .template import PromptTemplate
@@ -51,6 +51,7 @@ __all__ = [
     "PackedPrompt",
     "Packer",
     "Prediction",
+    "PreparedQuery",
     "PromptTemplate",
     "RagiclError",
     "Report",

@@ -10,26 +10,46 @@ block would tokenize differently alone (``"\\n\\n"`` at the end of a string beco
 :meth:`Packer.fit` renders and tokenizes every example once, in both forms (with and without the leading
 separator), then checks on sample prompts that the concatenated cached ids equal the tokenizer's ids of
 the rendered text. When they do (the fast path) a ``pack`` is integer arithmetic over cached lengths plus
-one list concatenation; the query is the only text tokenized. When they do not (a tokenizer that merges
-across block boundaries) the packer logs a warning and re-tokenizes each packed prompt, dropping the least
-relevant demonstration until it fits. Either way ``prompt.token_ids == tokenizer(prompt.text).input_ids``
-and ``prompt.n_tokens <= prompt.budget``.
+one concatenation; the query block is the only text tokenized (by the fastest encoder of
+:mod:`ragicl._pack_fast` that reproduced the tokenizer's ids at fit), and :meth:`Packer.prepare` does that
+once for queries packed more than once (several budgets, ``k`` values). When they do not (a tokenizer that
+merges across block boundaries) the packer logs a warning and re-tokenizes each packed prompt, dropping the
+least relevant demonstration until it fits. Either way ``prompt.token_ids ==
+tokenizer(prompt.text).input_ids`` and ``prompt.n_tokens <= prompt.budget``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ragicl._exceptions import BudgetError, DataError, NotFittedError
+from ragicl._pack_fast import candidate_encoders, shared_ints
 from ragicl.template import PromptTemplate
 from ragicl.types import Example, PackedPrompt
 
 logger = logging.getLogger(__name__)
 
-Query = Example | Mapping[str, str] | str
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A query with its prompt block already tokenized, from :meth:`Packer.prepare`.
+
+    ``block_ids`` are the tokenizer's ids of ``separator + cue``. Any packer with the same tokenizer object
+    and an equal template uses them as they are (e.g. one packer per budget); another packer re-tokenizes.
+    """
+
+    inputs: Mapping[str, str]
+    id: str | None
+    cue: str
+    block_ids: tuple[int, ...]
+    key: tuple[Any, PromptTemplate] = field(repr=False, compare=False)
+
+
+Query = Example | Mapping[str, str] | str | PreparedQuery
 _SANE_MAX_LENGTH = 10_000_000  # tokenizers without a limit report model_max_length ~ 1e30
 
 
@@ -41,6 +61,8 @@ class Packer:
     tokenizer's ``model_max_length`` when that is a real limit. ``answer_tokens`` defaults to the longest
     label answer (classification); for generation pass ``max_new_tokens``. ``mode="retokenize"`` forces
     the exact slow path (the default ``"auto"`` picks the fast path when the fit-time check passes).
+    ``encoder_`` names the query-block encoder that passed the check (``"pieces"``, ``"backend"`` or
+    ``"wrapper"``, see :mod:`ragicl._pack_fast`); :meth:`prepare` tokenizes queries ahead of packing.
 
     >>> from transformers import AutoTokenizer                          # doctest: +SKIP
     >>> from ragicl.models import resolve_lm                            # doctest: +SKIP
@@ -88,15 +110,20 @@ class Packer:
         self._ids_bare = self._batch_encode(self._text_bare)
         self._text_sep = [sep + t for t in self._text_bare]
         self._ids_sep = self._batch_encode(self._text_sep)
+        self._ids_bare, self._ids_sep = shared_ints(self._ids_bare, self._ids_sep)
         self._len_sep = [len(ids) for ids in self._ids_sep]
         self._len_bare = [len(ids) for ids in self._ids_bare]
         self._min_saving = min((s - b for s, b in zip(self._len_sep, self._len_bare)), default=0)
+        self._min_len = min(self._len_sep, default=0)
         self._answer_cache: dict[str, list[int]] = {}
         self._set_frame()
         self.labels_ = self._labels(examples, labels)
         self.answer_tokens_ = self._answer_tokens()
         self.budget_ = self._budget()
-        self._encode, self._encode_many = self._backend_encoders()
+        self._key = (self.tokenizer, tpl)
+        self._encoders = candidate_encoders(self.tokenizer, (self._wrapper_encode, self._batch_encode),
+                                            self._text_bare + self._text_sep, self._ids_bare + self._ids_sep)
+        self.encoder_, self._encode, self._encode_many = self._encoders[-1]  # the wrapper unless a faster one passes
         self.fast_ = self.mode == "auto" and self._check_fast_path(examples)
         self.answers_exact_ = self._check_answers(examples)
         self._fitted = True
@@ -112,21 +139,6 @@ class Packer:
     def _full_encode(self, text: str) -> list[int]:
         """The reference: what the model receives for ``text``."""
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-    def _backend_encoders(self) -> tuple[Callable[[str], list[int]], Callable[[list[str]], list[list[int]]]]:
-        """Fast encoders (the Rust tokenizer directly, without offsets) when there is one; checked at fit."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None or not hasattr(backend, "encode"):
-            return self._wrapper_encode, self._batch_encode
-        batch = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-
-        def encode_one(text: str) -> list[int]:
-            return backend.encode(text, add_special_tokens=False).ids
-
-        def encode_many(texts: list[str]) -> list[list[int]]:
-            return [e.ids for e in batch(texts, add_special_tokens=False)] if texts else []
-
-        return encode_one, encode_many
 
     def _wrapper_encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -226,10 +238,10 @@ class Packer:
             k = 0 if t == 0 else min(n, 1 if t == 1 else rng.randint(2, 8))
             trials.append((queries[t % len(queries)], rng.sample(range(n), k)))
         cues = [self.template.separator + self.template.render_query(q) for q in queries]
-        for attempt in range(2):
-            if attempt == 1:  # the Rust backend disagreed with the tokenizer wrapper: use the wrapper
-                self._encode, self._encode_many = self._wrapper_encode, self._batch_encode
-            if (self._encode_many(cues) == [self._encode(c) for c in cues]
+        reference = self._batch_encode(cues)
+        for name, encode, encode_many in self._encoders:  # fastest first, the wrapper last
+            self.encoder_, self._encode, self._encode_many = name, encode, encode_many
+            if (encode_many(cues) == reference and [encode(c) for c in cues] == reference
                     and all(self._assemble_checked(q, chosen) for q, chosen in trials)):
                 return self._check_pairs()
         logger.warning("this tokenizer merges tokens across prompt block boundaries (separator %r); packing "
@@ -248,7 +260,7 @@ class Packer:
         nxt = list(range(1, n)) + [0]
         got = self._encode_many([self._text_bare[j] + self._text_sep[k] for j, k in zip(range(n), nxt)])
         for j, k in zip(range(n), nxt):
-            if got[j] != self._ids_bare[j] + self._ids_sep[k]:
+            if got[j] != [*self._ids_bare[j], *self._ids_sep[k]]:
                 logger.warning("examples %r and %r tokenize differently joined by separator %r than apart; "
                                "packing falls back to re-tokenizing every prompt (exact, slower)",
                                self._ids[j], self._ids[k], self.template.separator)
@@ -263,8 +275,8 @@ class Packer:
 
     def _assemble_checked(self, inputs: Mapping[str, str], chosen: list[int]) -> bool:
         cue = self.template.render_query(inputs)
-        ids, text = self._assemble(chosen[::-1], cue, self._encode(self.template.separator + cue), None)
-        return ids == self._full_encode(text)
+        ids, text = self._assemble(chosen, cue, self._encode(self.template.separator + cue))
+        return list(ids) == self._full_encode(text)
 
     def _check_answers(self, examples: Sequence[Example]) -> bool:
         """Do ``tokenizer(prompt.text + answer)`` ids equal ``prompt ids + answer_ids`` for every label?"""
@@ -303,28 +315,59 @@ class Packer:
         alone does not fit.
         """
         self._require_fitted()
-        inputs, qid = self._query_inputs(query)
-        return self._pack_one(inputs, candidates, qid, max_examples=max_examples)
+        inputs, qid, cue, q_ids = self._query_blocks([query], need_ids=False)[0]
+        return self._pack_one(inputs, candidates, qid, cue=cue, q_ids=q_ids, max_examples=max_examples)
 
     def pack_batch(self, queries: Sequence[Query], candidate_lists: Sequence[Sequence[int]], *,
                    max_examples: int | None = None) -> list[PackedPrompt]:
-        """:meth:`pack` for many queries; query blocks are tokenized in one batch."""
+        """:meth:`pack` for many queries; query blocks not already prepared are tokenized in one batch."""
         self._require_fitted()
         if len(queries) != len(candidate_lists):
             raise ValueError(f"pack_batch got {len(queries)} queries but {len(candidate_lists)} candidate "
                              f"lists; pass one candidate list per query.")
-        parsed = [self._query_inputs(q) for q in queries]
-        cues = [self.template.render_query(inputs, example_id=qid) for inputs, qid in parsed]
-        qids = self._encode_many([self.template.separator + c for c in cues]) if self.fast_ else None
-        return [self._pack_one(inputs, cands, qid, cue=cue, q_ids=qids[i] if qids is not None else None,
-                               max_examples=max_examples)
-                for i, ((inputs, qid), cands, cue) in enumerate(zip(parsed, candidate_lists, cues))]
+        blocks = self._query_blocks(queries, need_ids=self.fast_)
+        return [self._pack_one(inputs, cands, qid, cue=cue, q_ids=ids, max_examples=max_examples)
+                for (inputs, qid, cue, ids), cands in zip(blocks, candidate_lists)]
+
+    def prepare(self, queries: Sequence[Query]) -> list[PreparedQuery]:
+        """Tokenize the query blocks of ``queries`` once, for packing them more than once.
+
+        ``pack``/``pack_batch`` take the result in place of the queries and then tokenize nothing; the
+        prompts are the same as for the raw queries. Packers sharing the tokenizer object and an equal
+        template (e.g. one per budget) share prepared queries.
+        """
+        self._require_fitted()
+        return [PreparedQuery(inputs, qid, cue, tuple(ids), self._key)
+                for inputs, qid, cue, ids in self._query_blocks(queries, need_ids=True)]
+
+    def _query_blocks(self, queries: Sequence[Query], need_ids: bool
+                      ) -> list[tuple[Mapping[str, str], str | None, str, Sequence[int] | None]]:
+        """``(inputs, id, cue, ids of separator + cue or None)`` per query, the ids of prepared queries reused,
+        the others' tokenized in one batch if ``need_ids``."""
+        out: list[Any] = [None] * len(queries)
+        todo: list[int] = []
+        for i, q in enumerate(queries):
+            if isinstance(q, PreparedQuery) and q.key == self._key:
+                out[i] = (q.inputs, q.id, q.cue, q.block_ids)
+            else:
+                todo.append(i)
+        if todo:
+            parsed = [self._query_inputs(queries[i]) for i in todo]
+            cues = [self.template.render_query(inputs, example_id=qid) for inputs, qid in parsed]
+            sep = self.template.separator
+            encode = self._encode_many if self.fast_ else self._batch_encode  # unchecked encoders: the reference
+            ids = encode([sep + c for c in cues]) if need_ids else [None] * len(cues)
+            for i, (inputs, qid), cue, q_ids in zip(todo, parsed, cues, ids):
+                out[i] = (inputs, qid, cue, q_ids)
+        return out
 
     def _require_fitted(self) -> None:
         if not getattr(self, "_fitted", False):
             raise NotFittedError("Packer is not fitted: call packer.fit(examples) before pack().")
 
     def _query_inputs(self, query: Query) -> tuple[Mapping[str, str], str | None]:
+        if isinstance(query, PreparedQuery):  # from a packer with another tokenizer or template
+            return query.inputs, query.id
         if isinstance(query, Example):
             return query.inputs, query.id
         if isinstance(query, str):
@@ -339,76 +382,66 @@ class Packer:
                         f"{type(query).__name__}.")
 
     def _pack_one(self, inputs: Mapping[str, str], candidates: Sequence[int], qid: str | None, *,
-                  cue: str | None = None, q_ids: list[int] | None = None, budget: int | None = None,
+                  cue: str | None = None, q_ids: Sequence[int] | None = None, budget: int | None = None,
                   max_examples: int | None = None) -> PackedPrompt:
         budget = self.budget_ if budget is None else budget
         if cue is None:
             cue = self.template.render_query(inputs, example_id=qid)
-        sep = self.template.separator
         if q_ids is None:
-            q_ids = self._encode(sep + cue)
-        lens, ids_of = self._len_sep, self._ids
+            q_ids = self._encode(self.template.separator + cue)
+        ids_of = self._ids
         avail = budget - self._fixed - len(q_ids) + (0 if self._sep_first else self._min_saving)
-        chosen: list[int] = []
-        skipped: list[int] = []
-        seen: set[int] = set()
         cap = len(ids_of) if max_examples is None else max_examples
         if hasattr(candidates, "tolist"):  # numpy arrays: index with plain ints
             candidates = candidates.tolist()  # type: ignore[union-attr]
+        elif not isinstance(candidates, (list, tuple)):
+            candidates = list(candidates)
         try:
-            for p in candidates:
-                if p < 0 or p in seen:
-                    continue
-                seen.add(p)
-                c = lens[p]
-                if c <= avail and len(chosen) < cap:
-                    chosen.append(p)
-                    avail -= c
-                else:
-                    skipped.append(p)
+            unique = candidates  # relevance order; repeats and negative positions (-1 padding) dropped
+            if len(set(candidates)) < len(candidates):
+                unique = list(dict.fromkeys(candidates))
+            if unique and min(unique) < 0:
+                unique = [p for p in unique if p >= 0]
+            chosen, skipped = _select(unique, self._len_sep, avail, cap, self._min_len)
+            excluded = tuple(map(ids_of.__getitem__, skipped))  # also checks the positions _select never read
         except (IndexError, TypeError):
             raise IndexError(f"candidates must be integer positions into the {len(ids_of)} fitted examples; "
                              f"got {list(candidates)[:20]!r}.") from None
         if self.fast_:
-            bare_q = self._encode(cue) if not chosen and not self._sep_first else None
-            ids, text = self._assemble(chosen[::-1], cue, q_ids, bare_q)
+            ids, text = self._assemble(chosen, cue, q_ids)
         else:
             n_chosen = len(chosen)
             ids, text = self._fit_by_retokenizing(chosen, cue, budget)
             if len(chosen) < n_chosen:  # dropped examples join the excluded ones, in relevance order
-                rank = {p: i for i, p in enumerate(_unique_positions(candidates))}
                 kept = set(chosen)
-                skipped = sorted([p for p in seen if p not in kept], key=rank.__getitem__)
+                excluded = tuple([ids_of[p] for p in unique if p not in kept])
         if len(ids) > budget:
             self._raise_budget(len(ids), budget)
-        return PackedPrompt(text=text, token_ids=tuple(ids), budget=budget,
-                            included=tuple([ids_of[p] for p in reversed(chosen)]),
-                            excluded=tuple([ids_of[p] for p in skipped]))
+        return PackedPrompt(text=text, token_ids=ids, budget=budget,
+                            included=tuple(map(ids_of.__getitem__, reversed(chosen))), excluded=excluded)
 
-    def _assemble(self, order: Sequence[int], cue: str, q_sep_ids: list[int], q_bare_ids: list[int] | None
-                  ) -> tuple[list[int], str]:
-        """Concatenate cached ids and texts; ``order`` is prompt order (least relevant first)."""
+    def _assemble(self, chosen: list[int], cue: str, q_sep_ids: Sequence[int]) -> tuple[tuple[int, ...], str]:
+        """Concatenate cached ids and texts; the prompt holds ``chosen`` (most relevant first) in reverse, so
+        the most relevant example sits next to the query."""
         ids = list(self._head_ids)
-        parts = [self._lead_text]
+        texts = [self._lead_text]
+        order = chosen[::-1]
+        if order and not self._sep_first:  # the first block in the prompt goes without its separator
+            ids += self._ids_bare[order[0]]
+            texts.append(self._text_bare[order[0]])
+            del order[0]
         ids_sep, text_sep = self._ids_sep, self._text_sep
-        rest = order
-        if order and not self._sep_first:
-            first = order[0]
-            ids += self._ids_bare[first]
-            parts.append(self._text_bare[first])
-            rest = order[1:]
-        for p in rest:
+        for p in order:  # list += list copies in C: faster than itertools.chain's element-by-element walk
             ids += ids_sep[p]
-            parts.append(text_sep[p])
-        if order or self._sep_first:
+            texts.append(text_sep[p])
+        if chosen or self._sep_first:
             ids += q_sep_ids
-            parts.append(self.template.separator)
+            texts.append(self.template.separator)
         else:
-            ids += q_bare_ids if q_bare_ids is not None else self._encode(cue)
-        parts.append(cue)
-        parts.append(self._tail_text)
+            ids += self._encode(cue)
         ids += self._end_ids
-        return ids, "".join(parts)
+        texts += (cue, self._tail_text)
+        return tuple(ids), "".join(texts)
 
     def _render(self, order: Sequence[int], cue: str) -> str:
         sep = self.template.separator
@@ -416,13 +449,13 @@ class Packer:
         lead = self._lead_text + (sep if self._sep_first else "")
         return lead + sep.join(blocks) + self._tail_text
 
-    def _fit_by_retokenizing(self, chosen: list[int], cue: str, budget: int) -> tuple[list[int], str]:
+    def _fit_by_retokenizing(self, chosen: list[int], cue: str, budget: int) -> tuple[tuple[int, ...], str]:
         """Exact path: tokenize the rendered prompt; drop the least relevant example until it fits."""
         while True:
             text = self._render(chosen[::-1], cue)
             ids = self._full_encode(text)
             if len(ids) <= budget or not chosen:
-                return ids, text
+                return tuple(ids), text
             chosen.pop()
 
     def _raise_budget(self, n_tokens: int, budget: int) -> None:
@@ -433,12 +466,23 @@ class Packer:
                           f"or shorten the query.")
 
 
-def _unique_positions(candidates: Sequence[int]) -> list[int]:
-    """Valid candidate positions in relevance order, without repeats."""
-    out: list[int] = []
-    seen: set[int] = set()
-    for p in candidates:
-        if p >= 0 and p not in seen:
-            seen.add(p)
-            out.append(p)
-    return out
+def _select(unique: list[int], lens: Sequence[int], avail: int, cap: int, min_len: int
+            ) -> tuple[list[int], list[int]]:
+    """Greedy in relevance order: take each candidate that still fits (skip, do not stop at, one that does
+    not), at most ``cap``; once the cap is reached or no example could fit, the rest are all skipped."""
+    chosen: list[int] = []
+    if cap <= 0 or avail < min_len:
+        return chosen, unique
+    skipped: list[int] = []
+    rest = iter(unique)
+    for p in rest:
+        c = lens[p]
+        if c <= avail:
+            chosen.append(p)
+            avail -= c
+            if len(chosen) >= cap or avail < min_len:
+                break
+        else:
+            skipped.append(p)
+    skipped.extend(rest)
+    return chosen, skipped
