@@ -335,7 +335,7 @@ def _resolve_lm(lm: str | LanguageModel, inplace: bool, longest: int) -> Transfo
         return lm
     model = copy.deepcopy(lm.model)
     return TransformersLM.from_model(model, lm.tokenizer, name=lm.name, batch_size=lm.batch_size,
-                                     show_progress=lm.show_progress)
+                                     show_progress=lm.show_progress, share_prefix=lm.share_prefix)
 
 
 def _amp_dtype(model: Any, device: Any) -> Any:
@@ -437,7 +437,8 @@ def _train(lm: str | LanguageModel, n: int, loss_fn: Callable[[Any, list[int], i
         result_lm = target
     else:
         result_lm = TransformersLM.from_model(trained, tokenizer, name=target.name,
-                                              batch_size=target.batch_size, show_progress=target.show_progress)
+                                              batch_size=target.batch_size, show_progress=target.show_progress,
+                                              share_prefix=target.share_prefix)
     path = None
     if out is not None:
         meta = {"kind": kind, "base": target.name, "mode": mode, "steps": steps, "batch_size": batch_size,

@@ -13,6 +13,15 @@ demonstrations up to ``--budget`` tokens (SmolLM2 tokenizer); labels are `` nega
 * **per label, logits_to_keep**: per-label passes keeping only the label positions' logits — isolates the
   number of passes.
 
+``--shared-prefix`` measures instead the shared-prefix path (``TransformersLM(share_prefix=...)``): every
+prompt holds the same ``--demos`` fixed training demonstrations (random-k with one draw, lm-eval style fixed
+few-shot) and its own query; ``share_prefix="auto"`` (the prefix run once per call, only the suffixes per
+prompt) and ``True`` (any shared token) against ``False``, plus the retrieved-style prompts above (different
+demonstrations per query: nothing long is shared, "auto" must not take the path and cost nothing) and those
+behind a shared ``--instruction``-token instruction (a template instruction; near the "auto" threshold).
+Timed in process CPU time (``time.process_time``, which other processes on a loaded machine do not inflate)
+and wall time.
+
 All variants use the same batching (length-sorted, left-padded, ``batch_size``) and report prompts/s,
 tokens/s (real tokens forwarded), the speed-up of ragicl, agreement with ragicl (argmax and max |Δ log-p|),
 and model-FLOPs utilisation ``2 · params · tokens / time`` against the peak (datasheet on CUDA; on CPU the
@@ -23,12 +32,14 @@ Examples::
     python scripts/bench_scoring.py --quick
     python scripts/bench_scoring.py --prompts 32 --budget 256
     python scripts/bench_scoring.py --device cuda --prompts 512 --budget 1024 --batch-size 32
+    python scripts/bench_scoring.py --shared-prefix --prompts 32 --budget 512 --demos 8
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +47,12 @@ import _bench_common as bc
 import numpy as np
 
 
-def build_prompts(n: int, budget: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]], Any, Any]:
-    """``n`` packed SST-2 prompts (token ids), the label continuations, the test subset and the packer."""
+def build_prompts(n: int, budget: int, seed: int = 0, fixed_demos: int = 0
+                  ) -> tuple[list[list[int]], list[list[int]], Any, Any]:
+    """``n`` packed SST-2 prompts (token ids), the label continuations, the test subset and the packer.
+
+    ``fixed_demos > 0``: every prompt gets the same ``fixed_demos`` random training demonstrations (one draw)
+    instead of its own random candidates."""
     from transformers import AutoTokenizer
 
     from ragicl.data import read_dataset
@@ -51,8 +66,12 @@ def build_prompts(n: int, budget: int, seed: int = 0) -> tuple[list[list[int]], 
     packer = Packer(tok, PromptTemplate.for_dataset("sst2"), max_prompt_tokens=budget).fit(
         train.examples, labels=train.labels)
     rng = random.Random(seed)
-    cands = [rng.sample(range(len(train)), 64) for _ in test]
-    prompts = [list(p.token_ids) for p in packer.pack_batch(list(test), cands)]
+    if fixed_demos:
+        fixed = rng.sample(range(len(train)), fixed_demos)
+        packed = packer.pack_batch(list(test), [fixed] * len(test), max_examples=fixed_demos)
+    else:
+        packed = packer.pack_batch(list(test), [rng.sample(range(len(train)), 64) for _ in test])
+    prompts = [list(p.token_ids) for p in packed]
     labels = [packer.answer_ids(lab) for lab in train.labels]
     return prompts, labels, test, packer
 
@@ -118,6 +137,47 @@ class Baselines:
         return out
 
 
+def shared_prefix_case(args: argparse.Namespace, sync: Callable[[], None] | None) -> list[dict[str, Any]]:
+    """``share_prefix`` "auto" / True / False on fixed-demo, retrieved-style and instruction prompts."""
+    from ragicl._prefix import common_prefix_length
+    from ragicl.lm import TransformersLM
+
+    rows = []
+    base = TransformersLM(device=args.device, dtype=args.dtype, batch_size=args.batch_size).load()
+    instruction = base.tokenizer("Classify the sentiment of each movie review as positive or negative. " * 50,
+                                 add_special_tokens=False)["input_ids"][:args.instruction]
+    cases = [(f"{args.demos} fixed demos", args.demos, []), ("per-query random demos", 0, [])]
+    if instruction:
+        cases.append((f"{len(instruction)}-token instruction + per-query random demos", 0, instruction))
+    for case, demos, head in cases:
+        prompts, labels, _, _ = build_prompts(args.prompts, args.budget - len(head), fixed_demos=demos)
+        prompts = [head + p for p in prompts]
+        shared = common_prefix_length(prompts)
+        lms = {mode: TransformersLM.from_model(base.model, base.tokenizer, batch_size=args.batch_size,
+                                               share_prefix=mode) for mode in ("auto", True, False)}
+        lms["auto"].score_continuations(prompts[:2], labels)  # warm-up
+        cpu: dict[Any, float] = {}
+        wall: dict[Any, float] = {}
+        scores: dict[Any, np.ndarray] = {}
+        for _ in range(args.repeat):  # round-robin, best of --repeat
+            for mode, lm in lms.items():
+                t_cpu, t_wall = time.process_time(), time.perf_counter()
+                scores[mode] = lm.score_continuations(prompts, labels)
+                if sync:
+                    sync()
+                cpu[mode] = min(cpu.get(mode, float("inf")), time.process_time() - t_cpu)
+                wall[mode] = min(wall.get(mode, float("inf")), time.perf_counter() - t_wall)
+        ref = scores[False]
+        for mode in lms:
+            rows.append({"prompts": case, "share_prefix": repr(mode), "n": len(prompts),
+                         "mean tokens": float(np.mean([len(p) for p in prompts])), "shared prefix": shared,
+                         "CPU s": cpu[mode], "prompts/CPU s": len(prompts) / cpu[mode],
+                         "wall s": wall[mode], "speed-up (CPU)": cpu[False] / cpu[mode],
+                         "argmax = off": float(np.mean(scores[mode].argmax(1) == ref.argmax(1))),
+                         "max |Δ log-p|": float(np.max(np.abs(scores[mode] - ref)))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
     parser.add_argument("--repeat", type=int, default=2, help="round-robin timed repeats (best kept)")
     parser.add_argument("--quick", action="store_true", help="8 prompts of 96 tokens (<60 s on a quiet CPU)")
+    parser.add_argument("--shared-prefix", action="store_true",
+                        help="only the shared-prefix case: share_prefix='auto' vs False on fixed-demo prompts")
+    parser.add_argument("--demos", type=int, default=8, help="fixed demonstrations for --shared-prefix")
+    parser.add_argument("--instruction", type=int, default=80,
+                        help="tokens of the shared instruction case of --shared-prefix (0: skip the case)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -140,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     from ragicl.hardware import Ceiling, forward_flops, gpu_peak_flops, measure_matmul_flops
     from ragicl.lm import TransformersLM
 
+    if args.shared_prefix:
+        rows = shared_prefix_case(args, torch.cuda.synchronize if args.device.startswith("cuda") else None)
+        bc.print_table(rows, f"Shared-prefix scoring, budget {args.budget}, batch {args.batch_size}, {args.device}"
+                             " (CPU s: process CPU time, best of --repeat)")
+        print(f"\n# load at end: {bc.load_average()}")
+        bc.save_json(args.json, {"env": info, "args": vars(args), "rows": rows})
+        return
     prompts, labels, _, _ = build_prompts(args.prompts, args.budget)
     lm = TransformersLM(device=args.device, dtype=args.dtype, batch_size=args.batch_size).load()
     n_params = sum(p.numel() for p in lm.model.parameters())

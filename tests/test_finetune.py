@@ -189,7 +189,7 @@ def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
     tok = smollm_lm.tokenizer
     label_ids = [tok(text, add_special_tokens=False)["input_ids"] for text in (" not good", " very good")]
     assert all(len(ids) > 1 for ids in label_ids)
-    kw = dict(mode="value", steps=1, batch_size=4, lr=1e-3, warmup=0.0, seed=0, show_progress=False)
+    kw = {"mode": "value", "steps": 1, "batch_size": 4, "lr": 1e-3, "warmup": 0.0, "seed": 0, "show_progress": False}
     whole = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
     monkeypatch.setattr(ft, "_MAX_ROWS", 2)  # 2 labels per example -> micro-batches of one example
     micro = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
