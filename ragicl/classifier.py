@@ -68,18 +68,7 @@ class ICLClassifier:
     # ------------------------------------------------------------------ fit
     def fit(self, data: ExampleIndex | Dataset) -> ICLClassifier:
         """Prepare the pipeline over an index (or, for ``k=0``, just a dataset giving the label set)."""
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
-            raise ValueError(f"k must be a non-negative integer (0 = zero-shot), got {self.k!r}.")
-        if isinstance(data, ExampleIndex):
-            index: ExampleIndex | None = data
-            dataset = data.dataset
-        elif isinstance(data, Dataset):
-            if self.k > 0:
-                raise ValueError(f"k={self.k} needs examples to retrieve from: pass an ExampleIndex "
-                                 "(ExampleIndex.build(dataset)), or use k=0 for zero-shot.")
-            index, dataset = None, data
-        else:
-            raise TypeError(f"fit expects an ExampleIndex or a Dataset, got {type(data).__name__}.")
+        index, dataset = fit_source(self.k, data)
         if dataset.task != "classification" or not dataset.labels:
             raise DataError(f"ICLClassifier needs a classification dataset with a label set; got task "
                             f"{dataset.task!r} with labels {list(dataset.labels)}.")
@@ -87,10 +76,8 @@ class ICLClassifier:
         self.classes_ = tuple(dataset.labels)
         self.input_fields_ = tuple(dataset.input_fields)
         self.template_ = self.template or PromptTemplate.default(dataset.input_fields)
-        self.lm_ = self.lm if not isinstance(self.lm, str) else TransformersLM(
-            self.lm, device=self.device, batch_size=self.batch_size, show_progress=self.show_progress)
-        if hasattr(self.lm_, "load"):
-            self.lm_.load()
+        self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
+                           show_progress=self.show_progress)
         self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
         examples = list(index.examples) if index is not None else []
         self.packer_ = Packer(self.lm_.tokenizer, self.template_, max_prompt_tokens=self.max_prompt_tokens,
@@ -178,3 +165,26 @@ def softmax(logp: np.ndarray) -> np.ndarray:
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
+
+def fit_source(k: int, data: ExampleIndex | Dataset) -> tuple[ExampleIndex | None, Dataset]:
+    """Check ``k`` and split what ``fit`` received into (index or None, dataset) — shared by the ICL systems."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer (0 = zero-shot), got {k!r}.")
+    if isinstance(data, ExampleIndex):
+        return data, data.dataset
+    if isinstance(data, Dataset):
+        if k > 0:
+            raise ValueError(f"k={k} needs examples to retrieve from: pass an ExampleIndex "
+                             "(ExampleIndex.build(dataset)), or use k=0 for zero-shot.")
+        return None, data
+    raise TypeError(f"fit expects an ExampleIndex or a Dataset, got {type(data).__name__}.")
+
+
+def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int,
+            show_progress: bool | None) -> LanguageModel:
+    """A name becomes a loaded :class:`TransformersLM`; a model object is loaded if it can be, else kept."""
+    out = lm if not isinstance(lm, str) else TransformersLM(lm, device=device, batch_size=batch_size,
+                                                             show_progress=show_progress)
+    if hasattr(out, "load"):
+        out.load()
+    return out

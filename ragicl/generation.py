@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._exceptions import DataError, NotFittedError, check_positive_int
-from .classifier import Query, as_examples
+from .classifier import Query, as_examples, fit_source, load_lm
 from .evaluate import write_json_atomic
 from .index import ExampleIndex
-from .lm import LanguageModel, TransformersLM
+from .lm import LanguageModel
 from .models import DEFAULT_LM
 from .pack import Packer
 from .retrieve import Retriever
@@ -124,19 +124,8 @@ class ICLGenerator:
 
     def fit(self, data: ExampleIndex | Dataset) -> ICLGenerator:
         """Prepare the pipeline over an index (or, for ``k=0``, a dataset giving the input fields)."""
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
-            raise ValueError(f"k must be a non-negative integer (0 = zero-shot), got {self.k!r}.")
+        index, dataset = fit_source(self.k, data)
         check_positive_int("max_new_tokens", self.max_new_tokens)
-        if isinstance(data, ExampleIndex):
-            index: ExampleIndex | None = data
-            dataset = data.dataset
-        elif isinstance(data, Dataset):
-            if self.k > 0:
-                raise ValueError(f"k={self.k} needs examples to retrieve from: pass an ExampleIndex "
-                                 "(ExampleIndex.build(dataset)), or use k=0 for zero-shot.")
-            index, dataset = None, data
-        else:
-            raise TypeError(f"fit expects an ExampleIndex or a Dataset, got {type(data).__name__}.")
         if dataset.task != "generation":
             raise DataError(f"ICLGenerator needs a generation dataset (outputs, not labels); got task "
                             f"{dataset.task!r}. Read it with read_dataset(..., output_field='answer').")
@@ -150,10 +139,8 @@ class ICLGenerator:
         if self.template_.target != "output":
             raise ValueError(f"the template {self.template_.example!r} ends with {{label}}; generation "
                              "needs a format ending with {output}.")
-        self.lm_ = self.lm if not isinstance(self.lm, str) else TransformersLM(
-            self.lm, device=self.device, batch_size=self.batch_size, show_progress=self.show_progress)
-        if hasattr(self.lm_, "load"):
-            self.lm_.load()
+        self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
+                           show_progress=self.show_progress)
         self.stop_ = tuple(s for s in (self.stop if self.stop is not None else _default_stop(self.template_)) if s)
         self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
         examples = list(index.examples) if index is not None else []
@@ -171,9 +158,9 @@ class ICLGenerator:
         self._check_fitted()
         examples = as_examples(queries, self.input_fields_)
         if self.retriever_ is None or self.index_ is None:
-            return [self.packer_.pack(q, []) for q in examples]
+            return self.packer_.pack_batch(examples, [[] for _ in examples])
         retrieved = self.retriever_.retrieve(self.index_, examples, n_candidates=self.n_candidates or 2 * self.k)
-        return [self.packer_.pack(q, r.positions) for q, r in zip(examples, retrieved)]
+        return self.packer_.pack_batch(examples, [r.positions for r in retrieved], max_examples=self.k)
 
     def generate(self, queries: Sequence[Query] | Query, *, do_sample: bool = False,
                  seed: int | None = None) -> list[str]:

@@ -99,6 +99,14 @@ def test_prompts_respect_budget_and_generation_stops(smollm_lm, index, gsm8k):
     assert "\n" not in short.generate(gsm8k[1][0])[0]
 
 
+def test_prompts_hold_at_most_k_demonstrations(smollm_lm, index, gsm8k):
+    # 2k candidates are retrieved so a too-long one can be replaced, but at most k are packed
+    gen = ICLGenerator(smollm_lm, k=1, max_prompt_tokens=1024, max_new_tokens=8).fit(index)
+    prompts = gen.prompts(list(gsm8k[1]))
+    assert all(len(p.included) == 1 for p in prompts)
+    assert all(len(p.excluded) >= 1 for p in prompts)
+
+
 def test_sampling_stops_at_stop_string_and_is_seeded(smollm_lm, zero_shot, gsm8k):
     prompt = zero_shot.prompts(gsm8k[1][0])[0].token_ids
     tok = smollm_lm.tokenizer
