@@ -1,7 +1,7 @@
 """The ``ragicl`` command line.
 
     ragicl index build DATA [--out indexes/NAME] [--embedder ...] [--factory Flat]
-    ragicl finetune --train DATA --out DIR [--steps 100] [--mode full|attention|value|lora]
+    ragicl finetune --train DATA --out DIR [--steps 100] [--mode full|attention|value|lora] [--objective labels|gold]
     ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16] [--n 200] [--json out.json]
     ragicl demo            # the main job: the whole comparison on SST-2 with the default models
 
@@ -70,6 +70,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .reference import train_reference
 
     train = _read(args.train, args, name=_dataset_name(args.train))
+    if args.aux_fewshot and args.objective != "labels":
+        raise RagiclError(f"--aux-fewshot trains the softmax over the labels; it cannot be combined with "
+                          f"--objective {args.objective}. Drop one of the two.")
     if args.aux_fewshot:
         from .auxloss import train_with_fewshot_aux
         from .index import ExampleIndex
@@ -86,7 +89,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     else:
         result = train_reference(train, lm=args.lm, template=_template(args, train), out=args.out,
                                  mode=args.mode, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                 seed=args.seed, reuse=not args.force)
+                                 seed=args.seed, reuse=not args.force, objective=args.objective)
     print(f"fine-tuned {args.lm} ({result.mode}, {result.steps} steps) in {result.seconds:.0f} s -> "
           f"{result.path}; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
     return 0
@@ -221,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True)
     f.add_argument("--lm", default=DEFAULT_LM)
     f.add_argument("--mode", default="full", choices=["full", "attention", "value", "lora"])
+    f.add_argument("--objective", default="labels", choices=["labels", "gold"],
+                   help="labels: softmax over all labels (default); gold: the gold label's likelihood "
+                        "alone (cheaper per step with many multi-token labels)")
     f.add_argument("--steps", type=int, default=100)
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--lr", type=float, default=5e-5)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ._exceptions import DataError
-from .finetune import FinetuneResult, finetune
+from .finetune import OBJECTIVES, FinetuneResult, finetune
 from .lm import LanguageModel, TransformersLM
 from .models import DEFAULT_LM
 from .pack import Packer
@@ -28,13 +28,16 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
                     template: PromptTemplate | None = None, out: str | os.PathLike,
                     mode: str = "full", steps: int = 100, batch_size: int = 16, lr: float = 5e-5,
                     max_prompt_tokens: int | None = 256, seed: int = 0, reuse: bool = True,
-                    show_progress: bool | None = None) -> FinetuneResult:
+                    show_progress: bool | None = None, objective: str = "labels") -> FinetuneResult:
     """Fine-tune ``lm`` on ``train`` (cross-entropy over the verbalized labels) and save it to ``out``.
 
     Each training example becomes the zero-shot prompt the evaluation uses (template query cue, no
     demonstrations); its target is the label's continuation. With ``reuse=True`` an existing checkpoint at
     ``out`` trained with the same settings and data is returned instead of training again.
+    ``objective="gold"`` trains the gold label's likelihood alone (see :func:`ragicl.finetune.finetune`).
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     if len(train) == 0:
         raise DataError("the training set is empty; nothing to fine-tune on.")
     if train.task != "classification" or not train.labels:
@@ -44,6 +47,8 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
     settings = {"lm": getattr(model, "name", str(lm)), "template": repr(template), "mode": mode,
                 "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "max_prompt_tokens": max_prompt_tokens, "data": train.fingerprint()}
+    if objective != "labels":  # the default stays out of the stamp, so earlier checkpoints stay reusable
+        settings["objective"] = objective
     out = Path(out)
     stamp = out / "ragicl_reference.json"
     if reuse and stamp.exists():
@@ -71,7 +76,7 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
                        max_prompt_tokens)
     label_ids = [list(packer.answer_ids(label)) for label in train.labels]
     result = finetune(model, prompts, targets, label_ids, mode=mode, steps=steps, batch_size=batch_size,
-                      lr=lr, seed=seed, out=out, show_progress=show_progress,
+                      lr=lr, seed=seed, out=out, show_progress=show_progress, objective=objective,
                       inplace=isinstance(lm, str))  # our own copy: no need to protect it
     record = {"settings": settings, "result": {"seconds": result.seconds, "losses": list(result.losses),
                                                "mode": result.mode, "steps": result.steps}}

@@ -70,7 +70,20 @@ def test_finetune_modes_and_aux_fewshot_from_the_cli(tmp_path, tiny_sst2, capsys
     assert main(["finetune", "--train", str(tiny_sst2), "--out", str(out), "--lm", smollm_path,
                  "--mode", "value", "--steps", "1", "--batch-size", "2"]) == 0
     meta = json.loads((out / "ragicl_finetune.json").read_text())
-    assert meta["mode"] == "value" and meta["steps"] == 1
+    assert meta["mode"] == "value" and meta["steps"] == 1 and "objective" not in meta
+    gold = tmp_path / "ft-gold"
+    assert main(["finetune", "--train", str(tiny_sst2), "--out", str(gold), "--lm", smollm_path,
+                 "--mode", "value", "--objective", "gold", "--steps", "1", "--batch-size", "2"]) == 0
+    assert json.loads((gold / "ragicl_finetune.json").read_text())["objective"] == "gold"
+    stamp = json.loads((gold / "ragicl_reference.json").read_text())
+    assert stamp["settings"]["objective"] == "gold"
+    # same settings but the default objective: not the gold checkpoint, so it trains again (label loss)
+    assert main(["finetune", "--train", str(tiny_sst2), "--out", str(gold), "--lm", smollm_path,
+                 "--mode", "value", "--steps", "1", "--batch-size", "2"]) == 0
+    assert "objective" not in json.loads((gold / "ragicl_reference.json").read_text())["settings"]
+    assert main(["finetune", "--train", str(tiny_sst2), "--out", str(tmp_path / "y"), "--lm", smollm_path,
+                 "--objective", "gold", "--aux-fewshot", "2", "--steps", "1"]) == 2
+    assert "cannot be combined with --objective gold" in capsys.readouterr().err
     assert main(["finetune", "--train", str(tiny_sst2), "--out", str(tmp_path / "x"), "--lm", smollm_path,
                  "--aux-fewshot", "2", "--steps", "1"]) == 2
     assert "--aux-fewshot needs --index" in capsys.readouterr().err

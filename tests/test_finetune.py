@@ -147,6 +147,27 @@ def test_finetune_lm_trains_on_output_tokens_only(smollm_lm, data):
     assert res.losses[1] < res.losses[0]
 
 
+def test_gold_objective_trains_the_gold_label_likelihood(smollm_lm, data):
+    prompts, targets, label_ids = data
+    # a multi-token label set, so the gold NLL differs from the first-token logit
+    tok = smollm_lm.tokenizer
+    labels = [tok(w, add_special_tokens=False)["input_ids"] for w in (" very negative", " very positive")]
+    assert all(len(ids) > 1 for ids in labels)
+    gold_nll = [-float(smollm_lm.score_continuations([p], [labels[t]])[0, 0]) for p, t in zip(prompts, targets)]
+    before_ce = label_loss(smollm_lm, prompts, targets, labels)
+    res = finetune(smollm_lm, prompts, targets, labels, mode="value", steps=3, batch_size=8, lr=1e-4,
+                   warmup=0.0, objective="gold", show_progress=False)
+    assert res.losses[0] == pytest.approx(float(np.mean(gold_nll)), abs=1e-3)  # summed per example, mean
+    assert res.losses[-1] < 0.8 * res.losses[0], res.losses
+    after_gold = [-float(res.lm.score_continuations([p], [labels[t]])[0, 0]) for p, t in zip(prompts, targets)]
+    assert np.mean(after_gold) < np.mean(gold_nll)
+    # the default objective is unchanged: its first loss is the label cross-entropy, not the gold NLL
+    ce = finetune(smollm_lm, prompts, targets, labels, mode="value", steps=1, batch_size=8, lr=1e-4,
+                  warmup=0.0, show_progress=False)
+    assert ce.losses[0] == pytest.approx(before_ce, abs=1e-3)
+    assert abs(ce.losses[0] - res.losses[0]) > 0.1
+
+
 def test_seeded_runs_are_reproducible(smollm_lm, data):
     prompts, targets, label_ids = data
     runs = [finetune(smollm_lm, prompts, targets, label_ids, mode="value", steps=2, batch_size=3, seed=7,
@@ -166,6 +187,8 @@ def test_clear_errors(smollm_lm, data):
         finetune("no/such-model", prompts[:1], [0], label_ids, mode="bias")
     with pytest.raises(ValueError, match="prompts is empty"):
         finetune(smollm_lm, [], [], label_ids)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        finetune(smollm_lm, prompts[:1], [0], label_ids, objective="hinge")
     with pytest.raises(ValueError, match="over the model's context length of 8192"):
         finetune(smollm_lm, [[1] * 8192], [0], label_ids)
     with pytest.raises(TypeError, match="TransformersLM"):
