@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_experiments import _template  # noqa: E402
+from run_experiments import _template
 
-from ragicl.data import read_dataset  # noqa: E402
-from ragicl.lm import TransformersLM  # noqa: E402
-from ragicl.reference import train_reference  # noqa: E402
+from ragicl.data import read_dataset
+from ragicl.lm import TransformersLM
+from ragicl.reference import train_reference
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,7 +148,7 @@ def test_finetune_lm_trains_on_output_tokens_only(smollm_lm, data):
 
 
 def test_gold_objective_trains_the_gold_label_likelihood(smollm_lm, data):
-    prompts, targets, label_ids = data
+    prompts, targets, _ = data
     # a multi-token label set, so the gold NLL differs from the first-token logit
     tok = smollm_lm.tokenizer
     labels = [tok(w, add_special_tokens=False)["input_ids"] for w in (" very negative", " very positive")]
