@@ -38,7 +38,7 @@ from typing import Any
 
 from ._exceptions import BudgetError, DataError
 from .classifier import ICLClassifier
-from .finetune import FinetuneResult, _label_logits, _train
+from .finetune import FinetuneResult, _single_token, _train, check_objective, classification_loss
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
 from .models import DEFAULT_LM
@@ -100,8 +100,11 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
                            schedule: str = "linear", mode: str = "full", steps: int = 100,
                            batch_size: int = 8, lr: float = 5e-5, max_prompt_tokens: int | None = 1024,
                            seed: int = 0, out: str | os.PathLike | None = None,
-                           show_progress: bool | None = None) -> AuxFinetuneResult:
+                           show_progress: bool | None = None, objective: str = "labels") -> AuxFinetuneResult:
     """Fine-tune ``lm`` on ``train`` with loss CE(zero-shot) + λ_t·CE(k-shot, retrieved from ``index``).
+
+    ``objective`` is that of :func:`ragicl.finetune.finetune` for both terms: ``"labels"`` (cross-entropy
+    over the labels) or ``"gold"`` (the gold label's NLL alone, cheaper with many multi-token labels).
 
     ``index`` is normally built over ``train`` (the retriever excludes each example itself). Examples
     whose zero-shot prompt exceeds ``max_prompt_tokens`` are skipped. ``lm`` is a name/path or a
@@ -113,8 +116,6 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
     >>> res.lambdas[0], res.lambdas[-1]                                                # doctest: +SKIP
     (1.0, 0.025)
     """
-    import torch
-
     if len(train) == 0 or train.task != "classification" or not train.labels:
         raise DataError("train_with_fewshot_aux needs a non-empty classification dataset with a label set.")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -122,6 +123,7 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
     if not (isinstance(lambda0, (int, float)) and math.isfinite(lambda0) and lambda0 >= 0):
         raise ValueError(f"lambda0 must be a finite number ≥ 0; got {lambda0!r}.")
     anneal(0, max(1, steps), lambda0, schedule)  # validates the schedule name early
+    check_objective(objective)
     if tuple(index.dataset.labels) != tuple(train.labels):
         raise DataError(f"index labels {list(index.dataset.labels)} differ from train labels {list(train.labels)}.")
     model = lm if not isinstance(lm, str) else TransformersLM(lm, dtype="float32", show_progress=show_progress)
@@ -153,9 +155,8 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
 
     def loss_fn(net: Any, batch: list[int], pad_id: int) -> Any:
         lam = anneal(len(lambdas), steps, float(lambda0), schedule)
-        y = torch.tensor([targets[i] for i in batch])
-        logits = _label_logits(net, [zero[i] for i in batch], label_ids, pad_id)
-        loss_zero = torch.nn.functional.cross_entropy(logits, y.to(logits.device))
+        y = [targets[i] for i in batch]
+        loss_zero = classification_loss(net, [zero[i] for i in batch], y, label_ids, pad_id, objective)
         loss = loss_zero
         fs_value = math.nan
         if lam > 0:
@@ -163,8 +164,7 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
             if missing:
                 for i, p in zip(missing, shots.prompts([examples[i] for i in missing])):
                     fewshot[i] = list(p.token_ids)
-            fs_logits = _label_logits(net, [fewshot[i] for i in batch], label_ids, pad_id)
-            loss_fs = torch.nn.functional.cross_entropy(fs_logits, y.to(fs_logits.device))
+            loss_fs = classification_loss(net, [fewshot[i] for i in batch], y, label_ids, pad_id, objective)
             loss = loss_zero + lam * loss_fs
             fs_value = float(loss_fs.detach())
         lambdas.append(lam)
@@ -181,6 +181,8 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
     result = _train(model, len(examples), loss_fn, kind="classification", mode=mode, steps=steps,
                     batch_size=batch_size, lr=lr, warmup=0.1, weight_decay=0.0, max_grad_norm=1.0, seed=seed,
                     out=out, inplace=False, show_progress=show_progress, n_labels=len(label_ids),
+                    rows_per_example=1 if objective == "gold" or _single_token(label_ids) else len(label_ids),
+                    **({} if objective == "labels" else {"objective": objective}),
                     aux_fewshot={"k": k, "lambda0": lambda0, "schedule": schedule,
                                  "schedule_note": "approximation of Lee, Sohn & Lee 2026 (annealed λ0 → 0)",
                                  "zero_shot_losses": zs_losses, "fewshot_losses": fs_losses,

@@ -70,9 +70,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .reference import train_reference
 
     train = _read(args.train, args, name=_dataset_name(args.train))
-    if args.aux_fewshot and args.objective != "labels":
-        raise RagiclError(f"--aux-fewshot trains the softmax over the labels; it cannot be combined with "
-                          f"--objective {args.objective}. Drop one of the two.")
     if args.aux_fewshot:
         from .auxloss import train_with_fewshot_aux
         from .index import ExampleIndex
@@ -84,7 +81,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                      template=_template(args, train), k=args.aux_fewshot,
                                      lambda0=args.aux_lambda, schedule=args.aux_schedule, mode=args.mode,
                                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                     seed=args.seed, out=args.out)
+                                     seed=args.seed, out=args.out, objective=args.objective)
         result = aux.finetune
     else:
         result = train_reference(train, lm=args.lm, template=_template(args, train), out=args.out,

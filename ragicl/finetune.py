@@ -254,6 +254,24 @@ def label_loss(lm: TransformersLM, prompts: Sequence[Sequence[int]], targets: Se
     return total / len(ids)
 
 
+def check_objective(objective: str) -> None:
+    """Raise a clear ``ValueError`` unless ``objective`` is one of :data:`OBJECTIVES`."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}: 'labels' trains the "
+                         "softmax over the labels, 'gold' the gold label's likelihood alone.")
+
+
+def classification_loss(model: Any, prompts: list[list[int]], targets: list[int],
+                        label_ids: list[list[int]], pad_id: int, objective: str = "labels") -> Any:
+    """Mean training loss of a batch, with gradients: label cross-entropy or gold-label NLL (``objective``)."""
+    import torch
+
+    if objective == "gold":
+        return -_sequence_logprobs(model, prompts, [label_ids[t] for t in targets], pad_id).mean()
+    logits = _label_logits(model, prompts, label_ids, pad_id)
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
+
+
 def _check_targets(targets: Sequence[int], n: int, n_labels: int) -> list[int]:
     tgt = [int(t) for t in targets]
     if len(tgt) != n:
@@ -281,9 +299,7 @@ def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets:
     the softmax over all labels: the distribution the evaluation compares) or ``"gold"`` (summed NLL of
     the gold label's tokens: one row per example, cheaper with many multi-token labels).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}: 'labels' trains the "
-                         "softmax over the labels, 'gold' the gold label's likelihood alone.")
+    check_objective(objective)
     ids = _check_data(prompts, "prompts")
     labels = _check_data(label_ids, "label_ids")
     if len(labels) < 2:
@@ -291,19 +307,12 @@ def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets:
     tgt = _check_targets(targets, len(ids), len(labels))
 
     def loss_fn(model: Any, batch: list[int], pad_id: int) -> Any:
-        import torch
-
-        logits = _label_logits(model, [ids[i] for i in batch], labels, pad_id)
-        y = torch.tensor([tgt[i] for i in batch], device=logits.device)
-        return torch.nn.functional.cross_entropy(logits, y)
-
-    def gold_loss_fn(model: Any, batch: list[int], pad_id: int) -> Any:
-        gold = _sequence_logprobs(model, [ids[i] for i in batch], [labels[tgt[i]] for i in batch], pad_id)
-        return -gold.mean()
+        return classification_loss(model, [ids[i] for i in batch], [tgt[i] for i in batch], labels, pad_id,
+                                   objective)
 
     rows = 1 if objective == "gold" or _single_token(labels) else len(labels)
     extra = {} if objective == "labels" else {"objective": objective}
-    return _train(lm, len(ids), loss_fn if objective == "labels" else gold_loss_fn, kind="classification",
+    return _train(lm, len(ids), loss_fn, kind="classification",
                   mode=mode, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                   weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, out=out,
                   inplace=inplace, show_progress=show_progress,

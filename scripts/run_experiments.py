@@ -90,11 +90,13 @@ def _finetune(variant: str, train, index, lm, template, args, out: Path, seed: i
         stamp = path / "ragicl_finetune.json"
         if stamp.exists():
             meta = json.loads(stamp.read_text())
-            if meta.get("steps") == args.steps and meta.get("aux_fewshot", {}).get("k") == args.aux_k:
+            if (meta.get("steps") == args.steps and meta.get("aux_fewshot", {}).get("k") == args.aux_k
+                    and meta.get("objective", "labels") == args.ft_objective):
                 return FinetuneResult(path, meta["seconds"], tuple(meta["losses"]), "full", args.steps)
         res = train_with_fewshot_aux(train, index, lm=lm, template=template, k=args.aux_k, lambda0=args.aux_lambda,
                                      mode="full", steps=args.steps, batch_size=args.ft_batch_size, lr=_lr(variant, args),
-                                     max_prompt_tokens=args.max_prompt_tokens, seed=seed, out=path)
+                                     max_prompt_tokens=args.max_prompt_tokens, seed=seed, out=path,
+                                     objective=args.ft_objective)
         return res.finetune
     from ragicl.reference import train_reference
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-5, help="learning rate of full / attention / aux")
     p.add_argument("--lr-small", type=float, default=1e-4, help="learning rate of value / lora (few parameters)")
     p.add_argument("--ft-objective", default="labels", choices=["labels", "gold"],
-                   help="fine-tuning loss of every variant but aux: softmax over the labels, or the gold "
+                   help="fine-tuning loss of every variant (aux: both terms): softmax over the labels, or the gold "
                         "label's likelihood alone (cheaper per step with many multi-token labels)")
     p.add_argument("--variants", default="full,value", help=f"comma list of {','.join(VARIANTS)}")
     p.add_argument("--baselines", default="vote,calibrated,knnp", help="comma list of vote,calibrated,knnp")
@@ -235,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"`{reference}`; accuracy and TV with 95% bootstrap intervals, share of queries with "
                     f"TV > 0.1 with a Clopper–Pearson 95% interval.\n\n" + report_markdown(report)),
         ("Fine-tuning", ("" if args.ft_objective == "labels" else
-                         f"Objective `{args.ft_objective}` (every variant but aux): the loss is the gold "
-                         f"label's NLL, not the cross-entropy over labels.\n\n")
+                         f"Objective `{args.ft_objective}`: every variant's loss (both terms of aux) is the "
+                         f"gold label's NLL, not the cross-entropy over labels.\n\n")
          + markdown_table(["variant", "steps × batch", "lr", "seconds", "loss first → last"],
                                        [[v, f"{r.steps} × {args.ft_batch_size}", _lr(v, args), f"{r.seconds:.0f}",
                                          f"{r.losses[0]:.3f} → {r.losses[-1]:.3f}"]

@@ -97,6 +97,19 @@ def test_aux_loss_trains_and_lambda_zero_equals_plain_finetune(smollm_lm, tasks,
                      mode="value")
     np.testing.assert_allclose(zero.finetune.losses, plain.losses, rtol=1e-4)
     assert all(math.isnan(v) for v in zero.fewshot_losses)
+    # the gold objective reaches both terms: λ0 = 0 equals finetune(objective="gold"), and it differs
+    # from the label cross-entropy
+    gold_zero = train_with_fewshot_aux(train, index, lm=smollm_lm, template=tpl, k=1, lambda0=0.0, steps=2,
+                                       batch_size=2, mode="value", max_prompt_tokens=160, objective="gold")
+    gold_plain = finetune(smollm_lm, prompts, train.label_array().tolist(),
+                          [list(packer.answer_ids(lab)) for lab in train.labels], steps=2, batch_size=2,
+                          mode="value", objective="gold")
+    np.testing.assert_allclose(gold_zero.finetune.losses, gold_plain.losses, rtol=1e-4)
+    assert abs(gold_zero.finetune.losses[0] - zero.finetune.losses[0]) > 1e-3
+    gold = train_with_fewshot_aux(train, index, lm=smollm_lm, template=tpl, k=1, steps=1, batch_size=2,
+                                  mode="value", max_prompt_tokens=160, objective="gold", out=tmp_path / "g")
+    assert gold.finetune.losses[0] == pytest.approx(gold.zero_shot_losses[0] + gold.fewshot_losses[0], rel=1e-4)
+    assert json.loads((tmp_path / "g" / "ragicl_finetune.json").read_text())["objective"] == "gold"
 
 
 def test_aux_rejects_bad_arguments(tasks):
@@ -105,3 +118,5 @@ def test_aux_rejects_bad_arguments(tasks):
         train_with_fewshot_aux(index.dataset, index, lm="unused", k=0)
     with pytest.raises(ValueError, match="schedule"):
         train_with_fewshot_aux(index.dataset, index, lm="unused", schedule="exp")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        train_with_fewshot_aux(index.dataset, index, lm="unused", objective="hinge")
