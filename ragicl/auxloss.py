@@ -38,7 +38,7 @@ from typing import Any
 
 from ._exceptions import BudgetError, DataError
 from .classifier import ICLClassifier
-from .finetune import FinetuneResult, _single_token, _train, check_objective, classification_loss
+from .finetune import FinetuneResult, _objective_train_kwargs, _train, check_objective, classification_loss
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
 from .models import DEFAULT_LM
@@ -181,8 +181,7 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
     result = _train(model, len(examples), loss_fn, kind="classification", mode=mode, steps=steps,
                     batch_size=batch_size, lr=lr, warmup=0.1, weight_decay=0.0, max_grad_norm=1.0, seed=seed,
                     out=out, inplace=False, show_progress=show_progress, n_labels=len(label_ids),
-                    rows_per_example=1 if objective == "gold" or _single_token(label_ids) else len(label_ids),
-                    **({} if objective == "labels" else {"objective": objective}),
+                    **_objective_train_kwargs(label_ids, objective),
                     aux_fewshot={"k": k, "lambda0": lambda0, "schedule": schedule,
                                  "schedule_note": "approximation of Lee, Sohn & Lee 2026 (annealed λ0 → 0)",
                                  "zero_shot_losses": zs_losses, "fewshot_losses": fs_losses,

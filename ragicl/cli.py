@@ -199,6 +199,7 @@ def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .finetune import MODES, OBJECTIVES
     from .models import DEFAULT_EMBEDDER, DEFAULT_LM
 
     parser = argparse.ArgumentParser(prog="ragicl", description=__doc__.split("\n\n")[0])
@@ -220,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--train", required=True)
     f.add_argument("--out", required=True)
     f.add_argument("--lm", default=DEFAULT_LM)
-    f.add_argument("--mode", default="full", choices=["full", "attention", "value", "lora"])
-    f.add_argument("--objective", default="labels", choices=["labels", "gold"],
+    f.add_argument("--mode", default="full", choices=list(MODES))
+    f.add_argument("--objective", default="labels", choices=list(OBJECTIVES),
                    help="labels: softmax over all labels (default); gold: the gold label's likelihood "
                         "alone (cheaper per step with many multi-token labels)")
     f.add_argument("--steps", type=int, default=100)

@@ -272,6 +272,12 @@ def classification_loss(model: Any, prompts: list[list[int]], targets: list[int]
     return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
 
 
+def _objective_train_kwargs(label_ids: Sequence[Sequence[int]], objective: str) -> dict[str, Any]:
+    """``_train`` keywords an objective sets: rows per example (micro-batching) and, if not default, its name."""
+    rows = 1 if objective == "gold" or _single_token(label_ids) else len(label_ids)
+    return {"rows_per_example": rows, **({} if objective == "labels" else {"objective": objective})}
+
+
 def _check_targets(targets: Sequence[int], n: int, n_labels: int) -> list[int]:
     tgt = [int(t) for t in targets]
     if len(tgt) != n:
@@ -310,14 +316,12 @@ def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets:
         return classification_loss(model, [ids[i] for i in batch], [tgt[i] for i in batch], labels, pad_id,
                                    objective)
 
-    rows = 1 if objective == "gold" or _single_token(labels) else len(labels)
-    extra = {} if objective == "labels" else {"objective": objective}
     return _train(lm, len(ids), loss_fn, kind="classification",
                   mode=mode, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                   weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, out=out,
                   inplace=inplace, show_progress=show_progress,
                   longest=max(map(len, ids)) + max(map(len, labels)), n_labels=len(labels),
-                  rows_per_example=rows, **extra)
+                  **_objective_train_kwargs(labels, objective))
 
 
 def finetune_lm(lm: str | LanguageModel, prompts: Sequence[Sequence[int]],

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ._exceptions import DataError
-from .finetune import OBJECTIVES, FinetuneResult, finetune
+from .finetune import FinetuneResult, check_objective, finetune
 from .lm import LanguageModel, TransformersLM
 from .models import DEFAULT_LM
 from .pack import Packer
@@ -36,8 +36,7 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
     ``out`` trained with the same settings and data is returned instead of training again.
     ``objective="gold"`` trains the gold label's likelihood alone (see :func:`ragicl.finetune.finetune`).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    check_objective(objective)
     if len(train) == 0:
         raise DataError("the training set is empty; nothing to fine-tune on.")
     if train.task != "classification" or not train.labels:

@@ -39,7 +39,7 @@ from ragicl.curves import (
     plot_bounds_vs_measured,
     plot_curve,
 )
-from ragicl.finetune import FinetuneResult
+from ragicl.finetune import OBJECTIVES, FinetuneResult
 from ragicl.report import curve_markdown, machine_info, markdown_table, report_markdown, write_report
 
 log = logging.getLogger("run_experiments")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ft-batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-5, help="learning rate of full / attention / aux")
     p.add_argument("--lr-small", type=float, default=1e-4, help="learning rate of value / lora (few parameters)")
-    p.add_argument("--ft-objective", default="labels", choices=["labels", "gold"],
+    p.add_argument("--ft-objective", default="labels", choices=list(OBJECTIVES),
                    help="fine-tuning loss of every variant (aux: both terms): softmax over the labels, or the gold "
                         "label's likelihood alone (cheaper per step with many multi-token labels)")
     p.add_argument("--variants", default="full,value", help=f"comma list of {','.join(VARIANTS)}")
