@@ -21,7 +21,7 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 __all__ = ["GPU_PEAK_TFLOPS", "Ceiling", "cpu_model_name", "describe_device", "forward_flops",
-           "gpu_peak_flops", "measure_matmul_flops", "mfu", "search_flops"]
+           "gpu_peak_flops", "lm_forward_flops", "measure_matmul_flops", "mfu", "search_flops"]
 
 # Dense peak TFLOP/s by (GPU name fragment, dtype), vendor datasheets. Matched in order, first hit wins, on
 # torch.cuda.get_device_name(); "float32" is the non-tensor-core FP32 rate (TF32 off, as in exact search).
@@ -50,6 +50,26 @@ def search_flops(n_database: int, dimension: int, n_queries: int) -> float:
 def forward_flops(n_params: int, n_tokens: int) -> float:
     """Approximate FLOPs of a transformer forward pass: ``2 · params · tokens`` (attention excluded)."""
     return 2.0 * n_params * n_tokens
+
+
+def lm_forward_flops(n_params: int, n_embedding_params: int, n_layers: int, d_model: int,
+                     lengths: list[int], logits_positions: int) -> float:
+    """FLOPs of a causal LM forward pass over sequences of ``lengths`` tokens, counted as executed:
+
+    * ``2 · (params − embedding params) · tokens`` for the transformer body (every weight matrix once per
+      token; the embedding lookup is free);
+    * ``2 · d_model · L²`` per layer and sequence for causal attention (``QKᵀ`` and ``AV``, half the square
+      each);
+    * ``2 · embedding params · logits_positions`` for the output head (``logits_to_keep=1`` computes it
+      for one position per prompt, a plain forward for every token).
+
+    >>> lm_forward_flops(100, 40, 2, 8, [10, 20], 2)
+    19760.0
+    """
+    tokens = sum(lengths)
+    body = 2.0 * (n_params - n_embedding_params) * tokens
+    attention = 2.0 * n_layers * d_model * sum(length * length for length in lengths)
+    return body + attention + 2.0 * n_embedding_params * logits_positions
 
 
 def mfu(flops: float, seconds: float, peak_flops: float | None) -> float | None:
