@@ -107,17 +107,21 @@ class Report:
     def table(self) -> str:
         """A plain-text table: one row per system; gap columns are empty for the reference."""
         gaps = {g.system: g for g in self.gaps}
-        ref = self.reference or "-"
-        head = (f"{'system':<22} {'accuracy [95% CI]':<24} {'macro-F1':>8}  "
-                f"{'TV to ' + ref + ' [95% CI]':<30} {'agree':>6} {'s/query':>8}")
+        with_gap = self.reference is not None  # no reference: no TV / agreement columns
+        head = f"{'system':<22} {'accuracy [95% CI]':<24} {'macro-F1':>8}  "
+        if with_gap:
+            head += f"{'TV to ' + str(self.reference) + ' [95% CI]':<30} {'agree':>6} "
+        head += f"{'s/query':>8}"
         lines = [f"{self.dataset}: {self.n} test examples, labels {list(self.labels)}", head,
                  "-" * len(head)]
         for s in self.systems:
-            g = gaps.get(s.name)
-            tv = str(g.tv) if g else ("(reference)" if s.name == self.reference else "")
-            agree = f"{g.agreement:.3f}" if g else ""
-            lines.append(f"{s.name:<22} {s.accuracy!s:<24} {s.macro_f1:>8.3f}  {tv:<30} {agree:>6} "
-                         f"{s.seconds_per_query:>8.3f}")
+            line = f"{s.name:<22} {s.accuracy!s:<24} {s.macro_f1:>8.3f}  "
+            if with_gap:
+                g = gaps.get(s.name)
+                tv = str(g.tv) if g else ("(reference)" if s.name == self.reference else "")
+                agree = f"{g.agreement:.3f}" if g else ""
+                line += f"{tv:<30} {agree:>6} "
+            lines.append(line + f"{s.seconds_per_query:>8.3f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 

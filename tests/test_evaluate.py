@@ -52,6 +52,14 @@ def test_compare_reports_accuracy_tv_and_agreement(tmp_path):
     assert [s["name"] for s in data["systems"]] == ["icl", "fine-tuned"]
 
 
+def test_table_without_reference_has_no_gap_columns():
+    test = _test_set(["negative", "positive"])
+    report = compare(test, {"icl": FixedSystem([[0.7, 0.3], [0.2, 0.8]])}, reference=None, n_boot=50)
+    head = report.table().splitlines()[1]
+    assert "TV" not in head and "agree" not in head and "s/query" in head
+    assert "icl" in report.table() and report.gaps == ()
+
+
 def test_gap_is_zero_for_identical_systems():
     p = np.array([[0.3, 0.7], [0.5, 0.5]])
     g = gap(p, p, n_boot=100)
