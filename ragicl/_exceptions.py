@@ -31,7 +31,16 @@ class EmbedderMismatchError(RagiclError, ValueError):
 
 
 class BudgetError(RagiclError, ValueError):
-    """A query alone does not fit in the prompt's token budget."""
+    """A query alone does not fit in the prompt's token budget.
+
+    ``needed`` is the number of prompt tokens the query needs with no demonstration (the smallest budget
+    that fits it) and ``budget`` the budget it was packed under, when the packer knows them.
+    """
+
+    def __init__(self, message: str, *, needed: int | None = None, budget: int | None = None) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.budget = budget
 
 
 class NotFittedError(RagiclError, RuntimeError):

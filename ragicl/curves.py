@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ._exceptions import DataError, require
+from ._exceptions import BudgetError, DataError, require
 from .bounds import (
     PowerLawFit,
     fit_power_law,
@@ -175,7 +175,7 @@ def _progress(iterable: Any, total: int, desc: str, show: bool | None) -> Any:
 
 def _sweep(knob: str, xs: Sequence[float], data: Any, test: Dataset, reference_probs: np.ndarray,
            make_classifier: Callable[[Any], Any], *, n_boot: int, seed: int, show_progress: bool | None,
-           label: str) -> Curve:
+           label: str, extra_meta: Mapping[str, Any] | None = None) -> Curve:
     ref = _check_reference(test, reference_probs)
     if not xs:
         raise ValueError(f"give at least one {knob} value.")
@@ -189,7 +189,7 @@ def _sweep(knob: str, xs: Sequence[float], data: Any, test: Dataset, reference_p
         logger.info("%s=%s: TV %s, accuracy %s (%.1f s)", knob, x, tvs[-1], accs[-1], sec)
     return Curve(tuple(float(x) for x in xs), tuple(tvs), tuple(accs),
                  {"knob": knob, "xlabel": label, "n_test": len(test), "seconds": seconds,
-                  "tv_per_query": per_query})
+                  "tv_per_query": per_query, **(extra_meta or {})})
 
 
 def gap_vs_k(index: ExampleIndex, test: Dataset, reference_probs: np.ndarray, ks: Sequence[int],
@@ -206,14 +206,53 @@ def gap_vs_k(index: ExampleIndex, test: Dataset, reference_probs: np.ndarray, ks
 
 def gap_vs_budget(index: ExampleIndex, test: Dataset, reference_probs: np.ndarray, budgets: Sequence[int],
                   make_classifier: Callable[[int], Any], *, n_boot: int = 1000, seed: int = 0,
-                  show_progress: bool | None = None) -> Curve:
+                  show_progress: bool | None = None, too_small: str = "error") -> Curve:
     """TV and accuracy for each prompt budget (tokens), e.g. ``(256, 512, 1024, 2048)``.
 
     ``make_classifier(budget)`` returns e.g. ``ICLClassifier(lm, k=64, max_prompt_tokens=budget)``: a
     large k so the budget, not k, decides how many demonstrations fit.
+
+    Before any scoring, every test query is packed alone under each budget: a budget below what the longest
+    query needs by itself could not score that query at all. ``too_small="error"`` (default) raises
+    :class:`~ragicl.BudgetError` naming those budgets and the smallest usable one; ``"skip"`` drops them
+    with a warning and records them in ``meta["skipped_budgets"]`` (budget → tokens needed).
     """
-    return _sweep("budget", [int(b) for b in budgets], index, test, reference_probs, make_classifier,
-                  n_boot=n_boot, seed=seed, show_progress=show_progress, label="prompt budget (tokens)")
+    if too_small not in ("error", "skip"):
+        raise ValueError(f"too_small must be 'error' or 'skip', got {too_small!r}.")
+    xs = [int(b) for b in budgets]
+    needed = _query_alone_tokens(index, test, make_classifier, xs)
+    bad = {b: needed for b in xs if needed is not None and b < needed}
+    if bad:
+        msg = (f"prompt budgets {sorted(bad)} are below the {needed} tokens the longest test query needs with no "
+               f"demonstration, so that query could not be scored under them. Fix: use budgets ≥ {needed}, or "
+               f"too_small='skip' to leave them out of the curve.")
+        if too_small == "error" or len(bad) == len(xs):
+            raise BudgetError(msg, needed=needed, budget=min(bad))
+        logger.warning("%s Skipping them.", msg)
+        xs = [b for b in xs if b not in bad]
+    extra = {"skipped_budgets": {int(b): int(n) for b, n in sorted(bad.items())}} if bad else None
+    return _sweep("budget", xs, index, test, reference_probs, make_classifier, n_boot=n_boot, seed=seed,
+                  show_progress=show_progress, label="prompt budget (tokens)", extra_meta=extra)
+
+
+def _query_alone_tokens(index: ExampleIndex, test: Dataset, make_classifier: Callable[[int], Any],
+                        budgets: Sequence[int]) -> int | None:
+    """The most prompt tokens any test query needs with no demonstration (its packer's own count), or
+    ``None`` when the classifier exposes no packer. Packs under the largest budget, so nothing overflows
+    unless even that one is too small."""
+    if not budgets:
+        return None
+    clf = make_classifier(max(budgets)).fit(index)
+    packer = getattr(clf, "packer_", None)
+    if packer is None:
+        return None
+    worst = 0
+    for ex in test.examples:
+        try:
+            worst = max(worst, len(packer.pack(ex, []).token_ids))
+        except BudgetError as exc:
+            worst = max(worst, exc.needed if exc.needed is not None else max(budgets) + 1)
+    return worst
 
 
 def _text(ex: Any, fields: Sequence[str]) -> str:

@@ -463,7 +463,7 @@ class Packer:
                           f"instruction/chat frame/special tokens) but the budget is {budget} tokens "
                           f"(max_prompt_tokens={self.max_prompt_tokens}, context={self._context()}, "
                           f"answer_tokens={self.answer_tokens_}). Raise max_prompt_tokens or context_length, "
-                          f"or shorten the query.")
+                          f"or shorten the query.", needed=n_tokens, budget=budget)
 
 
 def _select(unique: list[int], lens: Sequence[int], avail: int, cap: int, min_len: int

@@ -69,7 +69,12 @@ def curve_markdown(curve: Any) -> str:
     for i, x in enumerate(curve.x):
         xs = f"{x:g}" if curve.meta.get("knob") != "data_fraction" else f"1/{round(1 / x)}" if x < 1 else "1"
         rows.append([xs] + ([n_index[i]] if n_index else []) + [str(curve.tv[i]), str(curve.accuracy[i])])
-    return markdown_table(headers, rows)
+    table = markdown_table(headers, rows)
+    skipped = curve.meta.get("skipped_budgets")
+    if skipped:
+        table += ("\n\nSkipped budgets (the longest test query alone needs more tokens): "
+                  + ", ".join(f"{b} (needs {n})" for b, n in skipped.items()))
+    return table
 
 
 def machine_info() -> dict[str, Any]:

@@ -19,7 +19,9 @@ from ragicl.curves import (
     plot_bounds_vs_measured,
     plot_curve,
 )
+from ragicl import BudgetError
 from ragicl.embed import HashEmbedder
+from ragicl.report import curve_markdown
 from ragicl.stats import bootstrap_ci
 
 
@@ -147,7 +149,25 @@ def test_real_lm_k_and_budget_curves(smollm_lm, sst, ref):
         return made[-1]
 
     bc = gap_vs_budget(index, test, ref6, [96, 160], make, n_boot=50)
-    assert bc.x == (96.0, 160.0)
-    shots = [np.mean([len(p.included) for p in clf.prompts(list(test.examples))]) for clf in made]
+    assert bc.x == (96.0, 160.0) and "skipped_budgets" not in bc.meta
+    swept = made[-2:]  # made[0] is the pre-flight packer check at the largest budget
+    shots = [np.mean([len(p.included) for p in clf.prompts(list(test.examples))]) for clf in swept]
     assert shots[1] > shots[0]
-    assert all(p.n_tokens <= 160 for p in made[1].prompts(list(test.examples)))
+    assert all(p.n_tokens <= 160 for p in swept[1].prompts(list(test.examples)))
+
+    # a budget below what a query needs alone: a clear error before any scoring, or skipped on request
+    alone = max(len(p.token_ids) for p in ICLClassifier(smollm_lm, tpl, k=0, max_prompt_tokens=160)
+                .fit(index).prompts(list(test.examples)))
+    too_small = alone - 1
+    n_made = len(made)
+    with pytest.raises(BudgetError, match=rf"budgets \[{too_small}\].*{alone} tokens.*budgets ≥ {alone}"):
+        gap_vs_budget(index, test, ref6, [too_small, 160], make, n_boot=50)
+    assert len(made) == n_made + 1  # only the pre-flight classifier: nothing was scored
+    skipped = gap_vs_budget(index, test, ref6, [too_small, 160], make, n_boot=50, too_small="skip")
+    assert skipped.x == (160.0,) and skipped.meta["skipped_budgets"] == {too_small: alone}
+    assert skipped.tv[0].estimate == pytest.approx(bc.tv[1].estimate)
+    assert "needs" in curve_markdown(skipped)
+    with pytest.raises(BudgetError):  # nothing left to measure
+        gap_vs_budget(index, test, ref6, [too_small], make, n_boot=50, too_small="skip")
+    with pytest.raises(ValueError, match="too_small"):
+        gap_vs_budget(index, test, ref6, [160], make, too_small="truncate")

@@ -204,8 +204,11 @@ def test_pack_batch_matches_pack(sst2_packer, sst2):
 # ------------------------------------------------------------------------------------ budget and errors
 def test_query_too_long_raises(smollm_tokenizer, sst2):
     packer = Packer(smollm_tokenizer, PromptTemplate(), max_prompt_tokens=64).fit(sst2)
-    with pytest.raises(BudgetError, match=r"needs \d+ prompt tokens.*budget is 64.*max_prompt_tokens"):
+    with pytest.raises(BudgetError, match=r"needs \d+ prompt tokens.*budget is 64.*max_prompt_tokens") as err:
         packer.pack({"text": "word " * 200}, [0, 1])
+    assert err.value.budget == 64 and err.value.needed > 200  # the smallest budget that would fit it
+    roomy = Packer(smollm_tokenizer, PromptTemplate(), max_prompt_tokens=err.value.needed).fit(sst2)
+    assert roomy.pack({"text": "word " * 200}, []).n_tokens == err.value.needed
 
 
 def test_budget_from_context_and_answer_tokens(smollm_tokenizer, rte):
