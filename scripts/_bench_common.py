@@ -90,6 +90,13 @@ def timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1, sync: Callab
     return min(times), result
 
 
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true top-k ids found, over all queries (rows of ``found`` and ``truth``)."""
+    k = truth.shape[1]
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, truth))
+    return hits / (k * len(truth))
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

@@ -107,7 +107,6 @@ def ceilings(device: str, size: int, repeat: int) -> dict[str, float]:
     dst = torch.empty_like(src)
     secs, _ = time_it(lambda: dst.copy_(src), repeat)
     out["copy TB/s (read+write)"] = 2 * src.numel() * 4 / secs / 1e12
-    del src, dst
     return out
 
 
@@ -164,9 +163,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from ragicl.hardware import search_flops
-    from ragicl.torch_search import TorchExactSearch
-
     dev = args.device
     info = bc.print_environment(dev)
     time_it = timer(dev)
@@ -189,98 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# faiss not importable ({exc}): faiss rows skipped")
     rows: list[dict[str, Any]] = []
     for n in args.n:
-        db, centers = synthetic(n, args.d, max(16, n // 100), dev, seed=0)
-        q, _ = synthetic(args.queries, args.d, 0, dev, seed=1, centers=centers)
-        flops = search_flops(n, args.d, args.queries)
-        k = args.k
-        with torch.inference_mode():
-            # exact float32 truth (plain fp32 matmul, chunked) and the bare bf16 product of this shape
-            ref = TorchExactSearch(db, device=dev, dtype="float32")
-            t_ref, (ref_s, ref_p) = time_it(lambda ref=ref: ref.search(q, k), max(1, args.repeat // 2))
-            del ref
-            gc.collect()
-            db_bf = db.to(torch.bfloat16)
-            q_bf = q.to(torch.bfloat16)
-            step = 262_144
-            out = torch.empty(args.queries, step, dtype=torch.bfloat16, device=dev)
-
-            def bare() -> None:
-                for s in range(0, n, step):
-                    c = db_bf[s:s + step]
-                    torch.mm(q_bf, c.T, out=out[:, :c.shape[0]])
-
-            t_bare, _ = time_it(bare, args.repeat)
-            del out
-        rows.append(_row(n, args, "bare bf16 matmul of this shape (no top-k)", "bf16", t_bare, flops,
-                         bf16_ceiling, unit_ceiling, None, None))
-        rows.append(_row(n, args, "TorchExactSearch float32 (reference)", "fp32", t_ref, flops, bf16_ceiling,
-                         unit_ceiling, ref_p, ref_p))
-        # each method is built right before it is timed and freed after (at N = 1e7 one bf16 index with its
-        # float32 re-rank copy is 23 GB; several at once would not fit)
-        methods: dict[str, tuple[str, Callable[[], Callable[[], Any]]]] = {}
-
-        def torch_search(**kw: Any) -> Callable[[], Callable[[], Any]]:
-            def make() -> Callable[[], Any]:
-                s = TorchExactSearch(db, device=dev, **kw)
-                return lambda: s.search(q, k)
-            return make
-
-        for chunk in args.chunks:
-            methods[f"TorchExactSearch bf16 + certified re-rank, chunk {chunk:,}"] = (
-                "bf16", torch_search(dtype="bfloat16", chunk_size=chunk))
-        methods["TorchExactSearch bf16, no re-rank (approximate)"] = ("bf16", torch_search(dtype="bfloat16",
-                                                                                            rerank=0))
-        for chunk in args.chunks:
-            methods[f"prototype group-max top-k (group {args.group}), chunk {chunk:,}"] = (
-                "bf16", lambda chunk=chunk: lambda: [t.float().cpu().numpy() for t in
-                                                     group_max_search(q_bf, db_bf, k, chunk, args.group)])
-        if args.queries * n * 2 <= args.naive_max_bytes:
-            methods["naive topk(q @ db.T), whole score matrix"] = (
-                "bf16", lambda: lambda: [t.float().cpu().numpy() for t in torch.topk(q_bf @ db_bf.T, k, dim=1)])
-        q_np = q.cpu().numpy()
-        if faiss is not None:
-            def faiss_flat(fp16: bool) -> Callable[[], Callable[[], Any]]:
-                def make() -> Callable[[], Any]:
-                    res = faiss.StandardGpuResources()
-                    cfg = faiss.GpuIndexFlatConfig()
-                    cfg.useFloat16 = fp16
-                    index = faiss.GpuIndexFlatIP(res, args.d, cfg)
-                    index.add(db.cpu().numpy())
-                    return lambda: (res, index.search(q_np, k))[1]
-                return make
-
-            methods["faiss-gpu GpuIndexFlatIP float32"] = ("fp32", faiss_flat(False))
-            methods["faiss-gpu GpuIndexFlatIP float16"] = ("fp16", faiss_flat(True))
-            if n <= args.example_index_max_n:
-                def example_index() -> Callable[[], Any]:
-                    from ragicl.index import ExampleIndex
-                    from ragicl.types import Dataset, Example
-
-                    db_np = db.cpu().numpy()
-                    examples = tuple(Example(id=str(i), inputs={"text": f"d{i}"}) for i in range(n))
-                    ds = Dataset(examples, ("text",), task="classification", labels=(), name="synthetic")
-                    ei = ExampleIndex.from_vectors(db_np, ds, embedder=bc.RowEmbedder(db_np, q_np), factory="Flat",
-                                                   device=dev, batch_size=1 << 22, show_progress=False)
-                    return lambda: ei.search_vectors(q_np, k)
-
-                methods["ragicl ExampleIndex.search_vectors on faiss-gpu (float32)"] = ("fp32", example_index)
-        for name, (unit, make) in methods.items():
-            try:
-                fn = make()
-                secs, result = time_it(fn, args.repeat)
-            except torch.OutOfMemoryError as exc:
-                print(f"# {name}: out of memory ({str(exc)[:80]})")
-                continue
-            finally:
-                fn = None
-                gc.collect()
-                if dev.startswith("cuda"):
-                    torch.cuda.empty_cache()
-            pos = result[1] if isinstance(result, (tuple, list)) else result.positions
-            rows.append(_row(n, args, name, unit, secs, flops, bf16_ceiling, unit_ceiling, np.asarray(pos), ref_p))
-            print(f"# N={n:,} {name}: {1e3 * secs:.2f} ms", flush=True)
-        methods.clear()
-        del db, q, db_bf, q_bf
+        rows += measure_size(n, args, time_it, faiss, bf16_ceiling, unit_ceiling)
         gc.collect()
         if dev.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -288,13 +193,113 @@ def main(argv: list[str] | None = None) -> None:
     bc.save_json(args.json, {"env": info, "args": vars(args), "ceilings": ceil, "rows": rows})
 
 
+def measure_size(n: int, args: argparse.Namespace, time_it: Callable[..., tuple[float, Any]], faiss: Any,
+                 bf16_ceiling: float, unit_ceiling: dict[str, float | None]) -> list[dict[str, Any]]:
+    """Every method at database size ``n``: the truth, the bare product, then each method built, timed and
+    freed in turn (at N = 1e7 one bf16 index with its float32 re-rank copy is 23 GB)."""
+    import torch
+
+    from ragicl.hardware import search_flops
+    from ragicl.torch_search import TorchExactSearch
+
+    dev = args.device
+    rows: list[dict[str, Any]] = []
+    db, centers = synthetic(n, args.d, max(16, n // 100), dev, seed=0)
+    q, _ = synthetic(args.queries, args.d, 0, dev, seed=1, centers=centers)
+    flops = search_flops(n, args.d, args.queries)
+    k = args.k
+    with torch.inference_mode():
+        # exact float32 truth (plain fp32 matmul, chunked) and the bare bf16 product of this shape
+        ref = TorchExactSearch(db, device=dev, dtype="float32")
+        t_ref, (_, ref_p) = time_it(lambda ref=ref: ref.search(q, k), max(1, args.repeat // 2))
+        del ref
+        gc.collect()
+        db_bf = db.to(torch.bfloat16)
+        q_bf = q.to(torch.bfloat16)
+        step = 262_144
+        out = torch.empty(args.queries, step, dtype=torch.bfloat16, device=dev)
+
+        def bare() -> None:
+            for s in range(0, n, step):
+                c = db_bf[s:s + step]
+                torch.mm(q_bf, c.T, out=out[:, :c.shape[0]])
+
+        t_bare, _ = time_it(bare, args.repeat)
+    rows.append(_row(n, args, "bare bf16 matmul of this shape (no top-k)", "bf16", t_bare, flops,
+                     bf16_ceiling, unit_ceiling, None, None))
+    rows.append(_row(n, args, "TorchExactSearch float32 (reference)", "fp32", t_ref, flops, bf16_ceiling,
+                     unit_ceiling, ref_p, ref_p))
+    # each method is built right before it is timed and freed after (at N = 1e7 one bf16 index with its
+    # float32 re-rank copy is 23 GB; several at once would not fit)
+    methods: dict[str, tuple[str, Callable[[], Callable[[], Any]]]] = {}
+
+    def torch_search(**kw: Any) -> Callable[[], Callable[[], Any]]:
+        def make() -> Callable[[], Any]:
+            s = TorchExactSearch(db, device=dev, **kw)
+            return lambda: s.search(q, k)
+        return make
+
+    for chunk in args.chunks:
+        methods[f"TorchExactSearch bf16 + certified re-rank, chunk {chunk:,}"] = (
+            "bf16", torch_search(dtype="bfloat16", chunk_size=chunk))
+    methods["TorchExactSearch bf16, no re-rank (approximate)"] = ("bf16", torch_search(dtype="bfloat16",
+                                                                                        rerank=0))
+    for chunk in args.chunks:
+        methods[f"prototype group-max top-k (group {args.group}), chunk {chunk:,}"] = (
+            "bf16", lambda chunk=chunk: lambda: [t.float().cpu().numpy() for t in
+                                                 group_max_search(q_bf, db_bf, k, chunk, args.group)])
+    if args.queries * n * 2 <= args.naive_max_bytes:
+        methods["naive topk(q @ db.T), whole score matrix"] = (
+            "bf16", lambda: lambda: [t.float().cpu().numpy() for t in torch.topk(q_bf @ db_bf.T, k, dim=1)])
+    q_np = q.cpu().numpy()
+    if faiss is not None:
+        def faiss_flat(fp16: bool) -> Callable[[], Callable[[], Any]]:
+            def make() -> Callable[[], Any]:
+                res = faiss.StandardGpuResources()
+                cfg = faiss.GpuIndexFlatConfig()
+                cfg.useFloat16 = fp16
+                index = faiss.GpuIndexFlatIP(res, args.d, cfg)
+                index.add(db.cpu().numpy())
+                return lambda: (res, index.search(q_np, k))[1]
+            return make
+
+        methods["faiss-gpu GpuIndexFlatIP float32"] = ("fp32", faiss_flat(False))
+        methods["faiss-gpu GpuIndexFlatIP float16"] = ("fp16", faiss_flat(True))
+        if n <= args.example_index_max_n:
+            def example_index() -> Callable[[], Any]:
+                from ragicl.index import ExampleIndex
+                from ragicl.types import Dataset, Example
+
+                db_np = db.cpu().numpy()
+                examples = tuple(Example(id=str(i), inputs={"text": f"d{i}"}) for i in range(n))
+                ds = Dataset(examples, ("text",), task="classification", labels=(), name="synthetic")
+                ei = ExampleIndex.from_vectors(db_np, ds, embedder=bc.RowEmbedder(db_np, q_np), factory="Flat",
+                                               device=dev, batch_size=1 << 22, show_progress=False)
+                return lambda: ei.search_vectors(q_np, k)
+
+            methods["ragicl ExampleIndex.search_vectors on faiss-gpu (float32)"] = ("fp32", example_index)
+    for name, (unit, make) in methods.items():
+        try:
+            fn = make()
+            secs, result = time_it(fn, args.repeat)
+        except torch.OutOfMemoryError as exc:
+            print(f"# {name}: out of memory ({str(exc)[:80]})")
+            continue
+        finally:
+            fn = None
+            gc.collect()
+            if dev.startswith("cuda"):
+                torch.cuda.empty_cache()
+        pos = result[1] if isinstance(result, (tuple, list)) else result.positions
+        rows.append(_row(n, args, name, unit, secs, flops, bf16_ceiling, unit_ceiling, np.asarray(pos), ref_p))
+        print(f"# N={n:,} {name}: {1e3 * secs:.2f} ms", flush=True)
+    return rows
+
+
 def _row(n: int, args: argparse.Namespace, name: str, unit: str, secs: float, flops: float, bf16: float,
          units: dict[str, float | None], pos: np.ndarray | None, ref_p: np.ndarray | None) -> dict[str, Any]:
     own = units.get(unit)
-    agree = None
-    if pos is not None and ref_p is not None:
-        agree = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b)
-                               for a, b in zip(pos, ref_p)]))
+    agree = bc.recall_at_k(pos, ref_p) if pos is not None and ref_p is not None else None
     return {"N": n, "method": name, "ms": 1e3 * secs, "queries/s": args.queries / secs,
             "TFLOP/s": flops / secs / 1e12, "% bf16 ceiling": 100 * flops / secs / bf16,
             "unit": unit, "% own-unit ceiling": 100 * flops / secs / own if own else None,

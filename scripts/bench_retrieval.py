@@ -58,12 +58,6 @@ def synthetic(n: int, d: int, seed: int, n_clusters: int, centers: np.ndarray | 
     return out, centers
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, truth))
-    return hits / (k * len(truth))
-
-
 def batched(fn: Any, n_queries: int, batch: int, budget_queries: int) -> float:
     """Seconds per query when ``fn(start, stop)`` is called on consecutive batches of ``batch`` queries."""
     total = min(n_queries, max(batch, budget_queries))
@@ -215,7 +209,7 @@ def ann_section(n: int, d: int, db: np.ndarray, q: np.ndarray, truth: np.ndarray
             if factory.endswith("RFlat"):
                 space.set_index_parameter(index, "k_factor_rf", 4)
             secs, (_, pos) = bc.timeit(lambda index=index: index.search(q, args.k), repeat=args.ann_repeat)
-            rec = recall_at_k(pos, truth)
+            rec = bc.recall_at_k(pos, truth)
             results.append((name, value, secs, rec))
             sweep_rows.append({"N": n, "factory": factory, "param": f"{name}={value}",
                                f"recall@{args.k}": rec, "queries/s": len(q) / secs,
