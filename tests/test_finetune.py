@@ -205,26 +205,46 @@ def test_result_record_is_frozen_and_rebuildable():
 
 
 def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
-    """Many multi-token labels are trained in micro-batches (gradient accumulation): same step as one batch."""
+    """Many multi-token labels are trained in micro-batches (gradient accumulation): same step as one batch.
+
+    The step is compared where it is defined, on the (clipped) gradient the optimizer receives, captured by
+    a global optimizer pre-step hook. Comparing weights after an Adam step is not robust: Adam's first step is
+    about lr * sign(grad), so a gradient that is ~0 flips sign under float noise on another CPU.
+    """
     import ragicl.finetune as ft
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     prompts, targets, _ = data
     tok = smollm_lm.tokenizer
     label_ids = [tok(text, add_special_tokens=False)["input_ids"] for text in (" not good", " very good")]
     assert all(len(ids) > 1 for ids in label_ids)
     kw = {"mode": "value", "steps": 1, "batch_size": 4, "lr": 1e-3, "warmup": 0.0, "seed": 0, "show_progress": False}
-    whole = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
-    monkeypatch.setattr(ft, "_MAX_ROWS", 2)  # 2 labels per example -> micro-batches of one example
-    micro = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
+    seen: list[list[torch.Tensor]] = []
+
+    def capture(optimizer, args, kwargs):
+        seen.append([p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]
+                     if p.grad is not None])
+
+    handle = register_optimizer_step_pre_hook(capture)
+    try:
+        whole = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
+        monkeypatch.setattr(ft, "_MAX_ROWS", 2)  # 2 labels per example -> micro-batches of one example
+        micro = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
+        monkeypatch.setattr(ft, "_MAX_ROWS", 256)
+        half = finetune(smollm_lm, prompts[:2], targets[:2], label_ids, **{**kw, "batch_size": 2})
+    finally:
+        handle.remove()
     assert whole.losses[0] == pytest.approx(micro.losses[0], rel=1e-4)
-    # Adam's first step is about lr * sign(grad): where a gradient is ~0, float noise can flip it, so
-    # compare against the step size (lr = 1e-3) rather than bit for bit.
-    a = dict(whole.lm.model.named_parameters())
-    for name, p in micro.lm.model.named_parameters():
-        if name.endswith("v_proj.weight"):
-            diff = (p - a[name]).abs()
-            assert diff.max() <= 2e-3 + 1e-6  # at most one flipped sign step
-            assert float((diff > 1e-6).float().mean()) < 1e-3  # and only in a handful of elements
+    assert len(seen) == 3 and len(seen[0]) == len(seen[1]) == len(seen[2]) > 0
+    g_whole, g_micro, g_half = seen
+    for gw, gm, gh in zip(g_whole, g_micro, g_half):
+        scale = float(gw.abs().max())
+        assert scale > 0  # a real gradient reached every value matrix
+        # float32 sums in another order: differences of a few ulps of the largest terms, far below the
+        # gradient's own scale
+        torch.testing.assert_close(gm, gw, rtol=1e-3, atol=1e-4 * scale)
+    # the comparison can fail: half the batch is a different update, far outside the tolerance
+    assert any(float((gh - gw).abs().max()) > 1e-2 * float(gw.abs().max()) for gw, gh in zip(g_whole, g_half))
 
 
 def test_shared_prompt_label_loss_equals_concatenation_with_gradients(smollm_lm, data):
