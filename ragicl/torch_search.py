@@ -292,7 +292,7 @@ class TorchExactSearch:
                 s, p = self._search_block(block, kk)
                 scores[start:start + len(block), :kk] = s.cpu().numpy()
                 positions[start:start + len(block), :kk] = p.cpu().numpy()
-        return scores, positions
+        return order_ties(scores, positions)
 
     def _search_block(self, q: Any, k: int) -> tuple[Any, Any]:
         if not self.reduced:
@@ -379,6 +379,16 @@ class TorchExactSearch:
                 best_s, order = torch.topk(merged_s, km, dim=1)
                 best_p = torch.gather(merged_p, 1, order)
         return best_s, best_p
+
+
+def order_ties(scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted best first and, among exactly equal scores, by ascending position (padding last).
+
+    A top-k returns equal scores in an order that depends on the kernel and the device; this makes the order
+    of the returned rows a function of the scores alone, so one backend gives the same list every time.
+    """
+    order = np.lexsort((positions, -scores), axis=-1)
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(positions, order, -1)
 
 
 def maybe_torch_search(vectors: Any, *, factory: str = "Flat", device: str = "auto", fp16: bool = False,
