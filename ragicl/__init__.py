@@ -20,6 +20,7 @@ from .classifier import ICLClassifier
 from .data import read_dataset
 from .embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .evaluate import Gap, Report, SystemResult, compare
+from .fusion import FusionClassifier
 from .generation import GenerationReport, ICLGenerator, generation_gap
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
@@ -27,6 +28,7 @@ from .pack import Packer, PreparedQuery
 from .reference import train_reference
 from .retrieve import Retriever
 from .template import PromptTemplate
+from .tune import FusionTuner, TuneResult
 from .types import Dataset, Example, PackedPrompt, Prediction, Retrieved, SearchResult
 
 __version__ = "0.1.0"
@@ -39,6 +41,8 @@ __all__ = [
     "EmbedderMismatchError",
     "Example",
     "ExampleIndex",
+    "FusionClassifier",
+    "FusionTuner",
     "Gap",
     "GenerationReport",
     "HashEmbedder",
@@ -60,6 +64,7 @@ __all__ = [
     "SearchResult",
     "SentenceTransformerEmbedder",
     "SystemResult",
+    "TuneResult",
     "TransformersLM",
     "__version__",
     "compare",

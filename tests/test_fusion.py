@@ -1,0 +1,176 @@
+"""LM × kNN fusion (candidate labels, label-aware prompts, calibration) and the dev-set tuner.
+
+The mixing arithmetic is checked by hand; the end points are checked against the systems they must equal
+(weight 1 = the kNN vote, weight 0 with every label = retrieved-k ICL) with the real default LM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, read_dataset
+from ragicl._exceptions import NotFittedError
+from ragicl.baselines import KNNVoteClassifier
+from ragicl.embed import HashEmbedder
+from ragicl.fusion import (
+    FusionClassifier,
+    FusionParts,
+    calibrate,
+    candidate_labels,
+    combine,
+    knn_distribution,
+    label_aware_order,
+    neighbours,
+)
+from ragicl.tune import FusionTuner, Trial, _rank_key
+
+# ----------------------------------------------------------------------------- pure arithmetic
+
+
+def test_knn_distribution_by_hand():
+    labels = np.array([[0, 1, 1, -1]])
+    scores = np.array([[0.9, 0.5, 0.4, -np.inf]])
+    plain = knn_distribution(labels, scores, 3, k=4, temperature=None, smoothing=0.3)
+    np.testing.assert_allclose(plain, [[1.3, 2.3, 0.3]] / np.float64(3.9))
+    t = 0.1
+    w = np.exp(np.array([0.9, 0.5, 0.4]) / t)
+    w = 3 * w / w.sum()  # weights sum to the neighbour count
+    weighted = knn_distribution(labels, scores, 3, k=4, temperature=t, smoothing=0.3)
+    np.testing.assert_allclose(weighted, [[0.3 + w[0], 0.3 + w[1] + w[2], 0.3]] / (0.9 + w.sum()))
+    only_first = knn_distribution(labels, scores, 3, k=1, temperature=None, smoothing=0.0)
+    np.testing.assert_allclose(only_first, [[1.0, 0.0, 0.0]])
+
+
+def test_candidates_top_mass_ties_by_label_order():
+    p = np.array([[0.1, 0.4, 0.4, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    np.testing.assert_array_equal(candidate_labels(p, 2), [[False, True, True, False], [True, True, False, False]])
+    assert candidate_labels(p, None).all() and candidate_labels(p, 9).all()
+
+
+def test_calibration_and_combine():
+    p = np.array([[0.8, 0.2], [0.6, 0.4]])
+    batch = calibrate(p, "batch")
+    prior = p.mean(0)
+    expected = (p / prior) / (p / prior).sum(1, keepdims=True)
+    np.testing.assert_allclose(batch, expected)
+    np.testing.assert_allclose(calibrate(p, "prior", np.array([0.5, 0.5])), p)
+    assert calibrate(p, "none") is p
+    with pytest.raises(ValueError, match="prior"):
+        calibrate(p, "prior")
+    with pytest.raises(ValueError, match="calibration must be"):
+        calibrate(p, "zhao")
+    parts = FusionParts(np.array([[np.log(0.8), np.log(0.2), -np.inf]]), np.array([[2, 2, 0]]), np.array([[0.9, 0.8, 0.1]]),
+                        3, np.array([[True, True, False]]))
+    vote = knn_distribution(parts.neighbor_labels, parts.neighbor_scores, 3, k=3, temperature=None)
+    mixed = combine(parts, knn_k=3, knn_temperature=None, knn_weight=0.25)
+    np.testing.assert_allclose(mixed, 0.75 * np.array([[0.8, 0.2, 0.0]]) + 0.25 * vote)
+    np.testing.assert_allclose(combine(parts, knn_k=3, knn_temperature=None, knn_weight=1.0), vote)
+
+
+def test_label_aware_order_leads_with_each_candidate_label():
+    label_of = np.array([0, 0, 1, 0, 2, 1])
+    assert label_aware_order([0, 1, 3, 2, 4, 5], label_of, [1, 2], k=8) == [2, 4, 0, 1, 3, 5]
+    assert label_aware_order([0, 1, 3, 2, 4, 5], label_of, [0, 1, 2], k=2) == [0, 2, 1, 3, 4, 5]
+    assert label_aware_order([-1, 0], label_of, [0], k=1) == [0]
+
+
+def test_rank_prefers_accuracy_then_log_loss_then_cost():
+    a = Trial({"k": 16, "candidates": None, "knn_k": 8}, 0.8, 0.5, 1.0)
+    b = Trial({"k": 4, "candidates": None, "knn_k": 8}, 0.8, 0.5, 1.0)
+    c = Trial({"k": 4, "candidates": None, "knn_k": 8}, 0.8, 0.4, 1.0)
+    d = Trial({"k": 4, "candidates": None, "knn_k": 8}, 0.9, 0.9, 1.0)
+    assert sorted([a, b, c, d], key=_rank_key) == [d, c, b, a]
+
+
+# ----------------------------------------------------------------------------- with the real LM
+
+TEMPLATE = PromptTemplate(example="Question: {text}\nType: {label}")
+
+
+@pytest.fixture(scope="module")
+def trec(smollm_lm):
+    path = pytest.importorskip("pathlib").Path(__file__).resolve().parents[2] / "shared/datasets/trec/train.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/datasets/trec not present")
+    data = read_dataset(path, name="trec").sample(130, seed=1)
+    train, test = data.subset(range(120)), data.subset(range(120, 130))
+    index = ExampleIndex.build(train, embedder=HashEmbedder(64), device="cpu")
+    return index, test
+
+
+@pytest.mark.slow
+def test_end_points_equal_the_plain_systems(trec, smollm_lm):
+    index, test = trec
+    queries = list(test.examples)
+    fc = FusionClassifier(smollm_lm, TEMPLATE, k=2, knn_k=8, knn_temperature=None, knn_weight=1.0,
+                          candidates=None, label_aware=False).fit(index)
+    vote = KNNVoteClassifier(k=8, smoothing=0.5).fit(index).predict_proba(queries)
+    np.testing.assert_allclose(fc.predict_proba(queries), vote, rtol=1e-12)
+    icl = ICLClassifier(smollm_lm, TEMPLATE, k=2).fit(index)
+    fc.set_params(knn_weight=0.0)
+    got, ref = fc.predict_proba(queries), icl.predict_proba(queries)
+    assert [p.included for p in icl.prompts(queries)] == [p.included for p in fc.icl_.packer_.pack_batch(
+        queries, [[int(x) for x in row if x >= 0] for row in neighbours(index, queries, 32)[0]], max_examples=2)]
+    np.testing.assert_allclose(got, ref, atol=1e-5)  # same prompts, same scoring call: float noise only
+    assert fc.predict(queries) == [fc.classes_[i] for i in got.argmax(1)]
+
+
+@pytest.mark.slow
+def test_candidates_score_only_plausible_labels_and_show_them(trec, smollm_lm):
+    index, test = trec
+    queries = list(test.examples)[:4]
+    full = FusionClassifier(smollm_lm, TEMPLATE, k=3, knn_weight=0.0, label_aware=False).fit(index)
+    few = FusionClassifier(smollm_lm, TEMPLATE, k=3, knn_weight=0.0, label_aware=False, candidates=2)
+    few.fit(index, icl=full.icl_)
+    pf, pc = full.parts(queries), few.parts(queries)
+    assert len(index.labels) > 2
+    assert (np.isfinite(pc.lm_logp).sum(1) == 2).all() and np.array_equal(np.isfinite(pc.lm_logp), pc.candidates)
+    # a candidate's score is the same number the full scoring gives for the same prompt
+    np.testing.assert_allclose(pc.lm_logp[pc.candidates], pf.lm_logp[pc.candidates], atol=1e-4)
+    probs = few.predict_proba(queries)
+    assert np.all(probs[~pc.candidates] == 0.0) and np.allclose(probs.sum(1), 1.0)
+    # label-aware: every candidate label is demonstrated in the prompt
+    aware = FusionClassifier(smollm_lm, TEMPLATE, k=3, candidates=2, label_aware=True).fit(index, icl=full.icl_)
+    nearest = neighbours(index, queries, 32)[0]
+    for q, row, mask in zip(queries, nearest, pc.candidates):
+        pool = label_aware_order([int(p) for p in row if p >= 0], index.label_ids, np.flatnonzero(mask), 3)
+        prompt = aware.icl_.packer_.pack(q, pool, max_examples=3)
+        shown = {index.examples[index.position_of(i)].label for i in prompt.included}
+        assert {index.labels[c] for c in np.flatnonzero(mask)} <= shown
+
+
+def test_errors_are_clear(trec):
+    index, _ = trec
+    with pytest.raises(NotFittedError):
+        FusionClassifier().predict(["x"])
+    with pytest.raises(ValueError, match="knn_weight"):
+        FusionClassifier(knn_weight=1.5).fit(index)
+    with pytest.raises(ValueError, match="calibration"):
+        FusionClassifier(calibration="zhao").fit(index)
+    with pytest.raises(TypeError, match="ExampleIndex"):
+        FusionClassifier().fit(index.dataset)
+    with pytest.raises(ValueError, match="invalid parameter"):
+        FusionClassifier().set_params(kk=3)
+
+
+@pytest.mark.slow
+def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_lm):
+    index, test = trec
+    tuner = FusionTuner(smollm_lm, TEMPLATE, dev_size=16, ks=(2,), candidates=(None, 2), label_aware=(False,),
+                        knn_ks=(4, 8), temperatures=(None, 0.05), weights=(0.0, 0.5, 1.0),
+                        calibrations=("none", "batch", "prior")).fit(index)
+    res = tuner.result_
+    assert res.n_dev == 16 and len(res.trials) > 0
+    best = min(res.trials, key=_rank_key)
+    assert dict(res.params) == dict(best.params) and res.dev_accuracy == best.accuracy
+    assert res.dev_accuracy >= max(res.baselines.values())  # the plain systems are rows of the same grid
+    assert "retrieved-2" in res.baselines and "kNN vote k=8" in res.baselines
+    assert (res.prior is not None) == (res.params["calibration"] == "prior")
+    est = tuner.best_estimator_
+    assert est.knn_weight == res.params["knn_weight"] and est.k == 2
+    assert est.predict_proba(list(test.examples)).shape == (len(test), len(index.labels))
+    assert "chosen:" in res.table() and res.to_json()["params"] == dict(res.params)
+    # the dev queries came from the training set: each is an indexed example
+    dev = index.dataset.sample(16, seed=0)
+    assert all(index.position_of(ex.id) is not None for ex in dev.examples)
