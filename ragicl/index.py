@@ -1,8 +1,9 @@
 """``ExampleIndex``: every example of a dataset embedded into a FAISS index, searchable and persisted.
 
-Folder layout written by :meth:`ExampleIndex.save` (see docs/DESIGN.md, *Index*): ``manifest.json``,
-``index.faiss`` (CPU form), ``examples.jsonl`` (one example per line, with its duplicate ``key``) and
-``embeddings.npy`` (memory-mapped on load; used by MMR, exact re-ranking and rebuilding).
+Folder layout written by :meth:`ExampleIndex.save` (see docs/DESIGN.md, *Index*): ``manifest.json`` naming
+the current version folder ``v-<id>/``, which holds ``index.faiss`` (CPU form), ``examples.jsonl`` (one
+example per line, with its duplicate ``key``) and ``embeddings.npy`` (memory-mapped on load; used by MMR,
+exact re-ranking and rebuilding), each checksummed in the manifest.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _index_device, _index_io
-from ._exceptions import DataError, EmbedderMismatchError, NotFittedError, check_positive_int, require
+from . import _index_device, _index_io, _index_search
+from ._exceptions import DataError, NotFittedError, require
 from ._index_io import FILES, FORMAT_VERSION, build_and_save
 from .embed import Embedder, check_vectors, get_embedder
 from .models import DEFAULT_EMBEDDER
@@ -235,29 +236,10 @@ class ExampleIndex:
         A float32 matrix passes through after checking its dimension (``EmbedderMismatchError`` if wrong).
         """
         if isinstance(queries, np.ndarray):
-            x = queries.reshape(1, -1) if queries.ndim == 1 else queries
-            if x.ndim != 2 or (self._embeddings is not None and x.shape[1] != self.dimension):
-                raise EmbedderMismatchError(
-                    f"query vectors have shape {queries.shape}; this index holds {self.dimension}-dimensional "
-                    f"vectors from {self.embedder.name!r}. Fix: embed the queries with the same embedder, "
-                    "or pass texts and let the index embed them.")
-            return np.ascontiguousarray(x, dtype=np.float32)
+            return _index_search.check_matrix(self, queries)
         if isinstance(queries, (str, Mapping, Example)):
             queries = [queries]
-        texts = [self.query_text(q) for q in queries]
-        emb = self.embedder
-        if not texts:
-            return np.zeros((0, self.dimension if self._embeddings is not None else emb.dimension), np.float32)
-        x = np.asarray(emb.encode(texts, batch_size=self.batch_size, show_progress=self.show_progress))
-        if x.ndim != 2 or x.shape[0] != len(texts):
-            raise EmbedderMismatchError(f"embedder {emb.name!r} returned shape {x.shape} for {len(texts)} texts; "
-                                        "expected (n_texts, dimension).")
-        if self._embeddings is not None and x.shape[1] != self.dimension:
-            raise EmbedderMismatchError(
-                f"embedder {emb.name!r} produces {x.shape[1]}-dimensional vectors; the index was built with "
-                f"{self.manifest.get('embedder')!r} ({self.dimension} dims). Fix: load the index with the "
-                "embedder it was built with, or rebuild it.")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return _index_search.encode_texts(self, [self.query_text(q) for q in queries])
 
     def query_text(self, query: Query) -> str:
         """The text embedded for a query: the index's input fields joined by newlines."""
@@ -279,40 +261,20 @@ class ExampleIndex:
                nprobe: int | None = None) -> SearchResult:
         """The ``k`` nearest examples of each query, best first (positions into :attr:`examples`).
 
-        ``queries``: strings, input mappings, Examples, or a float32 ``(Q, d)`` matrix of unit vectors.
-        Positions are ``-1`` (score ``-inf``) where fewer than ``k`` neighbours exist. ``nprobe`` overrides
-        the IVF probe count for this call only.
+        ``queries``: strings, input mappings, Examples, or a float32 ``(Q, d)`` matrix of unit vectors
+        (NaN/inf rows raise ``DataError``). ``k``: any positive integer (``np.int64`` too; not a bool or a
+        float). The result has shape ``(Q, min(k, len(index)))``: it stops at the index size, and entries
+        an approximate index (IVF, HNSW) could not fill are ``-1`` with score ``-inf``. ``nprobe``
+        overrides the IVF probe count for this call only (thread-safe; the stored value is untouched).
         """
-        k = check_positive_int("k", k)
+        k = _index_search.check_count("k", k)
         self._require_built()
         return self.search_vectors(self.embed(queries), k, nprobe=nprobe)
 
     def search_vectors(self, x: np.ndarray, k: int, *, nprobe: int | None = None) -> SearchResult:
         """:meth:`search` for an already checked float32 matrix (no embedding, no validation)."""
-        n_q, n = x.shape[0], len(self)
-        kk = min(k, n)
-        if n_q == 0 or kk == 0:
-            return SearchResult(np.full((n_q, k), -1, np.int64), np.full((n_q, k), -np.inf, np.float32))
-        if nprobe is not None and nprobe != self._search_params.get("nprobe"):
-            previous = self._search_params.get("nprobe")
-            if previous is None:
-                raise ValueError(f"nprobe applies to IVF indexes; this one is {self.factory!r}.")
-            self.set_search_params(nprobe=nprobe)
-            try:
-                scores, positions = self._faiss_index.search(x, kk)
-            finally:
-                self.set_search_params(nprobe=previous)
-        elif self._backend == "faiss-gpu" and kk > 2048:  # faiss-gpu's k limit: exact search on host
-            sims = x @ np.asarray(self._embeddings).T
-            positions = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
-            scores = np.take_along_axis(sims, positions, axis=1)
-        else:
-            scores, positions = self._faiss_index.search(x, kk)
-        if kk < k:
-            positions = np.pad(positions, ((0, 0), (0, k - kk)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, k - kk)))
-        scores[positions < 0] = -np.inf
-        return SearchResult(positions.astype(np.int64, copy=False), scores.astype(np.float32, copy=False))
+        positions, scores = _index_search.search_vectors(self, x, k, nprobe=nprobe)
+        return SearchResult(positions, scores)
 
     def set_search_params(self, **params: Any) -> None:
         """Set FAISS search parameters, e.g. ``nprobe=16`` (IVF) or ``efSearch=64`` (HNSW); saved too."""
@@ -436,10 +398,13 @@ class ExampleIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index folder atomically: a sibling temp folder is written, fsynced and swapped in.
+        """Write the index folder crash-safely; readers see the old or the new version, never a mix.
 
-        If anything fails midway the previous folder at ``path`` is left untouched; a folder that is not
-        an index (no ``manifest.json``, not empty) is never replaced (``FileExistsError``).
+        The files go to a new version subfolder ``v-<id>/``; replacing ``manifest.json`` (which names
+        it) is the one atomic commit, so a crash at any moment leaves the previous index loadable. Other
+        files in the folder (a ``NOTES.md``) are kept; a folder that is not an index (no
+        ``manifest.json``, not empty) is never written into (``FileExistsError``). Concurrent saves to one
+        path are serialized (the last one wins). Layout and protocol: docs/DESIGN.md, *Index*.
         """
         self._require_built()
         path = Path(path)
@@ -450,15 +415,17 @@ class ExampleIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, embedder: str | Embedder | None = None, device: str = "auto", *,
              mmap: bool = True, fp16: bool = False, batch_size: int | None = None,
-             show_progress: bool | None = None) -> ExampleIndex:
+             show_progress: bool | None = None, verify: bool = True) -> ExampleIndex:
         """Open a folder written by :meth:`save`, checking the manifest against the files.
 
-        Raises ``IndexFormatError`` for a missing folder or file, a truncated file or inconsistent counts,
-        and ``EmbedderMismatchError`` if ``embedder`` is not the one the index was built with. Without
-        ``embedder`` the manifest's embedder is used (loaded lazily, on the first text query).
+        Raises ``IndexFormatError`` for a missing folder or file, a truncated or corrupt file (each file's
+        checksum is verified; ``verify=False`` skips that for very large indexes, about 1 s per GB) or
+        inconsistent counts, and ``EmbedderMismatchError`` if ``embedder`` is not the one the index was
+        built with. Without ``embedder`` the manifest's embedder is used (loaded lazily, on the first text
+        query). A save running concurrently makes the load read the new version instead.
         """
         path = Path(path)
-        folder = _index_io.read(path, mmap=mmap)
+        folder = _index_io.read(path, mmap=mmap, verify=verify)
         manifest = folder.manifest
         if embedder is not None:
             embedder = _index_io.check_embedder(path, manifest, embedder, device=device,
@@ -468,9 +435,7 @@ class ExampleIndex:
         self._schema = {"input_fields": manifest.get("input_fields") or [], "task": manifest.get("task"),
                         "labels": manifest.get("labels") or [], "output_field": manifest.get("output_field"),
                         "name": manifest.get("name") or ""}
-        self._examples = folder.examples
-        self._keys = folder.keys
-        self._embeddings = folder.vectors
+        self._examples, self._keys, self._embeddings = folder.examples, folder.keys, folder.vectors
         self._search_params = dict(manifest.get("search_params") or {})
         self._install(folder.faiss_index)
         self._cache["fingerprint"] = manifest.get("dataset_fingerprint")

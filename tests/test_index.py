@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from conftest import dataset_path
 
-from ragicl._exceptions import DataError, EmbedderMismatchError, IndexFormatError, NotFittedError
+from ragicl._exceptions import (
+    DataError,
+    EmbedderMismatchError,
+    IndexFormatError,
+    MissingDependencyError,
+    NotFittedError,
+)
 from ragicl.data import from_records, read_dataset
 from ragicl.embed import HashEmbedder
 from ragicl.index import ExampleIndex, build_and_save
@@ -66,9 +72,9 @@ def test_properties_and_manifest(index, small):
 
 def test_k_larger_than_index_pads(small):
     tiny = ExampleIndex.build(small.subset(range(3)), embedder="hash-64")
-    res = tiny.search(["anything"], k=5)
-    assert sorted(res.positions[0, :3].tolist()) == [0, 1, 2]
-    assert res.positions[0, 3:].tolist() == [-1, -1] and np.isneginf(res.scores[0, 3:]).all()
+    res = tiny.search(["anything"], k=5)  # columns stop at the index size
+    assert res.positions.shape == res.scores.shape == (1, 3)
+    assert sorted(res.positions[0].tolist()) == [0, 1, 2] and np.isfinite(res.scores).all()
     with pytest.raises(ValueError, match="k must be a positive integer"):
         tiny.search(["x"], k=0)
     assert tiny.search([], k=2).positions.shape == (0, 2)
@@ -76,8 +82,11 @@ def test_k_larger_than_index_pads(small):
 
 def test_save_load_search_identical(index, rte, tmp_path):
     path = index.save(tmp_path / "idx")
-    assert sorted(p.name for p in path.iterdir()) == ["embeddings.npy", "examples.jsonl", "index.faiss",
-                                                      "manifest.json"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["previous_version"] is None
+    assert sorted(p.name for p in path.iterdir()) == [".lock", "manifest.json", manifest["version"]]
+    assert sorted(p.name for p in (path / manifest["version"]).iterdir()) == ["embeddings.npy",
+                                                                              "examples.jsonl", "index.faiss"]
     loaded = ExampleIndex.load(path)
     assert loaded.examples == index.examples and loaded.keys == index.keys
     assert loaded.manifest["dataset_fingerprint"] == index.manifest["dataset_fingerprint"]
@@ -90,13 +99,19 @@ def test_save_load_search_identical(index, rte, tmp_path):
     # overwrite in place, also from the loaded (memory-mapped) copy
     loaded.save(path)
     assert ExampleIndex.load(path).examples == index.examples
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    second = json.loads((path / "manifest.json").read_text())
+    assert second["previous_version"] == manifest["version"]  # kept: a reader may still be loading it
+    loaded.save(path)  # the third save removes the first version
+    third = json.loads((path / "manifest.json").read_text())
+    assert sorted(p.name for p in path.iterdir()) == sorted([".lock", "manifest.json", second["version"],
+                                                             third["version"]])
 
 
 def test_atomic_save_failure_keeps_old_index(small, tmp_path, monkeypatch):
     path = tmp_path / "idx"
     ExampleIndex.build(small.subset(range(50)), embedder="hash-64").save(path)
-    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    before = _snapshot(path)
     bigger = ExampleIndex.build(small, embedder="hash-64")
 
     def boom(*args, **kwargs):
@@ -106,26 +121,30 @@ def test_atomic_save_failure_keeps_old_index(small, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         bigger.save(path)
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert _snapshot(path) == before  # no temp folder left behind
     assert len(ExampleIndex.load(path)) == 50
-    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temp folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
 
-    # a failure at the swap itself restores the previous folder too
-    real_replace = os.replace
-    calls = []
-
+    # a failure at the commit itself (replacing manifest.json) leaves the previous index, and no leftovers
     def flaky_replace(src, dst):
-        calls.append((src, dst))
-        if len(calls) == 2:
-            raise OSError("crash during swap (simulated)")
-        return real_replace(src, dst)
+        raise OSError("crash during swap (simulated)")
 
     monkeypatch.setattr(os, "replace", flaky_replace)
     with pytest.raises(OSError, match="swap"):
         bigger.save(path)
     monkeypatch.undo()
-    assert len(ExampleIndex.load(path)) == 50
+    assert len(ExampleIndex.load(path)) == 50 and _snapshot(path) == before
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def _snapshot(path):
+    """Every file under ``path`` (relative name -> bytes)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _file(saved, name):
+    """Where the current version of the index folder ``saved`` keeps ``name``."""
+    return saved / json.loads((saved / "manifest.json").read_text())["version"] / name
 
 
 def test_save_refuses_foreign_folder(index, tmp_path):
@@ -147,15 +166,15 @@ def test_load_missing_folder(tmp_path):
 
 @pytest.mark.parametrize("name", ["index.faiss", "embeddings.npy", "examples.jsonl"])
 def test_load_missing_file(saved, name):
-    (saved / name).unlink()
-    with pytest.raises(IndexFormatError, match=f"missing {name}"):
+    _file(saved, name).unlink()
+    with pytest.raises(IndexFormatError, match=rf"missing v-\w+/{name}"):
         ExampleIndex.load(saved)
 
 
 @pytest.mark.parametrize("name", ["index.faiss", "embeddings.npy", "examples.jsonl"])
 def test_load_truncated_file(saved, name):
-    data = (saved / name).read_bytes()
-    (saved / name).write_bytes(data[: len(data) // 2])
+    data = _file(saved, name).read_bytes()
+    _file(saved, name).write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexFormatError, match="truncated"):
         ExampleIndex.load(saved)
 
@@ -398,3 +417,15 @@ def test_from_vectors_does_not_load_a_model_to_check_its_dimension(small):
     assert not lazy.is_loaded
     with pytest.raises(EmbedderMismatchError, match="24-dimensional"):  # a wrong width is still caught
         index.search(np.ones((1, 16), np.float32), 1)
+
+
+@pytest.mark.slow  # imports sentence-transformers (about 10 s on a busy machine)
+def test_an_embedder_that_is_not_installed_is_named_with_the_fix(tmp_path):
+    ds = from_records([{"text": t, "label": "x"} for t in ["red", "green", "blue"]])
+    vectors = HashEmbedder(16).encode([ex.text() for ex in ds])
+    name = "sentence-transformers/ragicl-test-model-that-does-not-exist"
+    ExampleIndex.from_vectors(vectors, ds, embedder=name, device="cpu").save(tmp_path / "idx")
+    index = ExampleIndex.load(tmp_path / "idx", device="cpu")
+    assert index.search(vectors[:1], k=1).positions.tolist() == [[0]]  # vectors need no embedder
+    with pytest.raises(MissingDependencyError, match=f"built with the embedder '{name}'.*embedder="):
+        index.search(["red"], k=1)
