@@ -17,9 +17,12 @@ exact annealing rule is not reproduced. :func:`anneal` implements documented sta
 run: ``"linear"`` λ_t = λ0·(1 − t/T) (default), ``"cosine"`` λ_t = λ0·½(1 + cos(π t/T)), and
 ``"constant"`` λ_t = λ0 (no annealing, for ablations).
 
-The training loop is :func:`ragicl.finetune`'s own (same modes, optimizer, schedule, checkpoint format);
-only the loss differs. A public ``loss_fn``/``extra_loss`` hook in ``finetune.py`` would make this file's
-use of the private ``_train`` unnecessary.
+The training loop is :func:`ragicl.trainer.train_model`, the one :func:`ragicl.finetune.finetune` uses
+(same modes, optimizer, schedule, dev split, early stopping, checkpoint format); only the loss differs. The
+settings are a :class:`ragicl.train_config.TrainConfig`; T is the planned number of steps (the step limit,
+or the epoch limit when training to convergence). The dev split is scored by the zero-shot label
+cross-entropy, the quantity the reference is compared on. The per-step loss components are kept in memory
+only: a resumed run records them from the resume point on.
 
 >>> [round(anneal(t, 4, 1.0, "linear"), 2) for t in range(4)]
 [1.0, 0.75, 0.5, 0.25]
@@ -29,21 +32,29 @@ use of the private ``_train`` unnecessary.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from ._checkpoint import data_fingerprint
 from ._exceptions import BudgetError, DataError
 from .classifier import ICLClassifier
-from .finetune import FinetuneResult, _objective_train_kwargs, _train, check_objective, classification_loss
+from .finetune import (
+    FinetuneResult,
+    check_objective,
+    classification_eval,
+    classification_loss,
+    rows_per_example,
+)
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
 from .models import DEFAULT_LM
 from .pack import Packer
 from .template import PromptTemplate
+from .train_config import TrainConfig, resolve_config
+from .trainer import StepProgress, train_model
 from .types import Dataset
 
 logger = logging.getLogger(__name__)
@@ -97,13 +108,16 @@ class AuxFinetuneResult:
 
 def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | LanguageModel = DEFAULT_LM,
                            template: PromptTemplate | None = None, k: int = 4, lambda0: float = 1.0,
-                           schedule: str = "linear", mode: str = "full", steps: int = 100,
-                           batch_size: int = 8, lr: float = 5e-5, max_prompt_tokens: int | None = 1024,
-                           seed: int = 0, out: str | os.PathLike | None = None,
-                           show_progress: bool | None = None, objective: str = "labels") -> AuxFinetuneResult:
+                           schedule: str = "linear", config: TrainConfig | None = None,
+                           mode: str | None = None, steps: int | None = None, batch_size: int | None = None,
+                           lr: float | None = None, max_prompt_tokens: int | None = 1024,
+                           seed: int | None = None, out: str | os.PathLike | None = None,
+                           show_progress: bool | None = None, objective: str | None = None) -> AuxFinetuneResult:
     """Fine-tune ``lm`` on ``train`` with loss CE(zero-shot) + λ_t·CE(k-shot, retrieved from ``index``).
 
-    ``objective`` is that of :func:`ragicl.finetune.finetune` for both terms: ``"labels"`` (cross-entropy
+    Training settings come from ``config`` (default ``TrainConfig(batch_size=8)``: to convergence, early
+    stopping on a dev split); ``mode``, ``steps``, ``batch_size``, ``lr``, ``seed``, ``objective`` override
+    its fields. ``objective`` is that of :func:`ragicl.finetune.finetune` for both terms: ``"labels"`` (cross-entropy
     over the labels) or ``"gold"`` (the gold label's NLL alone, cheaper with many multi-token labels).
 
     ``index`` is normally built over ``train`` (the retriever excludes each example itself). Examples
@@ -122,7 +136,10 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
         raise ValueError(f"k must be a positive integer (shots of the auxiliary loss); got {k!r}.")
     if not (isinstance(lambda0, (int, float)) and math.isfinite(lambda0) and lambda0 >= 0):
         raise ValueError(f"lambda0 must be a finite number ≥ 0; got {lambda0!r}.")
-    anneal(0, max(1, steps), lambda0, schedule)  # validates the schedule name early
+    anneal(0, 1, lambda0, schedule)  # validates the schedule name early
+    cfg = resolve_config(config or TrainConfig(batch_size=8), mode=mode, steps=steps, batch_size=batch_size, lr=lr,
+                  seed=seed, objective=objective)
+    objective = cfg.objective
     check_objective(objective)
     if tuple(index.dataset.labels) != tuple(train.labels):
         raise DataError(f"index labels {list(index.dataset.labels)} differ from train labels {list(train.labels)}.")
@@ -146,15 +163,15 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
     if len(examples) < len(train):
         logger.warning("skipped %d examples longer than max_prompt_tokens", len(train) - len(examples))
     label_ids = [list(packer.answer_ids(label)) for label in train.labels]
-    shots = ICLClassifier(model, template, k=k, max_prompt_tokens=max_prompt_tokens, seed=seed,
+    shots = ICLClassifier(model, template, k=k, max_prompt_tokens=max_prompt_tokens, seed=cfg.seed,
                           show_progress=False).fit(index)
     fewshot: dict[int, list[int]] = {}
     zs_losses: list[float] = []
     fs_losses: list[float] = []
     lambdas: list[float] = []
 
-    def loss_fn(net: Any, batch: list[int], pad_id: int) -> Any:
-        lam = anneal(len(lambdas), steps, float(lambda0), schedule)
+    def loss_fn(net: Any, batch: list[int], pad_id: int, progress: StepProgress) -> Any:
+        lam = anneal(progress.step, progress.total_steps, float(lambda0), schedule)
         y = [targets[i] for i in batch]
         loss_zero = classification_loss(net, [zero[i] for i in batch], y, label_ids, pad_id, objective)
         loss = loss_zero
@@ -174,17 +191,16 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
 
     logger.info("fine-tuning with auxiliary %d-shot loss (λ0=%g, %s anneal), %d examples", k, lambda0,
                 schedule, len(examples))
-    extra: dict[str, Any] = {}
-    if "longest" in inspect.signature(_train).parameters:  # finetune.py's length check, when it has one
-        budget = getattr(shots.packer_, "budget_", None) or max(map(len, zero))
-        extra["longest"] = max(budget, max(map(len, zero))) + max(map(len, label_ids))
-    result = _train(model, len(examples), loss_fn, kind="classification", mode=mode, steps=steps,
-                    batch_size=batch_size, lr=lr, warmup=0.1, weight_decay=0.0, max_grad_norm=1.0, seed=seed,
-                    out=out, inplace=False, show_progress=show_progress, n_labels=len(label_ids),
-                    **_objective_train_kwargs(label_ids, objective),
-                    aux_fewshot={"k": k, "lambda0": lambda0, "schedule": schedule,
-                                 "schedule_note": "approximation of Lee, Sohn & Lee 2026 (annealed λ0 → 0)",
-                                 "zero_shot_losses": zs_losses, "fewshot_losses": fs_losses,
-                                 "lambdas": lambdas}, **extra)
+    budget = getattr(shots.packer_, "budget_", None) or max(map(len, zero))
+    result = train_model(model, len(examples), loss_fn, config=cfg, kind="classification",
+                         longest=max(budget, max(map(len, zero))) + max(map(len, label_ids)),
+                         eval_fn=classification_eval(zero, targets, label_ids), strata=targets,
+                         rows_per_example=rows_per_example(label_ids, objective), out=out, inplace=False,
+                         show_progress=show_progress, on_step=None,
+                         fingerprint=data_fingerprint(zero, targets, label_ids, k, lambda0, schedule),
+                         meta_extra={"n_labels": len(label_ids), "aux_fewshot": {
+                             "k": k, "lambda0": lambda0, "schedule": schedule,
+                             "schedule_note": "approximation of Lee, Sohn & Lee 2026 (annealed λ0 → 0)",
+                             "zero_shot_losses": zs_losses, "fewshot_losses": fs_losses, "lambdas": lambdas}})
     return AuxFinetuneResult(result, tuple(zs_losses), tuple(fs_losses), tuple(lambdas), k, schedule,
                              float(lambda0))

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ._checkpoint import read_meta, training_note
 from ._exceptions import DataError, MissingDependencyError
 from .stats import Interval, accuracy, bootstrap_ci, exceedance, macro_f1, tv_distance
 from .types import Dataset
@@ -97,6 +98,9 @@ class Report:
     gaps: tuple[Gap, ...]
     reference: str | None
     notes: tuple[str, ...] = ()
+    #: the reference's training record (from its ``ragicl_finetune.json``) when it is a fine-tuned
+    #: checkpoint: steps, examples seen, dev loss/accuracy, ``converged``, and ``note`` when not converged
+    reference_training: Mapping | None = field(default=None, compare=False)
 
     def system(self, name: str) -> SystemResult:
         for s in self.systems:
@@ -118,18 +122,24 @@ class Report:
             line = f"{s.name:<22} {s.accuracy!s:<24} {s.macro_f1:>8.3f}  "
             if with_gap:
                 g = gaps.get(s.name)
-                tv = str(g.tv) if g else ("(reference)" if s.name == self.reference else "")
+                tv = str(g.tv) if g else (self.reference_label() if s.name == self.reference else "")
                 agree = f"{g.agreement:.3f}" if g else ""
                 line += f"{tv:<30} {agree:>6} "
             lines.append(line + f"{s.seconds_per_query:>8.3f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
+    def reference_label(self) -> str:
+        """``(reference)``, or ``(reference, not converged)`` when its training record says so."""
+        flagged = bool(self.reference_training and self.reference_training.get("note"))
+        return "(reference, not converged)" if flagged else "(reference)"
+
     def to_json(self, path: str | os.PathLike | None = None) -> dict:
         """The report as a dict; also written atomically to ``path`` when given."""
         data = {"dataset": self.dataset, "n": self.n, "labels": list(self.labels),
                 "reference": self.reference, "systems": [s.to_json() for s in self.systems],
-                "gaps": [g.to_json() for g in self.gaps], "notes": list(self.notes)}
+                "gaps": [g.to_json() for g in self.gaps], "notes": list(self.notes),
+                "reference_training": dict(self.reference_training) if self.reference_training else None}
         if path is not None:
             write_json_atomic(path, data)
         return data
@@ -188,6 +198,35 @@ def gap(probs: np.ndarray, reference_probs: np.ndarray, *, system: str = "system
                exceed)
 
 
+_TRAINING_KEYS = ("kind", "base", "mode", "objective", "steps", "batch_size", "epochs", "examples_seen",
+                  "epochs_seen", "final_loss", "dev_loss", "dev_accuracy", "dev_examples", "converged",
+                  "dev_loss_still_falling", "stop_reason", "fast", "convergence_rule", "seconds")
+
+
+def reference_training(name: str, system: object) -> dict | None:
+    """The training record of a system that scores with a fine-tuned checkpoint, or None.
+
+    The checkpoint is found from the system's LM: a folder path given as ``lm`` (``ICLClassifier(
+    "runs/ft", k=0)``) or a loaded :class:`~ragicl.lm.TransformersLM` made from one. The record keeps
+    the convergence fields of its ``ragicl_finetune.json`` and adds ``note`` (the report footnote) when
+    the model did not converge.
+    """
+    lm = getattr(system, "lm", None)
+    path = lm if isinstance(lm, (str, os.PathLike)) else getattr(lm, "model_name", None)
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_dir():
+        return None
+    meta = read_meta(path)
+    if meta is None:
+        return None
+    record = {k: meta[k] for k in _TRAINING_KEYS if k in meta}
+    record["path"] = str(path)
+    record.setdefault("converged", False)  # checkpoints from before convergence was recorded: fixed steps
+    note = training_note(name, meta)
+    if note:
+        record["note"] = note
+    return record
+
+
 def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
             reference: str | None = "fine-tuned", n_boot: int = 2000, seed: int = 0,
             notes: Sequence[str] = ()) -> Report:
@@ -195,7 +234,9 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
 
     ``systems`` maps a display name to a fitted classifier; all must share the same ``classes_`` (the
     test set's label set, in the same order). ``reference=None`` skips the gap columns; otherwise the
-    reference must be one of ``systems``.
+    reference must be one of ``systems``. When the reference scores with a fine-tuned checkpoint, its
+    training record is attached (``Report.reference_training``) and a reference that did not converge
+    is flagged in the notes (table, Markdown and JSON).
     """
     if len(test) == 0:
         raise DataError("the test set is empty; pass a dataset with at least one labeled example.")
@@ -230,4 +271,8 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
         ref = next(r for r in results if r.name == reference)
         gaps = [gap(r.probs, ref.probs, system=r.name, reference=reference, n_boot=n_boot, seed=seed)
                 for r in results if r.name != reference]
-    return Report(test.name, len(test), labels, tuple(results), tuple(gaps), reference, tuple(notes))
+    training = reference_training(reference, systems[reference]) if reference is not None else None
+    if training and training.get("note"):
+        logger.warning("%s", training["note"])
+        notes = [*notes, training["note"]]
+    return Report(test.name, len(test), labels, tuple(results), tuple(gaps), reference, tuple(notes), training)

@@ -12,119 +12,36 @@ it raises the gold label's probability without pushing the other labels down exp
 
 Generation (:func:`finetune_lm`): the standard causal-LM loss on the output tokens only.
 
+Settings come from a :class:`ragicl.train_config.TrainConfig` (``config=``; the keyword arguments
+``mode=``, ``steps=``, ``lr=``... override its fields). By default a run trains **to convergence**: up to
+10 epochs, early stopping on the dev-split loss (a seeded, label-stratified 10% of the training data),
+best weights restored; ``steps=N`` is the fast fixed-length run, recorded as not converged. The loop is
+:func:`ragicl.trainer.train_model` (AdamW, linear warm-up/decay, clipping, resumable checkpoints).
 ``mode`` picks what trains: ``"full"`` (all parameters), ``"attention"`` (q/k/v/o projections),
 ``"value"`` (v projections), ``"lora"`` (peft LoRA, r=8 on q and v; merged before saving so the saved
-folder loads as a plain model). AdamW, linear warmup then linear decay, gradient clipping, seeded
-shuffling. A model passed in is copied first unless ``inplace=True``, so the base stays usable.
+folder loads as a plain model). A model passed in is copied first unless ``inplace=True``.
 
 >>> from ragicl.finetune import finetune                                             # doctest: +SKIP
->>> res = finetune("SmolLM2-135M-Instruct", prompts, targets, label_ids, steps=50, out="runs/ft")  # doctest: +SKIP
->>> res.path, res.losses[0], res.losses[-1]                                         # doctest: +SKIP
+>>> res = finetune("SmolLM2-135M-Instruct", prompts, targets, label_ids, out="runs/ft")  # doctest: +SKIP
+>>> res.converged, res.steps, res.dev_loss                                          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
-import shutil
-import tempfile
-import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ragicl._exceptions import check_positive_int, require
-from ragicl.lm import LanguageModel, TransformersLM
+from ._checkpoint import data_fingerprint, save_model
+from .lm import LanguageModel, TransformersLM
+from .train_config import MODES, OBJECTIVES, TrainConfig, resolve_config
+from .trainer import FinetuneResult, StepProgress, train_model, trainable_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODES", "OBJECTIVES", "FinetuneResult", "finetune", "finetune_lm", "label_loss", "trainable_names"]
-
-#: module-name suffixes trained by each mode (LoRA targets for ``"lora"``)
-MODES: dict[str, tuple[str, ...]] = {
-    "full": (),
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "value": ("v_proj",),
-    "lora": ("q_proj", "v_proj"),
-}
-LORA_RANK = 8
-#: classification objectives of :func:`finetune`
-OBJECTIVES = ("labels", "gold")
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """What a fine-tuning run produced: the saved folder (or None), wall seconds, per-step losses.
-
-    ``lm`` is the trained model wrapped as a :class:`TransformersLM` (LoRA already merged); it is not
-    part of equality or the repr.
-    """
-
-    path: Path | None
-    seconds: float
-    losses: tuple[float, ...]
-    mode: str
-    steps: int
-    lm: TransformersLM | None = field(default=None, compare=False, repr=False)
-
-
-# ---------------------------------------------------------------------------- parameter selection
-
-def trainable_names(model: Any, mode: str) -> list[str]:
-    """Names of the parameters ``mode`` trains in ``model`` (for ``"lora"``: the targeted weights).
-
-    Matching is generic: a parameter is selected when its module's name ends with one of the mode's
-    suffixes (``...self_attn.v_proj.weight`` for ``"value"``). Raises ``ValueError`` if none match.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}.")
-    names = [name for name, _ in model.named_parameters()]
-    suffixes = MODES[mode]
-    if not suffixes:
-        return names
-    chosen = [n for n in names if n.rsplit(".", 1)[0].split(".")[-1] in suffixes]
-    if not chosen:
-        modules = sorted({n.rsplit(".", 1)[0].split(".")[-1] for n in names})
-        raise ValueError(
-            f"mode {mode!r} trains modules named {list(suffixes)}, but this model "
-            f"({type(model).__name__}) has none; its modules are named {modules[:20]}. "
-            "Use mode='full', or a model with llama-style attention projections.")
-    return chosen
-
-
-def _prepare(model: Any, mode: str, seed: int) -> Any:
-    """Freeze/unfreeze for ``mode``; for LoRA wrap with peft. Returns the model to train."""
-    chosen = set(trainable_names(model, mode))
-    if mode == "lora":
-        import torch
-
-        peft = require("peft", "finetune")
-        targets = sorted({n.rsplit(".", 1)[0].split(".")[-1] for n in chosen})
-        config = peft.LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
-                                 target_modules=targets, bias="none", task_type="CAUSAL_LM")
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            torch.manual_seed(seed)
-            model = peft.get_peft_model(model, config)
-        return model
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in chosen)
-    return model
-
-
-def _unwrap(model: Any, mode: str) -> Any:
-    """After training: merge LoRA into the base weights; make every parameter trainable-free."""
-    if mode == "lora":
-        model = model.merge_and_unload()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    model.eval()
-    return model
-
+__all__ = ["MODES", "OBJECTIVES", "FinetuneResult", "TrainConfig", "finetune", "finetune_lm", "label_loss",
+           "save_model", "trainable_names"]
 
 # ---------------------------------------------------------------------------- losses
 
@@ -272,10 +189,9 @@ def classification_loss(model: Any, prompts: list[list[int]], targets: list[int]
     return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
 
 
-def _objective_train_kwargs(label_ids: Sequence[Sequence[int]], objective: str) -> dict[str, Any]:
-    """``_train`` keywords an objective sets: rows per example (micro-batching) and, if not default, its name."""
-    rows = 1 if objective == "gold" or _single_token(label_ids) else len(label_ids)
-    return {"rows_per_example": rows, **({} if objective == "labels" else {"objective": objective})}
+def rows_per_example(label_ids: Sequence[Sequence[int]], objective: str) -> int:
+    """Sequences one example puts through a training forward pass (sets the micro-batch size)."""
+    return 1 if objective == "gold" or _single_token(label_ids) else len(label_ids)
 
 
 def _check_targets(targets: Sequence[int], n: int, n_labels: int) -> list[int]:
@@ -291,222 +207,95 @@ def _check_targets(targets: Sequence[int], n: int, n_labels: int) -> list[int]:
 
 # ---------------------------------------------------------------------------- public entry points
 
+def classification_eval(ids: list[list[int]], tgt: list[int], labels: list[list[int]]
+                        ) -> Callable[[Any, list[int], int], tuple[float, float]]:
+    """A dev scorer for :func:`ragicl.trainer.train_model`: mean label cross-entropy and accuracy."""
+    def evaluate(model: Any, idx: list[int], pad_id: int) -> tuple[float, float]:
+        import torch
+
+        chunk = max(1, _MAX_ROWS // (1 if _single_token(labels) else len(labels)))
+        total = correct = 0.0
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            logits = _label_logits(model, [ids[i] for i in part], labels, pad_id).float()
+            y = torch.tensor([tgt[i] for i in part], device=logits.device)
+            total += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(-1) == y).sum())
+        return total / len(idx), correct / len(idx)
+
+    return evaluate
+
+
 def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets: Sequence[int],
-             label_ids: Sequence[Sequence[int]], *, mode: str = "full", steps: int = 100,
-             batch_size: int = 16, lr: float = 5e-5, warmup: float = 0.1, weight_decay: float = 0.0,
-             max_grad_norm: float = 1.0, seed: int = 0, out: str | os.PathLike | None = None,
-             inplace: bool = False, show_progress: bool | None = None,
-             objective: str = "labels") -> FinetuneResult:
+             label_ids: Sequence[Sequence[int]], *, config: TrainConfig | None = None, mode: str | None = None,
+             steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
+             warmup: float | None = None, weight_decay: float | None = None,
+             max_grad_norm: float | None = None, seed: int | None = None, objective: str | None = None,
+             out: str | os.PathLike | None = None, inplace: bool = False, show_progress: bool | None = None,
+             on_step: Callable[[StepProgress], None] | None = None) -> FinetuneResult:
     """Fine-tune ``lm`` to pick ``targets[i]`` among ``label_ids`` after ``prompts[i]``.
 
-    ``lm`` is a model name/path or a :class:`TransformersLM` (copied unless ``inplace``). ``warmup`` is
-    the fraction of steps with linearly rising learning rate. With ``out`` the trained model, tokenizer and
-    ``ragicl_finetune.json`` are saved there atomically. ``objective`` is ``"labels"`` (cross-entropy of
-    the softmax over all labels: the distribution the evaluation compares) or ``"gold"`` (summed NLL of
-    the gold label's tokens: one row per example, cheaper with many multi-token labels).
+    ``lm`` is a model name/path or a :class:`TransformersLM` (copied unless ``inplace``). Settings come
+    from ``config`` (default: train to convergence with early stopping on a stratified dev split); the
+    keyword arguments given override its fields (``steps=N``: a fast fixed-length run). ``objective`` is
+    ``"labels"`` (cross-entropy of the softmax over all labels: the distribution the evaluation compares)
+    or ``"gold"`` (summed NLL of the gold label's tokens; the dev split is still scored by the label
+    cross-entropy). With ``out`` the trained model, tokenizer and ``ragicl_finetune.json`` are saved
+    there atomically, and resumable checkpoints are written to ``out/checkpoint`` while training; a
+    rerun with the same data and settings resumes from the last one (``TrainConfig(resume=False)``
+    starts over). ``on_step`` is called with a :class:`ragicl.trainer.StepProgress` after every step.
     """
-    check_objective(objective)
+    cfg = resolve_config(config, mode=mode, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                  weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, objective=objective)
     ids = _check_data(prompts, "prompts")
     labels = _check_data(label_ids, "label_ids")
     if len(labels) < 2:
         raise ValueError(f"label_ids has {len(labels)} label(s); classification needs at least 2.")
     tgt = _check_targets(targets, len(ids), len(labels))
 
-    def loss_fn(model: Any, batch: list[int], pad_id: int) -> Any:
+    def loss_fn(model: Any, batch: list[int], pad_id: int, progress: StepProgress) -> Any:
         return classification_loss(model, [ids[i] for i in batch], [tgt[i] for i in batch], labels, pad_id,
-                                   objective)
+                                   cfg.objective)
 
-    return _train(lm, len(ids), loss_fn, kind="classification",
-                  mode=mode, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                  weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, out=out,
-                  inplace=inplace, show_progress=show_progress,
-                  longest=max(map(len, ids)) + max(map(len, labels)), n_labels=len(labels),
-                  **_objective_train_kwargs(labels, objective))
+    return train_model(lm, len(ids), loss_fn, config=cfg, kind="classification",
+                       longest=max(map(len, ids)) + max(map(len, labels)),
+                       eval_fn=classification_eval(ids, tgt, labels), strata=tgt,
+                       rows_per_example=rows_per_example(labels, cfg.objective), max_rows=_MAX_ROWS, out=out,
+                       inplace=inplace, show_progress=show_progress, on_step=on_step,
+                       fingerprint=data_fingerprint(ids, tgt, labels), meta_extra={"n_labels": len(labels)})
 
 
 def finetune_lm(lm: str | LanguageModel, prompts: Sequence[Sequence[int]],
-                outputs_ids: Sequence[Sequence[int]], *, mode: str = "full", steps: int = 100,
-                batch_size: int = 16, lr: float = 5e-5, warmup: float = 0.1, weight_decay: float = 0.0,
-                max_grad_norm: float = 1.0, seed: int = 0, out: str | os.PathLike | None = None,
-                inplace: bool = False, show_progress: bool | None = None) -> FinetuneResult:
+                outputs_ids: Sequence[Sequence[int]], *, config: TrainConfig | None = None,
+                mode: str | None = None, steps: int | None = None, batch_size: int | None = None,
+                lr: float | None = None, warmup: float | None = None, weight_decay: float | None = None,
+                max_grad_norm: float | None = None, seed: int | None = None,
+                out: str | os.PathLike | None = None, inplace: bool = False, show_progress: bool | None = None,
+                on_step: Callable[[StepProgress], None] | None = None) -> FinetuneResult:
     """Generation fine-tuning: causal-LM loss (teacher forcing) on ``outputs_ids[i]`` after ``prompts[i]``.
 
     The loss is the mean negative log-likelihood per output token; prompt tokens are not trained on.
-    Append an end-of-sequence id to each output if the model should learn to stop.
+    Append an end-of-sequence id to each output if the model should learn to stop. Settings, dev split,
+    early stopping and checkpoints as in :func:`finetune` (the dev split is scored by the same loss).
     """
+    cfg = resolve_config(config, mode=mode, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                  weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed)
     ids = _check_data(prompts, "prompts")
     outs = _check_data(outputs_ids, "outputs_ids", n=len(ids))
 
-    def loss_fn(model: Any, batch: list[int], pad_id: int) -> Any:
+    def nll(model: Any, batch: list[int], pad_id: int) -> tuple[Any, int]:
         conts = [outs[i] for i in batch]
-        total = _sequence_logprobs(model, [ids[i] for i in batch], conts, pad_id).sum()
-        return -total / sum(len(c) for c in conts)
+        return -_sequence_logprobs(model, [ids[i] for i in batch], conts, pad_id).sum(), sum(map(len, conts))
 
-    return _train(lm, len(ids), loss_fn, kind="generation", mode=mode, steps=steps, batch_size=batch_size,
-                  lr=lr, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
-                  out=out, inplace=inplace, show_progress=show_progress,
-                  longest=max(len(p) + len(o) for p, o in zip(ids, outs)))
+    def loss_fn(model: Any, batch: list[int], pad_id: int, progress: StepProgress) -> Any:
+        total, count = nll(model, batch, pad_id)
+        return total / count
 
+    def eval_fn(model: Any, idx: list[int], pad_id: int) -> tuple[float, None]:
+        parts = [nll(model, idx[s:s + _MAX_ROWS], pad_id) for s in range(0, len(idx), _MAX_ROWS)]
+        return float(sum(float(t) for t, _ in parts)) / sum(c for _, c in parts), None
 
-# ---------------------------------------------------------------------------- training loop
-
-def _resolve_lm(lm: str | LanguageModel, inplace: bool, longest: int) -> TransformersLM:
-    """The model to train (loaded; a copy unless ``inplace``), after checking the data fits its context."""
-    if isinstance(lm, (str, os.PathLike)):
-        lm = TransformersLM(str(lm), dtype="float32")
-        inplace = True  # our own instance: nothing to protect
-    if not isinstance(lm, TransformersLM):
-        raise TypeError(f"finetune needs a model name/path or a TransformersLM, got {type(lm).__name__}; "
-                        "other LanguageModel implementations cannot be trained here.")
-    lm.load()
-    if longest > lm.context_length:
-        raise ValueError(f"the longest training example needs {longest} tokens (prompt + target), over the "
-                         f"model's context length of {lm.context_length}; drop or shorten it.")
-    if inplace:
-        return lm
-    model = copy.deepcopy(lm.model)
-    return TransformersLM.from_model(model, lm.tokenizer, name=lm.name, batch_size=lm.batch_size,
-                                     show_progress=lm.show_progress, share_prefix=lm.share_prefix)
-
-
-def _amp_dtype(model: Any, device: Any) -> Any:
-    """Half dtype for autocast: the model's own if it was loaded in half precision, bf16/fp16 on CUDA."""
-    import torch
-
-    if model.dtype in (torch.float16, torch.bfloat16):
-        return model.dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
-def _lr_lambda(steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (steps - step) / max(1, steps - warmup_steps))
-
-    return factor
-
-
-def _train(lm: str | LanguageModel, n: int, loss_fn: Callable[[Any, list[int], int], Any], *, kind: str,
-           mode: str, steps: int, batch_size: int, lr: float, warmup: float, weight_decay: float,
-           max_grad_norm: float, seed: int, out: str | os.PathLike | None, inplace: bool,
-           show_progress: bool | None, longest: int, rows_per_example: int = 1,
-           **extra: Any) -> FinetuneResult:
-    import torch
-    from tqdm.auto import tqdm
-
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}.")
-    if not 0 <= warmup < 1:
-        raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {warmup!r}.")
-    target = _resolve_lm(lm, inplace, longest)
-    base, tokenizer, pad_id = target.model, target.tokenizer, target._pad_id
-    device = next(base.parameters()).device
-    amp_dtype = _amp_dtype(base, device)
-    if base.dtype != torch.float32:  # float32 master weights; autocast runs the matmuls in half precision
-        logger.info("training with float32 weights (model was loaded in %s)", base.dtype)
-        base.float()
-    model = _prepare(base, mode, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_train = sum(p.numel() for p in params)
-    logger.info("fine-tuning (%s, mode=%s): %d examples, %d steps x %d, lr %g, %.1fM trainable parameters",
-                kind, mode, n, steps, batch_size, lr, n_train / 1e6)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, round(warmup * steps)))
-    generator = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    losses: list[float] = []
-    log_every = max(1, steps // 10)
-    model.train()
-    t_start = time.perf_counter()
-    show = show_progress if show_progress is not None else target.show_progress
-    bar = tqdm(range(steps), desc=f"fine-tune ({mode})", disable=(None if show is None else not show))
-    try:
-        for step in bar:
-            t_step = time.perf_counter()
-            batch: list[int] = []
-            while len(batch) < min(batch_size, n):  # seeded reshuffle at each epoch boundary
-                if not order:
-                    order = torch.randperm(n, generator=generator).tolist()
-                batch.append(order.pop())
-            optimizer.zero_grad(set_to_none=True)
-            loss = 0.0
-            # Gradient accumulation over micro-batches keeps a forward pass under _MAX_ROWS sequences
-            # (a 77-label task scores 77 prompt+label rows per example); the gradient is the same.
-            micro = max(1, _MAX_ROWS // max(1, rows_per_example))
-            for start in range(0, len(batch), micro):
-                chunk = batch[start:start + micro]
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    part = loss_fn(model, chunk, pad_id) * (len(chunk) / len(batch))
-                part.backward()
-                loss += float(part.detach())
-            if max_grad_norm and max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss)
-            dt = time.perf_counter() - t_step
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", s_per_step=f"{dt:.2f}")
-            level = logging.INFO if (step + 1) % log_every == 0 or step == 0 else logging.DEBUG
-            logger.log(level, "step %d/%d loss %.4f lr %.2e (%.2f s/step)", step + 1, steps, losses[-1],
-                       scheduler.get_last_lr()[0], dt)
-    finally:
-        bar.close()
-        optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - t_start
-    logger.info("fine-tuned %d steps in %.1f s (%.2f s/step); loss %.4f -> %.4f", steps, seconds,
-                seconds / steps, losses[0], losses[-1])
-    trained = _unwrap(model, mode)
-    if inplace:
-        target._model = trained
-        result_lm = target
-    else:
-        result_lm = TransformersLM.from_model(trained, tokenizer, name=target.name,
-                                              batch_size=target.batch_size, show_progress=target.show_progress,
-                                              share_prefix=target.share_prefix)
-    path = None
-    if out is not None:
-        meta = {"kind": kind, "base": target.name, "mode": mode, "steps": steps, "batch_size": batch_size,
-                "lr": lr, "warmup": warmup, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
-                "seed": seed, "examples": n, "trainable_parameters": n_train,
-                "seconds": round(seconds, 3), "final_loss": losses[-1], "losses": losses, **extra}
-        path = save_model(trained, tokenizer, out, meta)
-    return FinetuneResult(path, seconds, tuple(losses), mode, steps, result_lm)
-
-
-def save_model(model: Any, tokenizer: Any, out: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Save model + tokenizer (+ ``ragicl_finetune.json``) to ``out`` atomically.
-
-    Everything is written to a sibling temporary folder which then replaces ``out``; if anything fails
-    midway, a previous ``out`` is left untouched and no partial folder remains.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-tmp-", dir=out.parent))
-    old: Path | None = None
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if meta is not None:
-            (tmp / "ragicl_finetune.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            old.rmdir()
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and old.exists() and not out.exists():
-            os.replace(old, out)  # put the previous checkpoint back
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved fine-tuned model to %s", out)
-    return out
+    return train_model(lm, len(ids), loss_fn, config=cfg, kind="generation",
+                       longest=max(len(p) + len(o) for p, o in zip(ids, outs)), eval_fn=eval_fn,
+                       max_rows=_MAX_ROWS, out=out, inplace=inplace, show_progress=show_progress,
+                       on_step=on_step, fingerprint=data_fingerprint(ids, outs))

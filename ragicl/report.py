@@ -41,14 +41,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def report_markdown(report: Report, *, epsilon: float = 0.1) -> str:
     """One row per system: accuracy [95% CI], macro-F1, TV to the reference [95% CI], q90 of TV,
-    share with TV > ``epsilon`` [Clopper–Pearson 95%], argmax agreement, seconds per query."""
+    share with TV > ``epsilon`` [Clopper–Pearson 95%], argmax agreement, seconds per query. A reference
+    that did not finish training (see :func:`ragicl.evaluate.reference_training`) gets a footnote."""
     gaps = {g.system: g for g in report.gaps}
     ref = report.reference or "-"
     rows = []
     for s in report.systems:
         g = gaps.get(s.name)
         if g is None:
-            tv = q90 = ex = agree = "(reference)" if s.name == report.reference else ""
+            tv = q90 = ex = agree = report.reference_label() if s.name == report.reference else ""
         else:
             tv, q90 = str(g.tv), f"{g.tv_quantiles.get('q90', float('nan')):.3f}"
             iv = g.exceed.get(epsilon)
@@ -56,8 +57,10 @@ def report_markdown(report: Report, *, epsilon: float = 0.1) -> str:
             agree = f"{g.agreement:.3f}"
         rows.append([s.name, str(s.accuracy), f"{s.macro_f1:.3f}", tv, q90, ex, agree,
                      f"{s.seconds_per_query:.3f}"])
-    return markdown_table(["system", "accuracy [95% CI]", "macro-F1", f"TV to {ref} [95% CI]", "TV q90",
-                           f"share TV>{epsilon:g} [CP 95%]", "agree", "s/query"], rows)
+    table = markdown_table(["system", "accuracy [95% CI]", "macro-F1", f"TV to {ref} [95% CI]", "TV q90",
+                            f"share TV>{epsilon:g} [CP 95%]", "agree", "s/query"], rows)
+    note = (report.reference_training or {}).get("note")
+    return table + (f"\n\n\\* {note}" if note else "")
 
 
 def curve_markdown(curve: Any) -> str:

@@ -77,3 +77,67 @@ def test_compare_rejects_bad_input():
         compare(test, {"a": FixedSystem([[1.0, 0.0]], classes=("no", "yes"))}, reference=None)
     with pytest.raises(ValueError, match="differ in shape"):
         gap(np.ones((2, 2)) / 2, np.ones((3, 2)) / 2)
+
+
+class CheckpointSystem(FixedSystem):
+    """A fixed system that, like ``ICLClassifier("runs/ft", k=0)``, scores with a checkpoint folder."""
+
+    def __init__(self, probs, lm):
+        super().__init__(probs)
+        self.lm = lm
+
+
+def _checkpoint(tmp_path, name, meta):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    if meta is not None:
+        (folder / "ragicl_finetune.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"steps": 16, "batch_size": 8, "examples_seen": 128, "converged": False, "fast": True,
+      "stop_reason": "steps"}, "not converged: fast reference, 16 steps x 8, 128 examples seen"),
+    ({"steps": 40, "batch_size": 16, "converged": False, "fast": False, "stop_reason": "epochs",
+      "dev_loss_still_falling": True, "examples_seen": 640}, "dev loss still falling at step 40"),
+    ({"steps": 16, "batch_size": 8, "losses": [0.7]}, "fixed-step reference (no convergence record)"),
+    ({"steps": 300, "batch_size": 16, "converged": True, "fast": False, "stop_reason": "early_stopping",
+      "dev_loss": 0.21}, None),
+    (None, None),
+])
+def test_report_flags_a_reference_that_did_not_converge(tmp_path, meta, expected):
+    from ragicl.report import report_markdown
+
+    test = _test_set(["negative", "positive"])
+    ft = CheckpointSystem([[0.9, 0.1], [0.2, 0.8]], str(_checkpoint(tmp_path, "ft", meta)))
+    icl = FixedSystem([[0.7, 0.3], [0.4, 0.6]])
+    report = compare(test, {"icl": icl, "fine-tuned": ft}, n_boot=50, notes=["sampled"])
+    data = report.to_json()
+    md = report_markdown(report)
+    if expected is None:
+        assert report.notes == ("sampled",) and "not converged" not in report.table() + md
+        assert (data["reference_training"] is None) == (meta is None)
+        if meta is not None:
+            assert data["reference_training"]["converged"] is True
+        return
+    assert expected in report.notes[-1] and report.notes[0] == "sampled"
+    assert "(reference, not converged)" in report.table() and expected in report.table()
+    assert data["reference_training"]["converged"] is False and expected in data["reference_training"]["note"]
+    assert expected in md and "(reference, not converged)" in md
+    # a system other than the reference may be a checkpoint too: only the reference is flagged
+    plain = compare(test, {"icl": ft, "ref": FixedSystem([[0.5, 0.5], [0.5, 0.5]])}, reference="ref", n_boot=50)
+    assert plain.notes == () and plain.reference_training is None
+
+
+def test_reference_record_is_found_from_a_loaded_lm(tmp_path):
+    from ragicl.evaluate import reference_training
+
+    folder = _checkpoint(tmp_path, "ft", {"steps": 4, "batch_size": 2, "converged": False, "fast": True})
+
+    class LoadedLM:  # a TransformersLM keeps the folder it was loaded from as model_name
+        model_name = str(folder)
+
+    record = reference_training("fine-tuned", CheckpointSystem([[0.5, 0.5]], LoadedLM()))
+    assert record["path"] == str(folder) and "fast reference" in record["note"]
+    assert reference_training("x", CheckpointSystem([[0.5, 0.5]], "SmolLM2-135M-Instruct")) is None

@@ -76,3 +76,23 @@ def test_report_markdown_from_real_compare(smollm_lm, sst2_train_path):
     assert len(rows) == 4 and "share TV>0.1" in rows[0]
     g = report.gaps[0]
     assert str(g.tv) in md and str(g.exceed[0.1]) in md and "(reference)" in rows[3]
+
+
+@pytest.mark.slow
+def test_report_flags_a_real_fast_reference(smollm_lm, sst2_train_path, tmp_path):
+    """End to end: a fast (fixed-step) fine-tuned checkpoint used as the reference is flagged in the table,
+    the Markdown and the JSON; the reference's meta is read from the folder the classifier loads."""
+    from ragicl import ICLClassifier, PromptTemplate, compare, read_dataset
+    from ragicl.finetune import finetune
+
+    data = read_dataset(sst2_train_path).subset(range(12))
+    tpl = PromptTemplate.for_dataset("sst2")
+    zero = ICLClassifier(smollm_lm, tpl, k=0, max_prompt_tokens=200).fit(data.subset(range(8)))
+    prompts = [list(p.token_ids) for p in zero.prompts(list(data.examples[:4]))]
+    finetune(smollm_lm, prompts, [data.labels.index(e.label) for e in data.examples[:4]], zero.label_ids_,
+             mode="value", steps=1, batch_size=4, out=tmp_path / "ft", show_progress=False)
+    ft = ICLClassifier(str(tmp_path / "ft"), tpl, k=0, max_prompt_tokens=200).fit(data.subset(range(8)))
+    report = compare(data.subset(range(8, 12)), {"zero": zero, "fine-tuned": ft}, n_boot=50)
+    flag = "reference 'fine-tuned' not converged: fast reference, 1 steps x 4, 4 examples seen"
+    assert flag in report.table() and flag in report_markdown(report)
+    assert report.to_json()["reference_training"]["fast"] is True
