@@ -16,6 +16,7 @@ from ._exceptions import (
     NotFittedError,
     RagiclError,
 )
+from .baselines import KNNVoteClassifier
 from .classifier import ICLClassifier
 from .data import read_dataset
 from .embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
@@ -28,6 +29,7 @@ from .pack import Packer, PreparedQuery
 from .reference import train_reference
 from .retrieve import Retriever
 from .template import PromptTemplate
+from .train_config import TrainConfig, TrainConfigError
 from .tune import FusionTuner, TuneResult
 from .types import Dataset, Example, PackedPrompt, Prediction, Retrieved, SearchResult
 
@@ -49,6 +51,7 @@ __all__ = [
     "ICLClassifier",
     "ICLGenerator",
     "IndexFormatError",
+    "KNNVoteClassifier",
     "LanguageModel",
     "MissingDependencyError",
     "NotFittedError",
@@ -64,8 +67,10 @@ __all__ = [
     "SearchResult",
     "SentenceTransformerEmbedder",
     "SystemResult",
-    "TuneResult",
+    "TrainConfig",
+    "TrainConfigError",
     "TransformersLM",
+    "TuneResult",
     "__version__",
     "compare",
     "generation_gap",
