@@ -6,6 +6,7 @@ RagiclError
  ├── EmbedderMismatchError (ValueError) query vectors/embedder differ from those the index was built with
  ├── BudgetError (ValueError)          a query alone does not fit in the token budget
  ├── NotFittedError (RuntimeError)     a method that needs ``fit`` was called before it
+ ├── EstimatorFormatError (ValueError) a saved estimator folder is missing, foreign or stale
  └── MissingDependencyError (ImportError) an optional package is not installed (message has the pip line)
 
 Every message says what was received, what was expected, and how to fix it.
@@ -49,6 +50,11 @@ class NotFittedError(RagiclError, RuntimeError):
 
 class MissingDependencyError(RagiclError, ImportError):
     """An optional dependency is not installed."""
+
+
+class EstimatorFormatError(RagiclError, ValueError):
+    """A saved ICLClassifier/ICLGenerator folder is missing, foreign, of another class, or refers to an
+    index folder that now holds other data."""
 
 
 def require(module: str, extra: str, package: str | None = None):

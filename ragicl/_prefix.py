@@ -59,6 +59,38 @@ def check_share_prefix(value: Any) -> None:
         raise ValueError(f"share_prefix must be True, False or 'auto', got {value!r}.")
 
 
+def cache_arg(model: Any) -> str:
+    """The keyword ``model.forward`` takes the KV cache under: ``"cache"`` (transformers >= 5.2x, where
+    ``past_key_values`` is deprecated and "will be removed in version 5.40.0") or ``"past_key_values"``."""
+    forward = getattr(model, "forward", None)
+    key = type(model)
+    if key not in _CACHE_ARG:
+        import inspect
+
+        try:
+            params = inspect.signature(forward).parameters if forward is not None else {}
+        except (TypeError, ValueError):  # pragma: no cover - builtins / odd callables
+            params = {}
+        _CACHE_ARG[key] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARG[key]
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """``{<the model's cache keyword>: cache}``, to splat into ``model(...)``."""
+    return {cache_arg(model): cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (``out.cache``; ``out.past_key_values`` on older transformers),
+    read without touching the deprecated alias."""
+    if "cache" in getattr(out, "__dataclass_fields__", ()):
+        return out.cache
+    return getattr(out, "past_key_values", None)
+
+
+_CACHE_ARG: dict[type, str] = {}
+
+
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest token prefix shared by every sequence (0 for an empty list)."""
     if not seqs:
@@ -195,9 +227,9 @@ class PrefixScorer:
         positions = p + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
         mask = torch.cat([torch.ones((len(seqs), p), dtype=torch.long), suffix_mask], dim=1).to(device)
         out = self.model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device),
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **with_cache(self.model, cache))
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-        return logprobs, (out.past_key_values if use_cache else None), mask
+        return logprobs, (output_cache(out) if use_cache else None), mask
 
     def _prefix_cache(self, prefix: tuple[int, ...]) -> Any:
         """The KV cache of ``prefix`` (batch size 1), memoised for the call."""
@@ -208,9 +240,9 @@ class PrefixScorer:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.pop(next(iter(self._memo)))
             ids = torch.tensor([prefix], dtype=torch.long, device=self.model.device)
-            out = self.model(input_ids=ids, past_key_values=DynamicCache(config=self.model.config),
-                             use_cache=True, logits_to_keep=1)
-            self._memo[prefix] = out.past_key_values
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                             **with_cache(self.model, DynamicCache(config=self.model.config)))
+            self._memo[prefix] = output_cache(out)
             logger.debug("shared prefix of %d tokens computed once", len(prefix))
         return self._memo[prefix]
 

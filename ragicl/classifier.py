@@ -9,15 +9,17 @@ both sides of the measured gap share the template, the packing and the scoring c
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ._estimator import EstimatorMixin, split_index_folder
 from ._exceptions import DataError, NotFittedError
 from .index import ExampleIndex
 from .lm import LanguageModel, TransformersLM
-from .models import DEFAULT_LM
+from .models import DEFAULT_EMBEDDER, DEFAULT_LM
 from .pack import Packer
 from .retrieve import Retriever
 from .template import PromptTemplate
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 Query = str | Mapping[str, str] | Example
 
 
-class ICLClassifier:
+class ICLClassifier(EstimatorMixin):
     """Classify by in-context learning with retrieved, token-budgeted demonstrations.
 
     Parameters
@@ -40,20 +42,32 @@ class ICLClassifier:
     selection : "topk", "balanced", "mmr" or "random" (the random-k baseline).
     n_candidates : candidates handed to the packer (default 2k), so examples that don't fit are
         replaced by the next most relevant ones rather than leaving the budget unused.
+    embedder : used only by ``fit(X, y)`` (raw texts and labels), to index them.
+
+    A scikit-learn estimator (``get_params``/``set_params``/``clone``/``GridSearchCV``, without needing
+    scikit-learn installed); ``save(path)``/``ICLClassifier.load(path)`` persist a fitted one, and it pickles.
 
     Example
     -------
     >>> from ragicl import ExampleIndex, ICLClassifier, read_dataset
+    >>> ICLClassifier(k=4)
+    ICLClassifier(k=4)
     >>> train = read_dataset("../shared/datasets/sst2/train.jsonl").sample(200)  # doctest: +SKIP
     >>> clf = ICLClassifier(k=8).fit(ExampleIndex.build(train))                 # doctest: +SKIP
     >>> clf.predict(["a gripping, beautifully shot film"])                      # doctest: +SKIP
     ['positive']
+    >>> clf.save("sst2-clf"); ICLClassifier.load("sst2-clf").predict(["dull"])  # doctest: +SKIP
+    ['negative']
     """
+
+    _estimator_type = "classifier"
+    _FITTED = ("classes_", "input_fields_", "template_")
+    _DERIVED = ("lm_", "packer_", "retriever_", "label_ids_")
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  k: int = 16, max_prompt_tokens: int | None = 1024, selection: str = "topk",
                  n_candidates: int | None = None, batch_size: int = 8, device: str = "auto",
-                 seed: int = 0, show_progress: bool | None = None) -> None:
+                 seed: int = 0, show_progress: bool | None = None, embedder: Any = DEFAULT_EMBEDDER) -> None:
         self.lm = lm
         self.template = template
         self.k = k
@@ -64,29 +78,49 @@ class ICLClassifier:
         self.device = device
         self.seed = seed
         self.show_progress = show_progress
+        self.embedder = embedder
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: ExampleIndex | Dataset) -> ICLClassifier:
-        """Prepare the pipeline over an index (or, for ``k=0``, just a dataset giving the label set)."""
+    def fit(self, data: ExampleIndex | Dataset | str | os.PathLike | Sequence[Query],
+            y: Sequence[str] | None = None) -> ICLClassifier:
+        """Prepare the pipeline over an index (an object or a saved index folder), or, for ``k=0``, just a
+        dataset giving the label set. ``fit(X, y)`` with texts (or dicts of fields) and labels indexes
+        them with ``embedder`` first (the scikit-learn convention, e.g. inside ``GridSearchCV``)."""
+        folder = None
+        if y is not None:
+            data = dataset_from_xy(data, y, task="classification")  # type: ignore[arg-type]
+            if self.k:
+                data = ExampleIndex.build(data, embedder=self.embedder, show_progress=False)
+        else:  # a saved index folder: save() will refer to it
+            folder, data = split_index_folder(data)
         index, dataset = fit_source(self.k, data)
         if dataset.task != "classification" or not dataset.labels:
             raise DataError(f"ICLClassifier needs a classification dataset with a label set; got task "
                             f"{dataset.task!r} with labels {list(dataset.labels)}.")
+        for name in self._DERIVED:
+            self.__dict__.pop(name, None)
         self.index_ = index
+        self.index_folder_ = folder
         self.classes_ = tuple(dataset.labels)
         self.input_fields_ = tuple(dataset.input_fields)
         self.template_ = self.template or PromptTemplate.default(dataset.input_fields)
-        self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
-                           show_progress=self.show_progress)
-        self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
-        examples = list(index.examples) if index is not None else []
-        self.packer_ = Packer(self.lm_.tokenizer, self.template_, max_prompt_tokens=self.max_prompt_tokens,
-                              context_length=self.lm_.context_length).fit(examples, labels=self.classes_)
-        self.label_ids_ = [list(self.packer_.answer_ids(label)) for label in self.classes_]
+        self._prepare()
         return self
 
+    def _prepare(self) -> None:
+        """Load the LM and build retriever and packer from the fitted state (also after unpickling)."""
+        if "lm_" not in self.__dict__:
+            self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
+                               show_progress=self.show_progress)
+        self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
+        examples = list(self.index_.examples) if self.index_ is not None else []
+        packer = Packer(self.lm_.tokenizer, self.template_, max_prompt_tokens=self.max_prompt_tokens,
+                        context_length=self.lm_.context_length).fit(examples, labels=self.classes_)
+        self.label_ids_ = [list(packer.answer_ids(label)) for label in self.classes_]
+        self.packer_ = packer
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "packer_"):
+        if not self._ensure_prepared():
             raise NotFittedError("this ICLClassifier is not fitted yet: call fit(index) first.")
 
     # ------------------------------------------------------------ prompts
@@ -124,15 +158,38 @@ class ICLClassifier:
         """The most probable label of each query."""
         return [self.classes_[i] for i in self.predict_proba(queries).argmax(1)]
 
-    def score(self, test: Dataset) -> float:
-        """Accuracy on a labeled dataset."""
-        pred = self.predict(list(test.examples))
-        return float(np.mean([p == ex.label for p, ex in zip(pred, test.examples)]))
+    def score(self, test: Dataset | Sequence[Query], y: Sequence[str] | None = None) -> float:
+        """Accuracy on a labeled dataset, or on queries ``test`` with gold labels ``y``."""
+        if y is None:
+            if not isinstance(test, Dataset):
+                raise TypeError(f"score expects a labeled Dataset, or queries and labels (score(X, y)); got "
+                                f"a {type(test).__name__} and no labels.")
+            queries, gold = list(test.examples), [ex.label for ex in test.examples]
+        else:
+            queries, gold = list(test), list(y)
+            if len(queries) != len(gold):
+                raise ValueError(f"score(X, y) got {len(queries)} queries and {len(gold)} labels.")
+        pred = self.predict(queries)
+        return float(np.mean([p == g for p, g in zip(pred, gold)]))
 
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in (
-            "lm", "template", "k", "max_prompt_tokens", "selection", "n_candidates", "batch_size",
-            "device", "seed", "show_progress")}
+
+def dataset_from_xy(x: Sequence[Query], y: Sequence[str], *, task: str) -> Dataset:
+    """A Dataset from queries (texts, dicts of fields or Examples) and their labels/outputs (``fit(X, y)``)."""
+    if isinstance(x, (str, Mapping)) or isinstance(y, str):
+        raise TypeError("fit(X, y) expects a sequence of queries and a sequence of labels of the same length.")
+    x, y = list(x), [str(v) for v in y]
+    if len(x) != len(y) or not x:
+        raise DataError(f"fit(X, y) got {len(x)} queries and {len(y)} labels; expected the same, non-zero number.")
+    first = x[0]
+    fields = (tuple(first.inputs) if isinstance(first, Example) else tuple(first) if isinstance(first, Mapping)
+              else ("text",))
+    examples = tuple(
+        Example(id=f"train-{i}", inputs=dict(ex.inputs), label=lab if task == "classification" else None,
+                output=None if task == "classification" else lab)
+        for i, (ex, lab) in enumerate(zip(as_examples(x, fields), y)))
+    if task == "classification":
+        return Dataset(examples, fields, "classification", tuple(sorted(set(y))))
+    return Dataset(examples, fields, "generation", (), "output")
 
 
 def as_examples(queries: Sequence[Query] | Query, input_fields: Sequence[str]) -> list[Example]:

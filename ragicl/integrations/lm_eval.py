@@ -9,8 +9,11 @@ duplicate of it.
 
 Two ways to use it:
 
-* ``sampler: ragicl`` (registered when this module is imported): the pool is the task's few-shot docs,
-  indexed on first use with the default embedder.
+* ``sampler: ragicl``: the pool is the task's few-shot docs, indexed on first use with the default
+  embedder. A plain task YAML needs no Python: lm-eval has no plugin discovery for samplers, so ragicl's
+  install adds ``_ragicl_lmeval.pth``, whose start-up hook (``_ragicl_lmeval.py``, no ragicl import)
+  registers a placeholder as soon as lm-eval's sampler registry is imported; the placeholder imports this
+  module on first use. Importing this module registers the real class directly.
 * ``sampler: !function utils.sampler`` with ``sampler = make_sampler(index=...)`` in the task folder's
   ``utils.py``: the pool is a ragicl :class:`~ragicl.index.ExampleIndex` (an object, a saved folder, a data
   file, or a function building one), e.g. the whole training set.
@@ -254,7 +257,7 @@ def register_sampler(name: str = "ragicl", cls: type[ContextSampler] = RagiclSam
     if not (isinstance(cls, type) and issubclass(cls, ContextSampler)):
         raise TypeError(f"cls must be a subclass of lm_eval's ContextSampler, got {cls!r}.")
     existing = SAMPLER_REGISTRY.get(name)
-    if existing is not None and existing is not cls:
+    if existing is not None and existing is not cls and not getattr(existing, "_ragicl_lazy", False):
         logger.info("replacing lm-eval sampler %r (%s) with %s", name, existing.__name__, cls.__name__)
     SAMPLER_REGISTRY[name] = cls
     return cls
