@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._checkpoint import data_fingerprint, save_model
+from ._prefix import output_cache, with_cache
 from .lm import LanguageModel, TransformersLM
 from .train_config import MODES, OBJECTIVES, TrainConfig, resolve_config
 from .trainer import FinetuneResult, StepProgress, train_model, trainable_names
@@ -135,7 +136,7 @@ def _shared_prompt_label_logits(model: Any, prompts: list[list[int]], label_ids:
     mask2 = torch.cat([mask[b_idx], real[c_idx].long()], dim=1)
     positions2 = mask.sum(-1)[b_idx].unsqueeze(1) + torch.arange(rest_len, device=device).unsqueeze(0)
     out2 = model(input_ids=feed[c_idx], attention_mask=mask2, position_ids=positions2,
-                 past_key_values=_select_cache(out.past_key_values, b_idx), use_cache=True)
+                 **with_cache(model, _select_cache(output_cache(out), b_idx)), use_cache=True)
     logprobs = torch.log_softmax(out2.logits.float(), dim=-1)
     picked = logprobs.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1)
     rest = picked.masked_fill(~real[c_idx], 0.0).sum(-1)
