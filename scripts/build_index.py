@@ -31,19 +31,21 @@ def dataset_name(path: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from ragicl._cli_checks import positive_int
     from ragicl.models import DEFAULT_EMBEDDER
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="dataset file: .jsonl, .json, .csv or .parquet (meta.json beside it is used)")
     p.add_argument("--out", default=None, help="index folder (default: indexes/<dataset folder name>)")
     p.add_argument("--input-fields", default=None, help="comma-separated input fields (default: meta/inferred)")
-    p.add_argument("--label-field", default="label")
+    p.add_argument("--label-field", default="label", help="the label column (default: label)")
     p.add_argument("--output-field", default=None, help="target field of a generation dataset")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="sentence-transformers name/path, or hash-64")
     p.add_argument("--factory", default="Flat", help="faiss index_factory string: Flat, IVF256,Flat, HNSW32")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the embedder runs")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per embedding batch")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="the full traceback on errors")
     return p.parse_args(argv)
 
 
@@ -52,20 +54,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("ragicl").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    from ragicl._cli_checks import check_output_dir, report_error
     from ragicl._exceptions import RagiclError
     from ragicl.index import build_and_save
 
     out = args.out or str(Path("indexes") / dataset_name(args.data))
     start = time.perf_counter()
     try:
+        check_output_dir(out, "--out", marker="manifest.json")  # before the embedding work
         index = build_and_save(
             args.data, out, embedder=args.embedder, factory=args.factory, device=args.device,
             batch_size=args.batch_size, label_field=args.label_field, output_field=args.output_field,
             input_fields=args.input_fields.split(",") if args.input_fields else None,
             show_progress=not args.quiet)
-    except (RagiclError, ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (RagiclError, ValueError, OSError) as err:  # user input: one line, exit 2 (as `ragicl`)
+        return report_error(err, args.verbose)
     s = index.summary()
     print(f"built {out}\n"
           f"  examples     {s['count']}\n"

@@ -192,3 +192,35 @@ def test_bad_arguments():
         read_dataset(ROWS[0])
     with pytest.raises(TypeError):
         read_dataset(42)
+
+
+def test_an_id_column_is_the_id_by_default_not_an_input(tmp_path):
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text('{"id": "a7", "text": "fine film", "label": "pos"}\n'
+                     '{"id": "b9", "text": "dull plot", "label": "neg"}\n')
+    ds = read_dataset(jsonl)
+    assert ds.input_fields == ("text",) and [ex.id for ex in ds] == ["a7", "b9"]
+    assert "a7" not in ds[0].text()
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("id,text,label\nx1,fine film,pos\nx1,dull plot,neg\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 3\).*id 'x1' repeats row 0"):
+        read_dataset(csv_path)
+    csv_path.write_text("id,text,label\nx1,fine film,pos\n,dull plot,neg\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 3\).*id field 'id' is missing"):
+        read_dataset(csv_path)
+    # id_field=None: row numbers, and the id column is still not an input field
+    ds = read_dataset(jsonl, id_field=None)
+    assert [ex.id for ex in ds] == ["0", "1"] and ds.input_fields == ("text",)
+    # no id column: row numbers as before
+    assert [ex.id for ex in read_dataset([{"text": "a", "label": "x"}])] == ["0"]
+
+
+def test_an_empty_label_is_an_error_with_its_line(tmp_path):
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text('{"text": "fine film", "label": "pos"}\n{"text": "dull plot", "label": ""}\n')
+    with pytest.raises(DataError, match=r"line 2.*label field 'label' is empty"):
+        read_dataset(jsonl)
+    with pytest.raises(DataError, match=r"row 0.*is empty"):
+        read_dataset([{"text": "a", "label": "  "}])
+    with pytest.raises(DataError, match="non-empty names"):
+        read_dataset([{"text": "a", "label": "x"}], labels=["x", ""])

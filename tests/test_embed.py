@@ -52,3 +52,47 @@ def test_minilm_real(minilm):
     single = np.stack([minilm.encode([t])[0] for t in TEXTS])
     np.testing.assert_allclose(x, single, atol=1e-5)
     assert minilm.encode([]).shape == (0, 384)
+
+
+def test_a_loaded_sentence_transformer_is_accepted_with_its_name():
+    st = pytest.importorskip("sentence_transformers")
+    from ragicl.models import DEFAULT_EMBEDDER, resolve_embedder
+
+    model = st.SentenceTransformer(resolve_embedder(DEFAULT_EMBEDDER), device="cpu")
+    emb = SentenceTransformerEmbedder(model)
+    assert emb.name == DEFAULT_EMBEDDER and emb.is_loaded and emb.dimension == 384
+    assert get_embedder(model).name == DEFAULT_EMBEDDER
+    assert SentenceTransformerEmbedder(model, name="mine").name == "mine"
+    x = emb.encode(TEXTS)
+    np.testing.assert_array_equal(x, SentenceTransformerEmbedder(DEFAULT_EMBEDDER, device="cpu").encode(TEXTS))
+
+
+def test_unavailable_devices_are_clear_errors():
+    import torch
+
+    from ragicl.embed import DeviceError, resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="unknown device 'tpu-ish'"):
+        resolve_device("tpu-ish")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match=r"device 'cuda:0' asked for.*Fix: use device='cpu'"):
+            SentenceTransformerEmbedder(device="cuda:0").load()
+    else:
+        with pytest.raises(DeviceError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        assert resolve_device("mps") == "mps"
+    else:
+        with pytest.raises(DeviceError, match="MPS backend is not available"):
+            resolve_device("mps")
+
+
+def test_unknown_embedder_fails_fast_and_clearly(monkeypatch):
+    from ragicl import MissingDependencyError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingDependencyError, match=r"embedder 'no-such-embedder' cannot be loaded.*Fix:"):
+        SentenceTransformerEmbedder("no-such-embedder", device="cpu").load()

@@ -180,3 +180,41 @@ def test_example_to_document_for_generation_examples():
 
     doc = example_to_document(Example("q1", {"question": "2+2?"}, output="4"))
     assert doc.page_content == "2+2?" and doc.metadata == {"question": "2+2?", "id": "q1", "output": "4"}
+
+
+def test_forgetting_attach_warns_when_the_prompt_overflows(index, smollm_tokenizer):
+    from ragicl.integrations.langchain import PromptOverBudgetWarning
+
+    example_prompt = PromptTemplate.from_template("Review: {input}\nSentiment: {output}")
+    selector = RagiclExampleSelector(index, smollm_tokenizer, k=8, max_tokens=120,
+                                     example_prompt=example_prompt)
+    prompt = FewShotPromptTemplate(example_selector=selector, example_prompt=example_prompt,
+                                   prefix="Classify the sentiment of each review.",
+                                   suffix="Review: {input}\nSentiment:", input_variables=["input"])
+    long_query = " ".join(QUERIES * 3)
+    with pytest.warns(PromptOverBudgetWarning, match=r"> max_tokens=120.*attach\(prompt\)") as caught:
+        text = prompt.format(input=long_query)
+    n_tokens = len(smollm_tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert n_tokens > 120  # the warning was right: the rendered prompt is over budget
+    measured = int(str(caught[0].message).split("at least ")[1].split(" ")[0])
+    assert measured <= n_tokens  # a lower bound on the real prompt
+    selector.attach(prompt)  # attached: the whole prompt is bounded, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptOverBudgetWarning)
+        text = prompt.format(input=QUERIES[0])
+    assert len(smollm_tokenizer(text, add_special_tokens=False)["input_ids"]) <= 120
+
+
+def test_retriever_honors_k_per_call(index):
+    retriever = RagiclRetriever(index=index, k=5)
+    docs = retriever.invoke(QUERIES[0], k=1)
+    assert len(docs) == 1 and docs[0] == retriever.invoke(QUERIES[0])[0]
+    assert len(asyncio.run(retriever.ainvoke(QUERIES[0], k=2))) == 2
+    assert len(retriever.invoke(QUERIES[0])) == 5  # the field is unchanged
+    assert len(retriever.invoke(QUERIES[0], strategy="balanced", k=3)) == 3
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        retriever.invoke(QUERIES[0], k=0)
+    with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['top_k'\]"):
+        retriever.invoke(QUERIES[0], top_k=2)

@@ -19,6 +19,7 @@ import contextvars
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,13 @@ from ..types import Example
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RagiclExampleSelector", "RagiclRetriever", "Selection", "example_to_document"]
+__all__ = ["PromptOverBudgetWarning", "RagiclExampleSelector", "RagiclRetriever", "Selection",
+           "example_to_document"]
+
+
+class PromptOverBudgetWarning(UserWarning):
+    """A selector without :meth:`RagiclExampleSelector.attach` picked examples that, with the query's own
+    text, already exceed ``max_tokens``: the rendered prompt is over budget. Attach the prompt to fix it."""
 
 # While a selector measures a prompt it renders that prompt with a fixed example list: the prompt calls
 # back into select_examples, which returns the forced list (keyed by selector id; context-local, so
@@ -141,7 +148,9 @@ class RagiclExampleSelector(BaseExampleSelector):
             taken from the prompt given to :meth:`attach` when omitted.
         k: at most this many examples.
         max_tokens: the budget. With an attached prompt it bounds the whole rendered prompt (for chat
-            prompts: the messages with the tokenizer's chat template applied); otherwise the examples alone.
+            prompts: the messages with the tokenizer's chat template applied); otherwise the examples alone,
+            and a :class:`PromptOverBudgetWarning` (also logged) is issued when those examples plus the
+            query's text exceed it: forgetting ``attach`` never overflows silently.
         input_keys: template variables that hold the query, mapped to the index's input fields: a mapping
             ``{"input": "text"}``, or one variable name for a single-field index. Default: ``"input"`` for
             a single-field index, else each field under its own name.
@@ -339,7 +348,9 @@ class RagiclExampleSelector(BaseExampleSelector):
             else:
                 skipped.append(ex)
         n_tokens = budget - avail
-        if self.prompt is not None:  # exact check: drop the least relevant while boundary effects overflow
+        if self.prompt is None:
+            self._warn_unattached(input_variables, n_tokens, budget)
+        else:  # exact check: drop the least relevant while boundary effects overflow
             while True:
                 n_tokens = self.count_tokens(input_variables, [self.to_example_dict(e) for e in chosen[::-1]])
                 if n_tokens <= budget or not chosen:
@@ -349,6 +360,19 @@ class RagiclExampleSelector(BaseExampleSelector):
         return Selection(examples=tuple(self.to_example_dict(e) for e in chosen[::-1]),
                          ids=tuple(e.id for e in chosen[::-1]), n_tokens=n_tokens, budget=budget,
                          excluded=tuple(e.id for e in skipped))
+
+    def _warn_unattached(self, input_variables: Mapping[str, Any], n_examples: int, budget: int) -> None:
+        """Without ``attach`` only the examples are budgeted: warn when they plus the query overflow."""
+        query = "\n".join(str(v) for v in self._query(input_variables).values())
+        n_query = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        if n_examples + n_query > budget:
+            message = (f"the selected examples take {n_examples} tokens and the query's inputs {n_query}, so "
+                       f"the prompt has at least {n_examples + n_query} tokens > max_tokens={budget} (its "
+                       "prefix, suffix and template text come on top). Without attach() the budget covers "
+                       "the examples alone. Fix: call selector.attach(prompt) with the few-shot prompt, so "
+                       "the budget bounds the whole rendered prompt.")
+            logger.warning(message)
+            warnings.warn(message, PromptOverBudgetWarning, stacklevel=3)
 
     def select_examples(self, input_variables: dict[str, str]) -> list[dict[str, str]]:
         """The examples for these prompt inputs, least relevant first, within the token budget."""
@@ -402,9 +426,14 @@ class RagiclRetriever(BaseRetriever):
     metadata (see :func:`example_to_document`). Like every ragicl retrieval, exact duplicates of the query
     are never returned. ``strategy`` is any :class:`~ragicl.retrieve.Retriever` strategy.
 
+    ``invoke(query, k=2)`` (or ``strategy=...``) overrides the field for that call; any other keyword
+    raises ``TypeError``.
+
     >>> retriever = RagiclRetriever(index=index, k=3)                        # doctest: +SKIP
     >>> [d.metadata["label"] for d in retriever.invoke("a gripping film")]  # doctest: +SKIP
     ['positive', 'positive', 'positive']
+    >>> len(retriever.invoke("a gripping film", k=1))                      # doctest: +SKIP
+    1
     """
 
     index: Any
@@ -428,8 +457,26 @@ class RagiclRetriever(BaseRetriever):
     def _check_index(cls, value: Any) -> ExampleIndex:
         return _load_index(value)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None, strategy: str | None = None, **kwargs: Any
                                 ) -> list[Document]:
-        found = Retriever(k=self.k, strategy=self.strategy).retrieve(self.index, [query])[0]
+        # langchain-core passes invoke()'s extra keywords here because this signature has more than
+        # (query, run_manager); ``verbose`` is its own and ignored.
+        kwargs.pop("verbose", None)
+        if kwargs:
+            raise TypeError(f"RagiclRetriever.invoke() got unexpected keyword(s) {sorted(kwargs)}; it accepts "
+                            "k=... and strategy=... per call.")
+        k = self.k if k is None else check_positive_int("k", k)
+        strategy = self.strategy if strategy is None else strategy
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown retrieval strategy {strategy!r}; valid strategies: {list(STRATEGIES)}.")
+        found = Retriever(k=k, strategy=strategy).retrieve(self.index, [query])[0]
         examples = self.index.examples
         return [example_to_document(examples[p], s) for p, s in zip(found.positions, found.scores)]
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+        # langchain-core's default drops the extra keywords (k=...) on the async path: pass them on
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self._get_relevant_documents, query,
+                                     run_manager=run_manager.get_sync(), **kwargs)

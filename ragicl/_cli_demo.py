@@ -1,0 +1,67 @@
+"""``ragicl demo``: the main job (index SST-2, fine-tune briefly, compare, write the report)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from pathlib import Path
+
+from ._cli_checks import check_lm, check_output_dir
+from ._exceptions import RagiclError
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The main job: index SST-2, fine-tune briefly, compare zero-shot / random-k / retrieved-k /
+    fine-tuned on a sample of the test set, print the table and write JSON."""
+    from .cli import _systems
+    from .data import read_dataset
+    from .evaluate import compare
+    from .index import ExampleIndex
+    from .reference import train_reference
+    from .template import PromptTemplate
+
+    t_start = time.perf_counter()
+    data_dir = Path(args.data_dir) / args.dataset
+    if not (data_dir / "train.jsonl").exists():
+        raise RagiclError(f"no {data_dir}/train.jsonl: pass --data-dir pointing at a folder with "
+                          f"{args.dataset}/train.jsonl and test.jsonl (the repo expects ../shared/datasets).")
+    out_dir = check_output_dir(args.out, "--out")
+    index_dir = Path(args.index_dir) if args.index_dir else Path("indexes") / args.dataset
+    check_output_dir(index_dir, "--index-dir", marker="manifest.json")
+    check_lm(args.lm)
+    train_full = read_dataset(data_dir / "train.jsonl", name=args.dataset)
+    train = train_full.sample(args.n_train, seed=args.seed) if args.n_train else train_full
+    test_full = read_dataset(data_dir / "test.jsonl", name=args.dataset, labels=train.labels)
+    test = test_full.sample(args.n, seed=args.seed)
+    index = None
+    if (index_dir / "manifest.json").exists():
+        index = ExampleIndex.load(index_dir)
+        if index.manifest.get("dataset_fingerprint") != train.fingerprint():
+            index = None
+    if index is None:
+        index = ExampleIndex.build(train, device=args.device)
+        index.save(index_dir)
+    try:
+        template = PromptTemplate.for_dataset(args.dataset)
+    except ValueError:
+        template = PromptTemplate.default(train.input_fields)
+    ft = train_reference(train, lm=args.lm, template=template, out=out_dir / f"finetuned-{args.dataset}",
+                         steps=args.steps, batch_size=args.ft_batch_size, seed=args.seed)
+    ft_path, ft_steps, ft_seconds = ft.path, ft.steps, ft.seconds
+    del ft  # it holds the trained model; evaluation reloads the checkpoint from disk
+    gc.collect()
+    args.template = None
+    systems = _systems(args, index, test, str(ft_path), template)
+    notes = [(f"test set sampled: {len(test)} of {len(test_full)} examples (seed {args.seed}) to fit the "
+             "time budget; intervals are bootstrap 95%"),
+             (f"fine-tuned reference: {args.lm}, full fine-tune, {ft_steps} steps x {args.ft_batch_size} "
+             f"examples ({ft_steps * args.ft_batch_size} of {len(train)} seen once at most), "
+             f"{ft_seconds:.0f} s — deliberately short for this machine"),
+             (f"index: {len(index)} examples, {index.embedder.name}, factory {index.factory!r}; "
+             f"k={args.k}, max_prompt_tokens={args.max_prompt_tokens}")]
+    report = compare(test, systems, reference="fine-tuned", notes=notes)
+    print(report.table())
+    report.to_json(out_dir / f"report-{args.dataset}.json")
+    print(f"wrote {out_dir / f'report-{args.dataset}.json'}; total {time.perf_counter() - t_start:.0f} s")
+    return 0
