@@ -28,6 +28,7 @@ from ._cli_checks import (
     check_output_file,
     check_test_labels,
     non_negative_int,
+    positive_float,
     positive_int,
     report_error,
 )
@@ -258,39 +259,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_index_build)
 
     f = sub.add_parser("finetune", help="fine-tune the base LM on a dataset (the reference)")
-    f.add_argument("--train", required=True)
-    f.add_argument("--out", required=True)
-    f.add_argument("--lm", default=DEFAULT_LM)
-    f.add_argument("--mode", default="full", choices=list(MODES))
+    f.add_argument("--train", required=True, help="training dataset (JSONL/CSV/Parquet; meta.json beside it is read)")
+    f.add_argument("--out", required=True, help="folder for the fine-tuned model (checked before training)")
+    f.add_argument("--lm", default=DEFAULT_LM, help=f"base LM name, hub id or folder (default {DEFAULT_LM})")
+    f.add_argument("--mode", default="full", choices=list(MODES),
+                   help="which weights train: full, attention, value (Lee et al. 2026) or lora (default full)")
     f.add_argument("--objective", default="labels", choices=list(OBJECTIVES),
                    help="labels: softmax over all labels (default); gold: the gold label's likelihood "
                         "alone (cheaper per step with many multi-token labels)")
-    f.add_argument("--steps", type=int, default=None,
+    f.add_argument("--steps", type=positive_int, default=None,
                    help="FAST mode: exactly this many optimizer steps, no early stopping; the checkpoint is "
                         "labelled not converged (default: train to convergence)")
-    f.add_argument("--epochs", type=float, default=None,
+    f.add_argument("--epochs", type=positive_float, default=None,
                    help="most passes over the training data when training to convergence (default 10; "
                         "early stopping usually ends sooner)")
     f.add_argument("--dev-fraction", type=float, default=None,
                    help="share of the training data held out (seeded, stratified by label) to early-stop on; "
                         "default 0.1 (at most 1000 examples), 0 with --steps")
-    f.add_argument("--patience", type=int, default=3,
+    f.add_argument("--patience", type=positive_int, default=3,
                    help="stop after this many dev evaluations without a lower dev loss (default 3); the best "
                         "weights are restored")
-    f.add_argument("--eval-every", type=int, default=None,
+    f.add_argument("--eval-every", type=positive_int, default=None,
                    help="steps between dev evaluations (default: once per epoch, at most every 200 steps)")
-    f.add_argument("--checkpoint-every", type=int, default=None,
+    f.add_argument("--checkpoint-every", type=non_negative_int, default=None,
                    help="steps between resumable checkpoints in OUT/checkpoint (default: at each dev "
                         "evaluation; 0 disables). A rerun with the same data and settings resumes from it")
     f.add_argument("--no-resume", dest="resume", action="store_false",
                    help="ignore a checkpoint left in OUT by an interrupted run and start over")
-    f.add_argument("--batch-size", type=int, default=16)
-    f.add_argument("--lr", type=float, default=5e-5)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--batch-size", type=positive_int, default=16, help="examples per optimizer step (default 16)")
+    f.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default 5e-5)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the data order, dev split and LoRA init")
     f.add_argument("--template", default=None, help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
-    f.add_argument("--instruction", default=None)
+    f.add_argument("--instruction", default=None, help="text put before the examples of every prompt")
     f.add_argument("--force", action="store_true", help="train even if a matching checkpoint exists")
-    f.add_argument("--aux-fewshot", type=int, default=0, metavar="K",
+    f.add_argument("--aux-fewshot", type=non_negative_int, default=0, metavar="K",
                    help="add the auxiliary K-shot loss (Lee, Sohn & Lee 2026) with shots retrieved from --index")
     f.add_argument("--index", default=None, help="index over the training set, for --aux-fewshot")
     f.add_argument("--aux-lambda", type=float, default=1.0, help="initial weight of the few-shot loss")

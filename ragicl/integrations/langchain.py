@@ -75,9 +75,9 @@ def _load_tokenizer(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        from ..models import resolve_lm
+        from ..models import resolve_tokenizer
 
-        return AutoTokenizer.from_pretrained(resolve_lm(str(tokenizer)))
+        return AutoTokenizer.from_pretrained(resolve_tokenizer(str(tokenizer)))
     if callable(tokenizer):
         return tokenizer
     inner = getattr(tokenizer, "tokenizer", None)  # a ragicl TransformersLM or similar wrapper
