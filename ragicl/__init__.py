@@ -17,21 +17,21 @@ from ._exceptions import (
     NotFittedError,
     RagiclError,
 )
-from .baselines import KNNVoteClassifier
-from .classifier import ICLClassifier
 from .data import read_dataset
-from .embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
-from .evaluate import Gap, Report, SystemResult, compare
-from .fusion import FusionClassifier
-from .generation import GenerationReport, ICLGenerator, generation_gap
-from .index import ExampleIndex
-from .lm import LanguageModel, TransformersLM
-from .pack import Packer, PreparedQuery
-from .reference import train_reference
-from .retrieve import Retriever
-from .template import PromptTemplate
-from .train_config import TrainConfig, TrainConfigError
-from .tune import FusionTuner, TuneResult
+from .estimators.baselines import KNNVoteClassifier
+from .estimators.classifier import ICLClassifier
+from .estimators.fusion import FusionClassifier
+from .estimators.generation import GenerationReport, ICLGenerator, generation_gap
+from .estimators.tune import FusionTuner, TuneResult
+from .evaluation.compare import Gap, Report, SystemResult, compare
+from .index.core import ExampleIndex
+from .index.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
+from .lm.hf import LanguageModel, TransformersLM
+from .prompt.pack import Packer, PreparedQuery
+from .prompt.retrieve import Retriever
+from .prompt.template import PromptTemplate
+from .training.config import TrainConfig, TrainConfigError
+from .training.reference import train_reference
 from .types import Dataset, Example, PackedPrompt, Prediction, Retrieved, SearchResult
 
 __version__ = "0.1.0"

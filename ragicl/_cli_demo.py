@@ -14,12 +14,12 @@ from ._exceptions import RagiclError
 def run_demo(args: argparse.Namespace) -> int:
     """The main job: index SST-2, fine-tune briefly, compare zero-shot / random-k / retrieved-k /
     fine-tuned on a sample of the test set, print the table and write JSON."""
-    from .cli import _systems
+    from ._cli_systems import build_systems
     from .data import read_dataset
-    from .evaluate import compare
-    from .index import ExampleIndex
-    from .reference import train_reference
-    from .template import PromptTemplate
+    from .evaluation.compare import compare
+    from .index.core import ExampleIndex
+    from .prompt.template import PromptTemplate
+    from .training.reference import train_reference
 
     t_start = time.perf_counter()
     data_dir = Path(args.data_dir) / args.dataset
@@ -52,7 +52,6 @@ def run_demo(args: argparse.Namespace) -> int:
     del ft  # it holds the trained model; evaluation reloads the checkpoint from disk
     gc.collect()
     args.template = None
-    systems = _systems(args, index, test, str(ft_path), template)
     notes = [(f"test set sampled: {len(test)} of {len(test_full)} examples (seed {args.seed}) to fit the "
              "time budget; intervals are bootstrap 95%"),
              (f"fine-tuned reference: {args.lm}, full fine-tune, {ft_steps} steps x {args.ft_batch_size} "
@@ -60,6 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
              f"{ft_seconds:.0f} s — deliberately short for this machine"),
              (f"index: {len(index)} examples, {index.embedder.name}, factory {index.factory!r}; "
              f"k={args.k}, max_prompt_tokens={args.max_prompt_tokens}")]
+    systems = build_systems(args, index, str(ft_path), template, notes)
     report = compare(test, systems, reference="fine-tuned", notes=notes)
     print(report.table())
     report.to_json(out_dir / f"report-{args.dataset}.json")

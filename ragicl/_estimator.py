@@ -169,7 +169,7 @@ class EstimatorMixin:
 def split_index_folder(data: Any) -> tuple[Path | None, Any]:
     """``fit`` given a saved index folder: (the folder, the loaded index); anything else: (None, data)."""
     if isinstance(data, (str, os.PathLike)):
-        from .index import ExampleIndex
+        from .index.core import ExampleIndex
 
         return Path(data).resolve(), ExampleIndex.load(data)
     return None, data
@@ -177,7 +177,7 @@ def split_index_folder(data: Any) -> tuple[Path | None, Any]:
 
 # ------------------------------------------------------------------------------------------ save/load
 def _param_to_json(name: str, value: Any) -> Any:
-    from .template import PromptTemplate
+    from .prompt.template import PromptTemplate
 
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
@@ -197,7 +197,7 @@ def _param_to_json(name: str, value: Any) -> Any:
 
 
 def _param_from_json(value: Any) -> Any:
-    from .template import PromptTemplate
+    from .prompt.template import PromptTemplate
 
     if isinstance(value, dict) and set(value) == {"PromptTemplate"}:
         return PromptTemplate(**value["PromptTemplate"])
@@ -331,8 +331,8 @@ def load_estimator(cls: type, path: str | os.PathLike, **overrides: Any) -> Any:
 
 
 def _load_from(cls: type, path: Path, data: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    from .index import ExampleIndex
-    from .template import PromptTemplate
+    from .index.core import ExampleIndex
+    from .prompt.template import PromptTemplate
 
     params = {k: _param_from_json(v) for k, v in data["params"].items()}
     unknown = set(overrides) - set(cls._param_names())

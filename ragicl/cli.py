@@ -32,6 +32,7 @@ from ._cli_checks import (
     positive_int,
     report_error,
 )
+from ._cli_systems import add_best_args, build_systems
 from ._exceptions import RagiclError
 
 logger = logging.getLogger("ragicl")
@@ -65,7 +66,7 @@ def _read(path: str, args: argparse.Namespace, name: str | None = None):
 
 
 def _template(args: argparse.Namespace, dataset):
-    from .template import PromptTemplate
+    from .prompt.template import PromptTemplate
 
     if getattr(args, "template", None):
         template = PromptTemplate(example=args.template.encode().decode("unicode_escape"),
@@ -81,8 +82,8 @@ def _template(args: argparse.Namespace, dataset):
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from .embed import get_embedder
-    from .index import build_and_save
+    from .index.core import build_and_save
+    from .index.embed import get_embedder
 
     out = args.out or str(Path("indexes") / _dataset_name(args.data))
     check_output_dir(out, "--out", marker="manifest.json")
@@ -97,7 +98,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .reference import train_reference
+    from .training.reference import train_reference
 
     for option, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:  # --steps is None when training to convergence
@@ -109,8 +110,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     train = _read(args.train, args, name=_dataset_name(args.train))
     template = _template(args, train)
     if args.aux_fewshot:
-        from .auxloss import train_with_fewshot_aux
-        from .index import ExampleIndex
+        from .index.core import ExampleIndex
+        from .training.auxloss import train_with_fewshot_aux
 
         if not args.index:
             raise RagiclError("--aux-fewshot needs --index: the index (built over the training set) that "
@@ -138,7 +139,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _train_config(args: argparse.Namespace):
     """The ``ragicl finetune`` options as a TrainConfig (validated there: a TrainConfigError is a RagiclError)."""
-    from .train_config import TrainConfig
+    from .training.config import TrainConfig
 
     return TrainConfig(mode=args.mode, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, objective=args.objective, dev_fraction=args.dev_fraction,
@@ -146,26 +147,9 @@ def _train_config(args: argparse.Namespace):
                        checkpoint_every=args.checkpoint_every, resume=args.resume)
 
 
-def _systems(args: argparse.Namespace, index, test, finetuned: str | None, template):
-    from .classifier import ICLClassifier
-    from .lm import TransformersLM
-
-    lm = TransformersLM(args.lm, batch_size=args.batch_size, device=args.device)
-    common = {"template": template, "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed}
-    systems = {"zero-shot": ICLClassifier(lm, k=0, **common).fit(index)}
-    if args.k > 0:  # --k 0: the zero-shot system alone (no "random-0"/"retrieved-0" copies of it)
-        systems[f"random-{args.k}"] = ICLClassifier(lm, k=args.k, selection="random", **common).fit(index)
-        systems[f"retrieved-{args.k}"] = ICLClassifier(lm, k=args.k, selection=args.selection,
-                                                       **common).fit(index)
-    if finetuned:
-        systems["fine-tuned"] = ICLClassifier(finetuned, k=0, batch_size=args.batch_size, device=args.device,
-                                              **common).fit(index)
-    return systems
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import compare
-    from .index import ExampleIndex
+    from .evaluation.compare import compare
+    from .index.core import ExampleIndex
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -183,11 +167,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test = test.sample(args.n, seed=args.seed)
     if args.k == 0:
         notes.append("--k 0: zero-shot only (no demonstrations)")
-    systems = _systems(args, index, test, args.finetuned, template)
+    systems = build_systems(args, index, args.finetuned, template, notes)
     report = compare(test, systems, reference="fine-tuned" if args.finetuned else None, notes=notes)
     print(report.table())
     if args.json:
         report.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``ragicl tune``: choose 'ragicl best' on dev queries from the index's training set; print and save it."""
+    import json
+
+    from .estimators.tune import FusionTuner
+    from .index.core import ExampleIndex
+
+    if args.json:
+        check_output_file(args.json, "--json")
+    check_lm(args.lm)
+    index = ExampleIndex.load(args.index)
+    template = _template(args, index.dataset)
+    ks = tuple(int(k) for k in str(args.ks).split(",") if k.strip())
+    if not ks or min(ks) < 0:
+        raise UsageError(f"--ks must be a comma-separated list of non-negative integers, got {args.ks!r}.")
+    tuner = FusionTuner(args.lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
+                        dev_size=args.dev_size, ks=ks, time_budget=args.tune_budget, batch_size=args.batch_size,
+                        device=args.device, seed=args.seed).fit(index)
+    print(tuner.result_.table())
+    if args.json:
+        from ._atomic import write_atomic
+
+        write_atomic(args.json, json.dumps(tuner.result_.to_json(), indent=2).encode())
         print(f"wrote {args.json}")
     return 0
 
@@ -223,12 +234,13 @@ def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per LM forward pass (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of test sampling and random-k (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_best_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .finetune import MODES, OBJECTIVES
     from .models import DEFAULT_EMBEDDER, DEFAULT_LM
+    from .training.finetune import MODES, OBJECTIVES
 
     parser = argparse.ArgumentParser(prog="ragicl", description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -316,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(e)
     _add_data_args(e)
     e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("tune", help="choose 'ragicl best' (LM x kNN, candidates, calibration) on dev data",
+                       description="Draw dev queries from the index's own training examples (never a test set), "
+                                   "score them once per prompt configuration and pick the best setting of "
+                                   "k, candidate labels, label-aware prompts, kNN vote size and temperature, the "
+                                   "LM x kNN weight and the calibration. Prints what was chosen and why.")
+    t.add_argument("--index", required=True, help="index folder made by `ragicl index build`")
+    t.add_argument("--ks", default="4,8,16", help="demonstrations per prompt to try (default 4,8,16)")
+    t.add_argument("--json", default=None, help="also write the choice and every trial as JSON to this file")
+    t.add_argument("--template", default=None,
+                   help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
+    t.add_argument("--instruction", default=None, help="text placed before the demonstrations")
+    _eval_args(t)
+    t.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("demo", help="the main job: the full comparison on SST-2 with the default models",
                        description="Index a dataset, fine-tune the base LM briefly, and compare zero-shot, "

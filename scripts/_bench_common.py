@@ -48,8 +48,7 @@ def load_average() -> str:
 def environment(device: str = "cpu") -> dict[str, str]:
     """Machine, versions and load, as printed at the top of every benchmark."""
     import torch
-
-    from ragicl.hardware import describe_device
+    from _hardware import describe_device
 
     info = {"machine": describe_device("cpu"), "device": describe_device(device) if device != "cpu" else "cpu",
             "python": sys.version.split()[0], "torch": torch.__version__,
@@ -151,7 +150,7 @@ def dataset_file(name: str, split: str) -> Path:
 
 
 class CachedEmbedder:
-    """An :class:`ragicl.embed.Embedder` that returns precomputed vectors for known texts.
+    """An :class:`ragicl.index.embed.Embedder` that returns precomputed vectors for known texts.
 
     Unknown texts go to ``fallback`` (the real model) and are remembered. Used so that selection/packing
     benchmarks compare ragicl and LangChain on the same vectors without timing the embedding model
@@ -188,7 +187,7 @@ class CachedEmbedder:
 
 class RowEmbedder:
     """An embedder over precomputed matrices: the text ``"d123"`` is row 123 of ``database``, ``"q7"`` row 7
-    of ``queries``. Lets :class:`ragicl.index.ExampleIndex` index synthetic vectors (no text model)."""
+    of ``queries``. Lets :class:`ragicl.index.core.ExampleIndex` index synthetic vectors (no text model)."""
 
     def __init__(self, database: np.ndarray, queries: np.ndarray | None = None, name: str = "synthetic"):
         self.database = database
@@ -223,7 +222,7 @@ def sst2_embeddings(texts: Sequence[str], tag: str, embedder: Any | None = None)
     if path.exists():
         data = np.load(path)
         return data["vectors"], float(data["seconds"])
-    from ragicl.embed import SentenceTransformerEmbedder
+    from ragicl.index.embed import SentenceTransformerEmbedder
 
     emb = embedder or SentenceTransformerEmbedder(device="cpu", batch_size=64, show_progress=False)
     emb.load()

@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from ragicl.data import read_dataset
-    from ragicl.embed import SentenceTransformerEmbedder
-    from ragicl.index import ExampleIndex
-    from ragicl.lm import TransformersLM
+    from ragicl.index.core import ExampleIndex
+    from ragicl.index.embed import SentenceTransformerEmbedder
+    from ragicl.lm.hf import TransformersLM
     from ragicl.models import DEFAULT_EMBEDDER
-    from ragicl.pack import Packer
-    from ragicl.retrieve import Retriever
-    from ragicl.template import PromptTemplate
+    from ragicl.prompt.pack import Packer
+    from ragicl.prompt.retrieve import Retriever
+    from ragicl.prompt.template import PromptTemplate
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     train = read_dataset(bc.dataset_file("sst2", "train"))

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_experiments import _template
 
 from ragicl.data import read_dataset
-from ragicl.lm import TransformersLM
-from ragicl.reference import train_reference
+from ragicl.lm.hf import TransformersLM
+from ragicl.training.reference import train_reference
 
 
 def main(argv: list[str] | None = None) -> int:

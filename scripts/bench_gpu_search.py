@@ -198,9 +198,9 @@ def measure_size(n: int, args: argparse.Namespace, time_it: Callable[..., tuple[
     """Every method at database size ``n``: the truth, the bare product, then each method built, timed and
     freed in turn (at N = 1e7 one bf16 index with its float32 re-rank copy is 23 GB)."""
     import torch
+    from _hardware import search_flops
 
-    from ragicl.hardware import search_flops
-    from ragicl.torch_search import TorchExactSearch
+    from ragicl.index.torch_search import TorchExactSearch
 
     dev = args.device
     rows: list[dict[str, Any]] = []
@@ -267,7 +267,7 @@ def measure_size(n: int, args: argparse.Namespace, time_it: Callable[..., tuple[
         methods["faiss-gpu GpuIndexFlatIP float16"] = ("fp16", faiss_flat(True))
         if n <= args.example_index_max_n:
             def example_index() -> Callable[[], Any]:
-                from ragicl.index import ExampleIndex
+                from ragicl.index.core import ExampleIndex
                 from ragicl.types import Dataset, Example
 
                 db_np = db.cpu().numpy()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragicl._index_io import file_checksum
+from ragicl.index.folder import file_checksum
 
 
 def _crc32(path: Path) -> int:

@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from ragicl.data import read_dataset
-    from ragicl.index import ExampleIndex
+    from ragicl.index.core import ExampleIndex
     from ragicl.models import DEFAULT_EMBEDDER, DEFAULT_LM, resolve_lm
-    from ragicl.pack import Packer
-    from ragicl.retrieve import Retriever
-    from ragicl.template import PromptTemplate
+    from ragicl.prompt.pack import Packer
+    from ragicl.prompt.retrieve import Retriever
+    from ragicl.prompt.template import PromptTemplate
 
     torch.set_num_threads(1)  # packing is single-threaded; keep the per-core figure honest
     train = read_dataset(bc.dataset_file("sst2", "train"))

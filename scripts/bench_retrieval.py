@@ -11,7 +11,7 @@ distribution, not from the database):
    on a matrix), ``ExampleIndex.search`` (with query validation) and ``Retriever.retrieve`` (top-k with the
    duplicate exclusion; queries are ids of precomputed vectors, so no text model runs), at several query
    batch sizes, against ``faiss_index.search`` on the very index object ``ExampleIndex`` holds.
-3. **torch exact search** (``ragicl.torch_search.TorchExactSearch``) in float32 and bfloat16 (+ exact
+3. **torch exact search** (``ragicl.index.torch_search.TorchExactSearch``) in float32 and bfloat16 (+ exact
    re-rank), with its agreement with faiss.
 4. **ANN**: IVF-Flat and IVF-PQ (nprobe sweep) and HNSW (efSearch sweep): recall@k against the exact result,
    then for each recall bucket the fastest setting that reaches it and its speed-up over exact search.
@@ -72,7 +72,7 @@ def batched(fn: Any, n_queries: int, batch: int, budget_queries: int) -> float:
 def build_example_index(db: np.ndarray, q: np.ndarray, device: str) -> tuple[Any, float]:
     """An exact ``ExampleIndex`` over precomputed vectors (``from_vectors``); text queries ``"q7"`` / ``"d7"``
     embed to row 7 of ``q`` / ``db`` through a row-lookup embedder."""
-    from ragicl.index import ExampleIndex
+    from ragicl.index.core import ExampleIndex
     from ragicl.types import Dataset, Example
 
     t = time.perf_counter()
@@ -86,9 +86,9 @@ def build_example_index(db: np.ndarray, q: np.ndarray, device: str) -> tuple[Any
 def exact_section(n: int, d: int, db: np.ndarray, q: np.ndarray, args: argparse.Namespace,
                   ceiling: Any) -> tuple[np.ndarray, float, list[dict], list[dict]]:
     import faiss
+    from _hardware import search_flops
 
-    from ragicl.hardware import search_flops
-    from ragicl.retrieve import Retriever
+    from ragicl.prompt.retrieve import Retriever
 
     k, n_q = args.k, len(q)
     index, build_s = build_example_index(db, q, args.device)
@@ -152,9 +152,9 @@ def exact_section(n: int, d: int, db: np.ndarray, q: np.ndarray, args: argparse.
 def torch_rows(n: int, d: int, db: np.ndarray, q: np.ndarray, ref_s: np.ndarray, ref_p: np.ndarray,
                args: argparse.Namespace, ceiling: Any) -> list[dict]:
     import torch
+    from _hardware import gpu_peak_flops, search_flops
 
-    from ragicl.hardware import gpu_peak_flops, search_flops
-    from ragicl.torch_search import TorchExactSearch
+    from ragicl.index.torch_search import TorchExactSearch
 
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     flops = search_flops(n, d, len(q))
@@ -235,7 +235,7 @@ def absolute_overhead(d: int, k: int, n: int = 1000, n_q: int = 1000, repeat: in
 
     The last path asks for the ``n_q`` first *indexed* examples (texts ``d0``, ``d1``...), so every query
     has a duplicate to exclude (the slow path of ``Retriever``); its faiss baseline is the same search."""
-    from ragicl.retrieve import Retriever
+    from ragicl.prompt.retrieve import Retriever
 
     db, centers = synthetic(n, d, seed=0, n_clusters=16)
     q, _ = synthetic(n_q, d, seed=1, n_clusters=0, centers=centers)
@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import faiss
     import torch
-
-    from ragicl.hardware import Ceiling, gpu_peak_flops, measure_matmul_flops
+    from _hardware import Ceiling, gpu_peak_flops, measure_matmul_flops
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Label-scoring benchmark: one pass for all labels vs one pass per label, with/without ``logits_to_keep``.
 
-Prompts are real ICL prompts: SST-2 test queries packed by ``ragicl.pack.Packer`` with random training
+Prompts are real ICL prompts: SST-2 test queries packed by ``ragicl.prompt.pack.Packer`` with random training
 demonstrations up to ``--budget`` tokens (SmolLM2 tokenizer); labels are `` negative`` / `` positive``.
 
 * **ragicl** ``TransformersLM.score_continuations``: one forward pass per prompt for all labels, only the
@@ -57,8 +57,8 @@ def build_prompts(n: int, budget: int, seed: int = 0, fixed_demos: int = 0
 
     from ragicl.data import read_dataset
     from ragicl.models import DEFAULT_LM, resolve_lm
-    from ragicl.pack import Packer
-    from ragicl.template import PromptTemplate
+    from ragicl.prompt.pack import Packer
+    from ragicl.prompt.template import PromptTemplate
 
     tok = AutoTokenizer.from_pretrained(resolve_lm(DEFAULT_LM))
     train = read_dataset(bc.dataset_file("sst2", "train"))
@@ -139,8 +139,8 @@ class Baselines:
 
 def shared_prefix_case(args: argparse.Namespace, sync: Callable[[], None] | None) -> list[dict[str, Any]]:
     """``share_prefix`` "auto" / True / False on fixed-demo, retrieved-style and instruction prompts."""
-    from ragicl._prefix import common_prefix_length
-    from ragicl.lm import TransformersLM
+    from ragicl.lm.hf import TransformersLM
+    from ragicl.lm.prefix import common_prefix_length
 
     rows = []
     base = TransformersLM(device=args.device, dtype=args.dtype, batch_size=args.batch_size).load()
@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     info = bc.print_environment(args.device)
 
     import torch
+    from _hardware import Ceiling, forward_flops, gpu_peak_flops, lm_forward_flops, measure_matmul_flops
 
-    from ragicl.hardware import Ceiling, forward_flops, gpu_peak_flops, lm_forward_flops, measure_matmul_flops
-    from ragicl.lm import TransformersLM
+    from ragicl.lm.hf import TransformersLM
 
     if args.shared_prefix:
         rows = shared_prefix_case(args, torch.cuda.synchronize if args.device.startswith("cuda") else None)

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("ragicl").setLevel(logging.WARNING if args.quiet else logging.INFO)
     from ragicl._cli_checks import check_output_dir, report_error
     from ragicl._exceptions import RagiclError
-    from ragicl.index import build_and_save
+    from ragicl.index.core import build_and_save
 
     out = args.out or str(Path("indexes") / dataset_name(args.data))
     start = time.perf_counter()

@@ -67,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from ragicl import ExampleIndex, read_dataset
-    from ragicl.finetune import finetune_lm
-    from ragicl.generation import ICLGenerator, generation_gap
-    from ragicl.lm import TransformersLM
+    from ragicl.estimators.generation import ICLGenerator, generation_gap
+    from ragicl.lm.hf import TransformersLM
+    from ragicl.training.finetune import finetune_lm
 
     show = False if args.quiet else None
     t_all = time.perf_counter()

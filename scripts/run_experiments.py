@@ -29,9 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, TransformersLM, compare, read_dataset
-from ragicl.baselines import CalibratedClassifier, KNNPromptingClassifier, KNNVoteClassifier
-from ragicl.cost import CostReport
-from ragicl.curves import (
+from ragicl.analysis.cost import CostReport
+from ragicl.estimators.baselines import CalibratedClassifier, KNNPromptingClassifier, KNNVoteClassifier
+from ragicl.evaluation.curves import (
     fit_data_curve,
     gap_vs_budget,
     gap_vs_data_fraction,
@@ -39,8 +39,14 @@ from ragicl.curves import (
     plot_bounds_vs_measured,
     plot_curve,
 )
-from ragicl.finetune import OBJECTIVES, FinetuneResult
-from ragicl.report import curve_markdown, machine_info, markdown_table, report_markdown, write_report
+from ragicl.evaluation.report import (
+    curve_markdown,
+    machine_info,
+    markdown_table,
+    report_markdown,
+    write_report,
+)
+from ragicl.training.finetune import OBJECTIVES, FinetuneResult
 
 log = logging.getLogger("run_experiments")
 VARIANTS = ("full", "attention", "value", "lora", "aux")
@@ -85,7 +91,7 @@ def _finetune(variant: str, train, index, lm, template, args, out: Path, seed: i
     seed = args.seed if seed is None else seed
     path = out / (f"ft-{variant}" if seed == args.seed else f"ft-{variant}-s{seed}")
     if variant == "aux":
-        from ragicl.auxloss import train_with_fewshot_aux
+        from ragicl.training.auxloss import train_with_fewshot_aux
 
         stamp = path / "ragicl_finetune.json"
         if stamp.exists():
@@ -98,7 +104,7 @@ def _finetune(variant: str, train, index, lm, template, args, out: Path, seed: i
                                      max_prompt_tokens=args.max_prompt_tokens, seed=seed, out=path,
                                      objective=args.ft_objective)
         return res.finetune
-    from ragicl.reference import train_reference
+    from ragicl.training.reference import train_reference
 
     return train_reference(train, lm=lm, template=template, out=path, mode=variant, steps=args.steps,
                            batch_size=args.ft_batch_size, lr=_lr(variant, args), max_prompt_tokens=256,
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         results["curves"]["data"] = c.to_json()
         sections.append((f"Gap vs data fraction (k={k}, seeds {args.seeds})", body))
     if args.retention_other:
-        from ragicl.retention import icl_retention
+        from ragicl.analysis.retention import icl_retention
 
         o_dir = Path(args.data_dir) / args.retention_other
         o_train = read_dataset(o_dir / "train.jsonl", name=args.retention_other).sample(2000, seed=args.seed)

@@ -20,7 +20,7 @@ TEXTS = [f"example number {i} about {'cats' if i % 2 else 'dogs'} and {i * 7 % 1
 def variant(name: str):
     """The index of variant ``"a"`` (examples in order) or ``"b"`` (reversed), hash-32 embedder, Flat."""
     from ragicl.data import from_records
-    from ragicl.index import ExampleIndex
+    from ragicl.index.core import ExampleIndex
 
     order = range(40) if name == "a" else range(39, -1, -1)
     rows = [{"id": str(i), "text": TEXTS[i], "label": "odd" if i % 2 else "even"} for i in order]
@@ -35,7 +35,7 @@ def check_consistent(index) -> str:
     """Which variant ``index`` is (``"a"``/``"b"``); ``AssertionError`` if its parts come from both."""
     import numpy as np
 
-    from ragicl.embed import HashEmbedder
+    from ragicl.index.embed import HashEmbedder
 
     ids = [ex.id for ex in index.examples]
     name = "a" if ids == [str(i) for i in range(40)] else "b" if ids == [str(i) for i in range(39, -1, -1)] else "?"
@@ -50,7 +50,7 @@ def check_consistent(index) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from ragicl import _index_io
+    from ragicl.index import folder as _index_io
 
     mode, arg, path = argv
     if mode == "kill-at":

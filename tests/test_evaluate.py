@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ragicl._exceptions import DataError
-from ragicl.evaluate import compare, gap
+from ragicl.evaluation.compare import compare, gap
 from ragicl.types import Dataset, Example
 
 
@@ -107,7 +107,7 @@ def _checkpoint(tmp_path, name, meta):
     (None, None),
 ])
 def test_report_flags_a_reference_that_did_not_converge(tmp_path, meta, expected):
-    from ragicl.report import report_markdown
+    from ragicl.evaluation.report import report_markdown
 
     test = _test_set(["negative", "positive"])
     ft = CheckpointSystem([[0.9, 0.1], [0.2, 0.8]], str(_checkpoint(tmp_path, "ft", meta)))
@@ -131,7 +131,7 @@ def test_report_flags_a_reference_that_did_not_converge(tmp_path, meta, expected
 
 
 def test_reference_record_is_found_from_a_loaded_lm(tmp_path):
-    from ragicl.evaluate import reference_training
+    from ragicl.evaluation.compare import reference_training
 
     folder = _checkpoint(tmp_path, "ft", {"steps": 4, "batch_size": 2, "converged": False, "fast": True})
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ragicl.finetune import (
+from ragicl.training.finetune import (
     FinetuneResult,
     _label_logits,
     finetune,
@@ -211,8 +211,9 @@ def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
     a global optimizer pre-step hook. Comparing weights after an Adam step is not robust: Adam's first step is
     about lr * sign(grad), so a gradient that is ~0 flips sign under float noise on another CPU.
     """
-    import ragicl.finetune as ft
     from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    import ragicl.training.finetune as ft
 
     prompts, targets, _ = data
     tok = smollm_lm.tokenizer
@@ -231,7 +232,7 @@ def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
         monkeypatch.setattr(ft, "_MAX_ROWS", 2)  # 2 labels per example -> micro-batches of one example
         micro = finetune(smollm_lm, prompts[:4], targets[:4], label_ids, **kw)
         monkeypatch.setattr(ft, "_MAX_ROWS", 256)
-        half = finetune(smollm_lm, prompts[:2], targets[:2], label_ids, **{**kw, "batch_size": 2})
+        finetune(smollm_lm, prompts[:2], targets[:2], label_ids, **{**kw, "batch_size": 2})
     finally:
         handle.remove()
     assert whole.losses[0] == pytest.approx(micro.losses[0], rel=1e-4)
@@ -250,7 +251,7 @@ def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
 def test_shared_prompt_label_loss_equals_concatenation_with_gradients(smollm_lm, data):
     """The training loss shares one prompt pass across multi-token labels: same values and gradients
     as scoring every prompt+label concatenation."""
-    from ragicl.finetune import _sequence_logprobs, _shared_prompt_label_logits
+    from ragicl.training.finetune import _sequence_logprobs, _shared_prompt_label_logits
 
     prompts, _, _ = data
     tok = smollm_lm.tokenizer
@@ -271,7 +272,7 @@ def test_shared_prompt_label_loss_equals_concatenation_with_gradients(smollm_lm,
 # ---------------------------------------------------------------------------- training config, convergence, resume
 
 def test_train_config_is_validated_in_one_place():
-    from ragicl.train_config import TrainConfig, TrainConfigError
+    from ragicl.training.config import TrainConfig, TrainConfigError
 
     cfg = TrainConfig()
     assert not cfg.fast and cfg.resolved_epochs == 10.0 and cfg.resolved_dev_fraction == 0.1
@@ -299,7 +300,7 @@ def test_train_config_is_validated_in_one_place():
 
 
 def test_config_and_keywords_are_the_same_run(smollm_lm, data):
-    from ragicl.train_config import TrainConfig
+    from ragicl.training.config import TrainConfig
 
     prompts, targets, label_ids = data
     kw = {"mode": "value", "steps": 2, "batch_size": 3, "lr": 1e-4, "seed": 3}
@@ -349,9 +350,9 @@ def _v_weights(model) -> dict[str, torch.Tensor]:
 def test_early_stopping_restores_the_best_weights(smollm_lm, data, script, stop, best):
     """Dev losses scripted: the loop stops after `patience` evaluations without improvement, restores the
     weights of the best evaluation exactly, and records whether it converged and why."""
-    from ragicl.finetune import classification_loss
-    from ragicl.train_config import TrainConfig
-    from ragicl.trainer import train_model
+    from ragicl.training.config import TrainConfig
+    from ragicl.training.finetune import classification_loss
+    from ragicl.training.trainer import train_model
 
     prompts, targets, label_ids = data
     seen_dev: list[list[int]] = []
@@ -383,10 +384,10 @@ def test_best_weights_are_the_ones_kept(smollm_lm, data):
     the weights of the best dev evaluation, not the last step's."""
     import copy
 
-    from ragicl.finetune import classification_loss
-    from ragicl.lm import TransformersLM
-    from ragicl.train_config import TrainConfig
-    from ragicl.trainer import train_model
+    from ragicl.lm.hf import TransformersLM
+    from ragicl.training.config import TrainConfig
+    from ragicl.training.finetune import classification_loss
+    from ragicl.training.trainer import train_model
 
     prompts, targets, label_ids = data
     own = TransformersLM.from_model(copy.deepcopy(smollm_lm.model), smollm_lm.tokenizer, name=smollm_lm.name)
@@ -412,8 +413,8 @@ def test_best_weights_are_the_ones_kept(smollm_lm, data):
 def test_converged_run_scores_its_real_dev_split(smollm_lm, data, tmp_path):
     """Default-style training (epochs, real dev scoring): the recorded dev loss/accuracy are those of the
     saved model on the held-out examples, and the meta records the convergence fields."""
-    from ragicl._checkpoint import split_dev
-    from ragicl.train_config import TrainConfig
+    from ragicl.training.checkpoint import split_dev
+    from ragicl.training.config import TrainConfig
 
     prompts, targets, label_ids = data
     cfg = TrainConfig(mode="value", epochs=2, batch_size=3, lr=1e-4, dev_fraction=0.25, seed=1)
@@ -438,8 +439,8 @@ class _Killed(Exception):
 def test_killed_run_resumes_to_the_same_weights(smollm_lm, data, tmp_path):
     """A run killed after step 3 resumes from its step-2 checkpoint and ends exactly where an uninterrupted
     run ends: same losses, dev history and weights (CPU training here is deterministic)."""
-    from ragicl._checkpoint import checkpoint_path
-    from ragicl.train_config import TrainConfig
+    from ragicl.training.checkpoint import checkpoint_path
+    from ragicl.training.config import TrainConfig
 
     prompts, targets, label_ids = data
     cfg = TrainConfig(mode="value", epochs=3, batch_size=3, lr=1e-4, dev_fraction=0.25, eval_every=2,
@@ -473,7 +474,7 @@ def test_killed_run_resumes_to_the_same_weights(smollm_lm, data, tmp_path):
 
 
 def test_checkpoint_state_is_atomic_and_fingerprinted(tmp_path):
-    from ragicl._checkpoint import checkpoint_path, load_state, save_state
+    from ragicl.training.checkpoint import checkpoint_path, load_state, save_state
 
     save_state(tmp_path, {"step": 3, "fingerprint": "abc"})
     assert load_state(tmp_path, "abc")["step"] == 3
@@ -485,7 +486,7 @@ def test_checkpoint_state_is_atomic_and_fingerprinted(tmp_path):
 
 
 def test_split_dev_is_seeded_stratified_and_capped():
-    from ragicl._checkpoint import split_dev
+    from ragicl.training.checkpoint import split_dev
 
     strata = [0] * 60 + [1] * 30 + [2] * 10
     train, dev = split_dev(100, 0.2, 1000, 0, strata)
@@ -508,7 +509,7 @@ def test_fast_run_is_labelled_not_converged(smollm_lm, data, tmp_path):
 
 def test_train_reference_trains_to_convergence_by_default(smollm_lm, sst2_train_path, tmp_path):
     from ragicl.data import read_dataset
-    from ragicl.reference import train_reference
+    from ragicl.training.reference import train_reference
 
     train = read_dataset(sst2_train_path, name="sst2").sample(10, seed=0)
     res = train_reference(train, lm=smollm_lm, out=tmp_path / "ref", mode="value", max_prompt_tokens=96,

@@ -11,9 +11,8 @@ import pytest
 
 from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, read_dataset
 from ragicl._exceptions import NotFittedError
-from ragicl.baselines import KNNVoteClassifier
-from ragicl.embed import HashEmbedder
-from ragicl.fusion import (
+from ragicl.estimators.baselines import KNNVoteClassifier
+from ragicl.estimators.fusion import (
     FusionClassifier,
     FusionParts,
     calibrate,
@@ -23,7 +22,8 @@ from ragicl.fusion import (
     label_aware_order,
     neighbours,
 )
-from ragicl.tune import FusionTuner, Trial, _rank_key
+from ragicl.estimators.tune import FusionTuner, Trial, _rank_key
+from ragicl.index.embed import HashEmbedder
 
 # ----------------------------------------------------------------------------- pure arithmetic
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ragicl import DataError, ExampleIndex, read_dataset
-from ragicl.generation import (
+from ragicl.estimators.generation import (
     GenerationReport,
     ICLGenerator,
     check_same_vocabulary,
@@ -20,8 +20,8 @@ from ragicl.generation import (
     sequence_logprobs,
     teacher_forced_tv,
 )
-from ragicl.lm import TransformersLM
-from ragicl.stats import sequence_tv_mc
+from ragicl.evaluation.stats import sequence_tv_mc
+from ragicl.lm.hf import TransformersLM
 from ragicl.types import Dataset
 from tests.conftest import dataset_path
 

@@ -44,7 +44,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- torch exact search
 @pytest.mark.parametrize("dtype", ["auto", "float32", "float16"])
 def test_torch_search_cuda_matches_faiss(data, dtype):
-    from ragicl.torch_search import TorchExactSearch
+    from ragicl.index.torch_search import TorchExactSearch
 
     db, q = data
     ref_s, ref_p = _faiss_cpu(db, q, 10)
@@ -56,7 +56,7 @@ def test_torch_search_cuda_matches_faiss(data, dtype):
 
 
 def test_torch_search_cuda_host_copy_and_torch_queries(data):
-    from ragicl.torch_search import TorchExactSearch
+    from ragicl.index.torch_search import TorchExactSearch
 
     db, q = data
     ref_s, ref_p = _faiss_cpu(db, q, 20)
@@ -68,7 +68,7 @@ def test_torch_search_cuda_host_copy_and_torch_queries(data):
 
 
 def test_torch_search_cuda_k_over_n_pads(data):
-    from ragicl.torch_search import FLT_MAX, TorchExactSearch
+    from ragicl.index.torch_search import FLT_MAX, TorchExactSearch
 
     db, q = data
     s, p = TorchExactSearch(db[:5], device="cuda").search(q[:2], 8)
@@ -77,7 +77,7 @@ def test_torch_search_cuda_k_over_n_pads(data):
 
 @pytest.mark.skipif(FAISS_GPU, reason="faiss-gpu present: ExampleIndex uses faiss, not the torch fallback")
 def test_maybe_torch_search_used_without_faiss_gpu(data):
-    from ragicl.torch_search import TorchExactSearch, maybe_torch_search
+    from ragicl.index.torch_search import TorchExactSearch, maybe_torch_search
 
     db, q = data
     search = maybe_torch_search(db, factory="Flat", device="auto")
@@ -99,7 +99,7 @@ def _dataset(n: int = 3000):
 @needs_faiss_gpu
 @pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "IVF32,PQ8"])
 def test_example_index_on_faiss_gpu_matches_cpu(factory, tmp_path):
-    from ragicl.index import ExampleIndex
+    from ragicl.index.core import ExampleIndex
 
     ds = _dataset()
     cpu = ExampleIndex.build(ds, embedder="hash-64", factory=factory, device="cpu")
@@ -128,7 +128,7 @@ def test_example_index_on_faiss_gpu_matches_cpu(factory, tmp_path):
 
 @needs_faiss_gpu
 def test_example_index_gpu_float16_storage_is_close():
-    from ragicl.index import ExampleIndex
+    from ragicl.index.core import ExampleIndex
 
     ds = _dataset()
     exact = ExampleIndex.build(ds, embedder="hash-64", device="cpu")
@@ -142,7 +142,7 @@ def test_example_index_gpu_float16_storage_is_close():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs at least two GPUs")
 def test_example_index_over_several_gpus():
     """index_cpu_to_all_gpus (replicas or shards, as index.py configures it) returns the CPU results."""
-    from ragicl.index import ExampleIndex
+    from ragicl.index.core import ExampleIndex
 
     ds = _dataset()
     cpu = ExampleIndex.build(ds, embedder="hash-64", device="cpu")
@@ -156,7 +156,7 @@ def test_example_index_over_several_gpus():
 # --------------------------------------------------------------------------- embedder and LM on GPU
 @pytest.mark.slow
 def test_embedder_float16_on_cuda_close_to_cpu():
-    from ragicl.embed import SentenceTransformerEmbedder
+    from ragicl.index.embed import SentenceTransformerEmbedder
 
     texts = ["a gripping, beautifully shot film", "dull and far too long", "short", "x " * 200]
     cpu = SentenceTransformerEmbedder(device="cpu").encode(texts)
@@ -168,7 +168,7 @@ def test_embedder_float16_on_cuda_close_to_cpu():
 
 @pytest.mark.slow
 def test_lm_bfloat16_on_cuda_agrees_with_cpu():
-    from ragicl.lm import TransformersLM
+    from ragicl.lm.hf import TransformersLM
 
     cpu = TransformersLM(device="cpu", batch_size=4)
     gpu = TransformersLM(device="cuda", batch_size=4)
@@ -185,8 +185,12 @@ def test_lm_bfloat16_on_cuda_agrees_with_cpu():
     np.testing.assert_allclose(a, b, atol=0.5)  # bf16 forward vs fp32
 
 
-def test_hardware_peak_and_mfu():
-    from ragicl.hardware import forward_flops, gpu_peak_flops, mfu
+def test_hardware_peak_and_mfu(monkeypatch):
+    """The benchmarks' FLOP accounting (scripts/_hardware.py: benchmark support, outside the package)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from _hardware import forward_flops, gpu_peak_flops, mfu
 
     peak, name = gpu_peak_flops("bfloat16")
     assert name

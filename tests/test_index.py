@@ -17,8 +17,8 @@ from ragicl._exceptions import (
     NotFittedError,
 )
 from ragicl.data import from_records, read_dataset
-from ragicl.embed import HashEmbedder
-from ragicl.index import ExampleIndex, build_and_save
+from ragicl.index.core import ExampleIndex, build_and_save
+from ragicl.index.embed import HashEmbedder
 from ragicl.types import Example
 
 
@@ -288,9 +288,9 @@ def test_build_and_save_from_file(tmp_path):
 
 
 def test_torch_backend_seam(small, tmp_path, monkeypatch):
-    """Without faiss-gpu, a CUDA request routes exact search through ragicl.torch_search; run it on CPU."""
-    torch_search = pytest.importorskip("ragicl.torch_search")
-    import ragicl._index_device as device_module
+    """Without faiss-gpu, a CUDA request routes exact search through ragicl.index.torch_search; run it on CPU."""
+    torch_search = pytest.importorskip("ragicl.index.torch_search")
+    import ragicl.index.device as device_module
 
     monkeypatch.setattr(device_module, "torch_searcher",
                         lambda vectors, *a: torch_search.TorchExactSearch(vectors, device="cpu"))
@@ -344,7 +344,7 @@ def test_from_vectors_of_the_embedders_output_is_the_built_index(index, small, r
     a, b = index.search(queries, 10), fv.search(queries, 10)
     np.testing.assert_array_equal(a.positions, b.positions)
     np.testing.assert_array_equal(a.scores, b.scores)
-    from ragicl.retrieve import Retriever
+    from ragicl.prompt.retrieve import Retriever
 
     for strategy in ("topk", "balanced", "mmr"):
         r = Retriever(k=6, strategy=strategy)
@@ -407,7 +407,7 @@ def test_from_vectors_rejects_bad_input(small):
 
 
 def test_from_vectors_does_not_load_a_model_to_check_its_dimension(small):
-    from ragicl.embed import SentenceTransformerEmbedder
+    from ragicl.index.embed import SentenceTransformerEmbedder
 
     lazy = SentenceTransformerEmbedder("no-such-model-is-ever-loaded")
     index = ExampleIndex.from_vectors(_own_vectors(small, 24), small, embedder=lazy, device="cpu")

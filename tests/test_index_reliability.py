@@ -22,10 +22,10 @@ import _index_worker as worker
 import numpy as np
 import pytest
 
-from ragicl import _index_io
 from ragicl._exceptions import DataError, IndexFormatError
 from ragicl.data import from_records
-from ragicl.index import ExampleIndex
+from ragicl.index import folder as _index_io
+from ragicl.index.core import ExampleIndex
 
 WORKER = Path(__file__).with_name("_index_worker.py")
 COMMITTED = {"manifest-replaced", "cleaned"}  # steps after the commit: the new version is current

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ragicl import lm as lm_module
-from ragicl.lm import LanguageModel, TransformersLM
+from ragicl.lm.hf import LanguageModel, TransformersLM
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +149,7 @@ def test_scoring_uses_the_supported_cache_argument(smollm_lm, prompts):
     import logging
     import warnings
 
-    from ragicl._prefix import cache_arg
+    from ragicl.lm.prefix import cache_arg
 
     conts = _ids(smollm_lm.tokenizer, [" not entailment", " positive", " a bit of both"])
     ref = np.array([[_naive(smollm_lm, p, c) for c in conts] for p in prompts[1:]])

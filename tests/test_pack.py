@@ -12,8 +12,8 @@ import pytest
 from conftest import dataset_path
 
 from ragicl._exceptions import BudgetError, DataError, NotFittedError
-from ragicl.pack import Packer
-from ragicl.template import PromptTemplate
+from ragicl.prompt.pack import Packer
+from ragicl.prompt.template import PromptTemplate
 from ragicl.types import Example
 
 
@@ -251,7 +251,7 @@ def test_forced_retokenize_is_exact(smollm_tokenizer, sst2, sst2_packer):
 def test_natural_fallback_when_blocks_merge(smollm_tokenizer, sst2, caplog):
     tok = smollm_tokenizer
     tpl = PromptTemplate("{text} {label}", separator="")  # "...positive" + "a stirring" merge: "positivea"
-    with caplog.at_level(logging.WARNING, logger="ragicl.pack"):
+    with caplog.at_level(logging.WARNING, logger="ragicl.prompt.pack"):
         packer = Packer(tok, tpl, max_prompt_tokens=300).fit(sst2[:200])
     assert not packer.fast_
     assert "re-tokenizing" in caplog.text
@@ -292,8 +292,8 @@ def test_fake_tokenizer_with_bos_and_model_max_length():
 
 def test_max_examples_caps_demonstrations_and_records_the_rest(sst2, smollm_tokenizer):
     """More candidates than the cap: the most relevant ones that fit go in, the rest are excluded."""
-    from ragicl.pack import Packer
-    from ragicl.template import PromptTemplate
+    from ragicl.prompt.pack import Packer
+    from ragicl.prompt.template import PromptTemplate
 
     examples = sst2[:30]
     packer = Packer(smollm_tokenizer, PromptTemplate(example="Review: {text}\nSentiment: {label}"),

@@ -10,9 +10,9 @@ import random
 import pytest
 from test_pack import _read, assert_exact, random_packs
 
-from ragicl._pack_fast import PieceEncoder, candidate_encoders, shared_ints
-from ragicl.pack import Packer, PreparedQuery, _select
-from ragicl.template import PromptTemplate
+from ragicl.prompt._pack_fast import PieceEncoder, candidate_encoders, shared_ints
+from ragicl.prompt.pack import Packer, PreparedQuery, _select
+from ragicl.prompt.template import PromptTemplate
 from ragicl.types import Example
 
 # texts the pool never shows: contractions (upper case too), digits, whitespace runs, tabs, CRLF, trailing
@@ -106,7 +106,7 @@ def test_unsupported_pre_tokenizer_uses_the_backend_and_stays_exact(smollm_token
 
 def test_a_wrong_encoder_fails_the_fit_check_and_the_next_one_is_used(smollm_tokenizer, sst2, monkeypatch,
                                                                        caplog):
-    import ragicl.pack as pack_module
+    import ragicl.prompt.pack as pack_module
 
     real = pack_module.candidate_encoders
 
@@ -200,7 +200,7 @@ def test_prepared_queries_on_the_re_tokenizing_path(smollm_tokenizer, sst2, capl
     for prompt in got:
         assert_exact(tok, prompt)
     merging = PromptTemplate("{text} {label}", separator="")  # blocks merge: the natural fallback
-    with caplog.at_level(logging.WARNING, logger="ragicl.pack"):
+    with caplog.at_level(logging.WARNING, logger="ragicl.prompt.pack"):
         fallback = Packer(tok, merging, max_prompt_tokens=200).fit(sst2[:100])
     assert not fallback.fast_ and fallback.encoder_ == "wrapper"
     prepared = fallback.prepare(sst2[:10])

@@ -1,4 +1,4 @@
-"""Shared-prefix scoring (``TransformersLM(share_prefix=...)``, ``ragicl._prefix``): the prefix is run once per
+"""Shared-prefix scoring (``TransformersLM(share_prefix=...)``, ``ragicl.lm.prefix``): the prefix is run once per
 call and the scores equal the plain left-padded path, on tiny random Llama / Gemma-3 models (fast) and on the
 real SmolLM2 (slow); sliding windows the sequence does not fit in turn the path off."""
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ragicl import _prefix
-from ragicl._prefix import (
+from ragicl.lm import prefix as _prefix
+from ragicl.lm.hf import TransformersLM
+from ragicl.lm.prefix import (
     CacheSupport,
     PrefixScorer,
     cache_support,
@@ -20,7 +21,6 @@ from ragicl._prefix import (
     saved_fraction,
     worth_sharing,
 )
-from ragicl.lm import TransformersLM
 
 _TOK = types.SimpleNamespace(pad_token_id=0, eos_token_id=0, model_max_length=512)  # ids-only tokenizer stub
 

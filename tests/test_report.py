@@ -7,9 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from ragicl.evaluate import DEFAULT_EPSILONS, gap
-from ragicl.report import curve_markdown, machine_info, markdown_table, report_markdown, write_report
-from ragicl.stats import Interval, clopper_pearson
+from ragicl.evaluation.compare import DEFAULT_EPSILONS, gap
+from ragicl.evaluation.report import (
+    curve_markdown,
+    machine_info,
+    markdown_table,
+    report_markdown,
+    write_report,
+)
+from ragicl.evaluation.stats import Interval, clopper_pearson
 
 
 def _iv(e: float) -> Interval:
@@ -37,7 +43,7 @@ def test_gap_exceedance_matches_hand_count():
 
 
 def test_curve_markdown_and_write_report(tmp_path):
-    from ragicl.curves import Curve
+    from ragicl.evaluation.curves import Curve
 
     c = Curve((1 / 4, 1.0), (_iv(0.3), _iv(0.2)), (_iv(0.7), _iv(0.8)),
               {"knob": "data_fraction", "xlabel": "fraction", "n_index": [25, 100]})
@@ -63,7 +69,7 @@ def test_machine_info_has_cores():
 @pytest.mark.slow
 def test_report_markdown_from_real_compare(smollm_lm, sst2_train_path):
     from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, compare, read_dataset
-    from ragicl.embed import HashEmbedder
+    from ragicl.index.embed import HashEmbedder
 
     data = read_dataset(sst2_train_path).subset(range(30))
     index = ExampleIndex.build(data.subset(range(24)), embedder=HashEmbedder(32), device="cpu")
@@ -83,7 +89,7 @@ def test_report_flags_a_real_fast_reference(smollm_lm, sst2_train_path, tmp_path
     """End to end: a fast (fixed-step) fine-tuned checkpoint used as the reference is flagged in the table,
     the Markdown and the JSON; the reference's meta is read from the folder the classifier loads."""
     from ragicl import ICLClassifier, PromptTemplate, compare, read_dataset
-    from ragicl.finetune import finetune
+    from ragicl.training.finetune import finetune
 
     data = read_dataset(sst2_train_path).subset(range(12))
     tpl = PromptTemplate.for_dataset("sst2")

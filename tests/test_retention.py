@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ragicl import ExampleIndex, PromptTemplate, read_dataset
-from ragicl.auxloss import anneal, train_with_fewshot_aux
-from ragicl.embed import HashEmbedder
-from ragicl.retention import RetentionReport, TaskRetention, icl_retention
-from ragicl.stats import Interval
+from ragicl.analysis.retention import RetentionReport, TaskRetention, icl_retention
+from ragicl.evaluation.stats import Interval
+from ragicl.index.embed import HashEmbedder
+from ragicl.training.auxloss import anneal, train_with_fewshot_aux
 
 
 def _iv(e: float) -> Interval:
@@ -73,8 +73,8 @@ def test_same_model_retains_everything(smollm_lm, tasks):
 
 @pytest.mark.slow
 def test_aux_loss_trains_and_lambda_zero_equals_plain_finetune(smollm_lm, tasks, tmp_path):
-    from ragicl.finetune import finetune
-    from ragicl.pack import Packer
+    from ragicl.prompt.pack import Packer
+    from ragicl.training.finetune import finetune
 
     index, _, tpl = tasks["sst2"]
     train = index.dataset.subset(range(8))

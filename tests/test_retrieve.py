@@ -10,8 +10,8 @@ from conftest import dataset_path
 
 from ragicl import retrieve
 from ragicl.data import from_records, read_dataset
-from ragicl.index import ExampleIndex
-from ragicl.retrieve import Retriever
+from ragicl.index.core import ExampleIndex
+from ragicl.prompt.retrieve import Retriever
 from ragicl.types import Example
 
 BASE = ["the cat sat on the mat", "a dog barked at the mailman", "stocks fell sharply on monday",

@@ -1,4 +1,4 @@
-"""Tests for ragicl.stats: TV distance, intervals (coverage by simulation), MC sequence TV, metrics."""
+"""Tests for ragicl.evaluation.stats: TV distance, intervals (coverage by simulation), MC sequence TV, metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ragicl.stats import (
+from ragicl.evaluation.stats import (
     Interval,
     accuracy,
     bootstrap_ci,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from ragicl._exceptions import DataError
-from ragicl.template import PromptTemplate
+from ragicl.prompt.template import PromptTemplate
 from ragicl.types import Dataset, Example
 
 

@@ -9,7 +9,7 @@ from _neighbours import assert_same_neighbours, float32_tol
 faiss = pytest.importorskip("faiss")
 torch = pytest.importorskip("torch")
 
-from ragicl.torch_search import FLT_MAX, TorchExactSearch, maybe_torch_search
+from ragicl.index.torch_search import FLT_MAX, TorchExactSearch, maybe_torch_search
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import DataError, EmbedderMismatchError, IndexFormatError, RagiclError, check_positive_int
-from ..embed import Embedder, get_embedder
+from ..index.embed import Embedder, get_embedder
 from ..models import DEFAULT_EMBEDDER
 from ..types import Example
 from . import _ivf, _plan, _ray
@@ -120,7 +120,7 @@ def build_distributed(source: str | os.PathLike | Sequence[str | os.PathLike], o
         out: the output folder (shared storage on a multi-node cluster). A folder holding an unfinished
             build of the same input resumes (``resume=False`` starts over); one holding anything else is
             refused.
-        embedder: name or :class:`~ragicl.embed.Embedder` (shipped to each actor, loaded there once).
+        embedder: name or :class:`~ragicl.index.embed.Embedder` (shipped to each actor, loaded there once).
         factory: ``"Flat"`` (exact: search fans out over the shards) or an IVF factory (``"IVF1024,Flat"``,
             ``"IVF1024,PQ16"``): trained once on a sample, shards added in Ray tasks, inverted lists merged
             into ``ivf.faiss`` (a re-run with another factory reuses the embedded shards).

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def load_index(path: str | os.PathLike, **kwargs: Any) -> Any:
     """A saved index folder of either layout: sharded (:func:`load_sharded`) or flat
     (``ExampleIndex.load``)."""
-    from ..index import ExampleIndex
+    from ..index.core import ExampleIndex
     from .sharded import is_sharded, load_sharded
 
     return load_sharded(path, **kwargs) if is_sharded(path) else ExampleIndex.load(path, **kwargs)
@@ -40,7 +40,7 @@ class _Predictor:
     """Ray Data actor: one index and one LM per actor, then label probabilities batch after batch."""
 
     def __init__(self, index_path: str, lm: Any, classifier_kwargs: dict, device: str) -> None:
-        from ..classifier import ICLClassifier
+        from ..estimators.classifier import ICLClassifier
 
         index = load_index(index_path, device=device)
         self.clf = ICLClassifier(lm, device=device, **classifier_kwargs).fit(index)
@@ -68,8 +68,8 @@ class BatchPrediction:
 
 def _queries(test: Dataset | Sequence[Example | Mapping | str] | str | os.PathLike,
              input_fields: Sequence[str]) -> list[Example]:
-    from ..classifier import as_examples
     from ..data import read_dataset
+    from ..estimators.classifier import as_examples
 
     if isinstance(test, (str, os.PathLike)):
         test = read_dataset(test, input_fields=list(input_fields))
@@ -142,7 +142,7 @@ def predict_distributed(index: str | os.PathLike, test: Any, *, lm: Any = DEFAUL
 
 
 def _flat_manifest(path: Path) -> dict:
-    from ..index import ExampleIndex
+    from ..index.core import ExampleIndex
 
     return ExampleIndex.load(path).manifest
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import EmbedderMismatchError, IndexFormatError
-from ..embed import Embedder, get_embedder
-from ..index import ExampleIndex
+from ..index.core import ExampleIndex
+from ..index.embed import Embedder, get_embedder
 from ..types import Dataset, SearchResult
 from ._shards import _faiss, check_shard, read_shard_files
 

@@ -2,7 +2,7 @@
 
 * :class:`RagiclExampleSelector` is a ``BaseExampleSelector`` for ``FewShotPromptTemplate`` and
   ``FewShotChatMessagePromptTemplate``. It retrieves the most relevant labeled examples from an
-  :class:`~ragicl.index.ExampleIndex` and returns as many as fit a budget counted in **tokens of a real
+  :class:`~ragicl.index.core.ExampleIndex` and returns as many as fit a budget counted in **tokens of a real
   tokenizer** (``LengthBasedExampleSelector`` counts words; ``SemanticSimilarityExampleSelector`` has no
   budget). After :meth:`RagiclExampleSelector.attach` the budget covers the whole rendered prompt: prefix,
   suffix, system/human messages and, for chat prompts, the tokenizer's chat template.
@@ -37,9 +37,9 @@ from langchain_core.prompts.message import BaseMessagePromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, field_validator
 
-from ..index import ExampleIndex
+from ..index.core import ExampleIndex
 from ..models import DEFAULT_LM
-from ..retrieve import STRATEGIES, Retriever
+from ..prompt.retrieve import STRATEGIES, Retriever
 from ..types import Example
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class RagiclExampleSelector(BaseExampleSelector):
     """Retrieved few-shot examples packed to a token budget of a real tokenizer, for LangChain prompts.
 
     Args:
-        index: an :class:`~ragicl.index.ExampleIndex` or the path of a saved one.
+        index: an :class:`~ragicl.index.core.ExampleIndex` or the path of a saved one.
         tokenizer: model name or path whose tokenizer counts the budget (default SmolLM2-135M-Instruct,
             resolved offline), a Hugging Face tokenizer, or a ragicl ``TransformersLM``.
         example_prompt: how one example is rendered (a LangChain ``PromptTemplate`` or chat template);
@@ -155,7 +155,7 @@ class RagiclExampleSelector(BaseExampleSelector):
             ``{"input": "text"}``, or one variable name for a single-field index. Default: ``"input"`` for
             a single-field index, else each field under its own name.
         output_key: template variable that receives the verbalized label (or the output, generation).
-        retriever: a ragicl :class:`~ragicl.retrieve.Retriever` choosing the candidates (default top-k).
+        retriever: a ragicl :class:`~ragicl.prompt.retrieve.Retriever` choosing the candidates (default top-k).
         fetch_k: candidates retrieved per query (default ``2 * k``): long ones that do not fit are skipped.
         verbalizer: label → answer text; default writes ``_`` as a space, like ``PromptTemplate``.
         add_generation_prompt: count the chat template's assistant cue (as a model receiving it would).
@@ -424,7 +424,7 @@ class RagiclRetriever(BaseRetriever):
 
     Documents carry the example text as ``page_content`` and ``{fields..., "id", "label", "score"}`` as
     metadata (see :func:`example_to_document`). Like every ragicl retrieval, exact duplicates of the query
-    are never returned. ``strategy`` is any :class:`~ragicl.retrieve.Retriever` strategy.
+    are never returned. ``strategy`` is any :class:`~ragicl.prompt.retrieve.Retriever` strategy.
 
     ``invoke(query, k=2)`` (or ``strategy=...``) overrides the field for that call; any other keyword
     raises ``TypeError``.
@@ -437,7 +437,7 @@ class RagiclRetriever(BaseRetriever):
     """
 
     index: Any
-    """An :class:`~ragicl.index.ExampleIndex` (or the path of a saved one, loaded at construction)."""
+    """An :class:`~ragicl.index.core.ExampleIndex` (or the path of a saved one, loaded at construction)."""
     k: int = Field(default=4, gt=0)
     """How many documents to return."""
     strategy: str = "topk"

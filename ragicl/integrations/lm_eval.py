@@ -15,7 +15,7 @@ Two ways to use it:
   registers a placeholder as soon as lm-eval's sampler registry is imported; the placeholder imports this
   module on first use. Importing this module registers the real class directly.
 * ``sampler: !function utils.sampler`` with ``sampler = make_sampler(index=...)`` in the task folder's
-  ``utils.py``: the pool is a ragicl :class:`~ragicl.index.ExampleIndex` (an object, a saved folder, a data
+  ``utils.py``: the pool is a ragicl :class:`~ragicl.index.core.ExampleIndex` (an object, a saved folder, a data
   file, or a function building one), e.g. the whole training set.
 
 **Set the few-shot split to the test split** (``fewshot_split: <test_split>``). lm-eval passes the
@@ -40,10 +40,10 @@ require("lm_eval", "lmeval", "lm-eval")
 
 from lm_eval.api.samplers import SAMPLER_REGISTRY, ContextSampler
 
-from ..embed import Embedder
-from ..index import ExampleIndex
+from ..index.core import ExampleIndex
+from ..index.embed import Embedder
 from ..models import DEFAULT_EMBEDDER
-from ..retrieve import STRATEGIES, Retriever
+from ..prompt.retrieve import STRATEGIES, Retriever
 from ..types import Dataset, Example
 
 logger = logging.getLogger(__name__)
@@ -225,14 +225,14 @@ def make_sampler(index: IndexSource = None, *, embedder: str | Embedder = DEFAUL
     """A :class:`RagiclSampler` subclass with these settings, for ``fewshot_config: sampler:``.
 
     Args:
-        index: the pool: an :class:`~ragicl.index.ExampleIndex`, a saved index folder, a data file (indexed
+        index: the pool: an :class:`~ragicl.index.core.ExampleIndex`, a saved index folder, a data file (indexed
             with ``embedder`` on first use), a function returning an index (called once, lazily), or
             ``None`` for lm-eval's own few-shot docs.
         query: the document fields embedded as the query (default: the index's input fields), or a
             function ``doc -> text``.
         label_field / output_field: where an example's label (or output) goes in the returned documents;
             they must be what the task's ``doc_to_target`` reads.
-        strategy: a :class:`~ragicl.retrieve.Retriever` strategy: ``topk``, ``balanced``, ``mmr``,
+        strategy: a :class:`~ragicl.prompt.retrieve.Retriever` strategy: ``topk``, ``balanced``, ``mmr``,
             ``random``.
         example_to_doc: custom ``Example -> lm-eval doc`` conversion (default: input fields + label field).
         name: also register the class under this name, for ``sampler: <name>`` in YAML.

@@ -1,0 +1,352 @@
+"""LM × kNN: retrieval ICL fused with a similarity-weighted vote over many more neighbours.
+
+A prompt holds a handful of demonstrations; the index holds the whole fine-tuning set. :class:`FusionClassifier`
+uses both. For each query it retrieves ``knn_k`` neighbours (far more than fit in a prompt) and
+
+1. forms the **kNN distribution** ``p_knn(y) ∝ α + Σ_i w_i [y_i = y]`` with ``w_i = softmax(s_i / τ)`` over
+   the neighbours' cosine scores (``knn_temperature=None``: a plain majority vote);
+2. keeps the **candidate labels**: the ``candidates`` labels with the most kNN mass (all labels when ``None``
+   or when the task has no more than that). Only these are scored by the LM, so a 77-label task costs a
+   handful of label continuations per query, and the LM chooses among plausible labels;
+3. builds the ICL prompt from the nearest neighbours, **label-aware**: the nearest example of each candidate
+   label goes in first, so every label the LM may answer is demonstrated at least once (``label_aware``);
+4. scores the candidates with the LM, optionally **calibrated** against a label prior: ``"batch"`` divides by
+   the mean LM distribution over the predicted batch (batch calibration, Zhou et al. 2024), ``"prior"`` by
+   one estimated on dev data (:func:`ragicl.estimators.tune` estimates it), ``"none"`` leaves it;
+5. mixes: ``p = (1 − w) · p_LM + w · p_kNN`` (``knn_weight = w``; 0 is plain retrieval ICL over the candidates,
+   1 is the kNN vote alone).
+
+The weight, the neighbour count, the temperature, the candidate count and the calibration are chosen on dev
+data held out from the training set by :func:`ragicl.estimators.tune` (``ragicl tune`` on the command line).
+
+All the arithmetic after the LM is in :func:`combine`, a pure function of :class:`FusionParts`, so tuning
+scores the LM once per prompt configuration and tries every mixing setting for free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._exceptions import NotFittedError, check_positive_int
+from ..index.core import ExampleIndex
+from ..lm.hf import LanguageModel
+from ..models import DEFAULT_LM
+from ..prompt.retrieve import Retriever
+from ..prompt.template import PromptTemplate
+from ..types import Example
+from .classifier import ICLClassifier, Query, as_examples
+
+logger = logging.getLogger(__name__)
+
+CALIBRATIONS = ("none", "batch", "prior")
+CANDIDATE_POOL = 32  # neighbours whose similarity-weighted vote ranks the candidate labels
+CANDIDATE_TEMPERATURE = 0.05  # softmax temperature of that ranking over cosine scores
+
+
+@dataclass(frozen=True)
+class FusionParts:
+    """What the LM and the index said about a batch of queries, before mixing.
+
+    ``lm_logp`` is ``(n, L)`` label log-probabilities from the LM, ``-inf`` outside each query's candidates;
+    ``neighbor_labels`` / ``neighbor_scores`` are ``(n, K)`` label indices (``-1`` = none) and cosine scores of
+    the ``K`` nearest neighbours, nearest first; ``candidates`` the ``(n, L)`` mask of labels the LM scored.
+    """
+
+    lm_logp: np.ndarray
+    neighbor_labels: np.ndarray
+    neighbor_scores: np.ndarray
+    n_labels: int
+    candidates: np.ndarray
+
+
+def knn_distribution(neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_labels: int, *,
+                     k: int, temperature: float | None, smoothing: float = 0.5) -> np.ndarray:
+    """``(n, L)`` similarity-weighted label distribution over the first ``k`` neighbours of each row.
+
+    >>> import numpy as np
+    >>> knn_distribution(np.array([[0, 1, 1]]), np.array([[0.9, 0.5, 0.4]]), 2, k=3, temperature=None,
+    ...                  smoothing=0.0).round(3).tolist()
+    [[0.333, 0.667]]
+    """
+    labels = neighbor_labels[:, :k]
+    scores = neighbor_scores[:, :k].astype(np.float64)
+    valid = labels >= 0
+    if temperature is None:
+        w = valid.astype(np.float64)
+    else:
+        z = np.where(valid, scores / temperature, -np.inf)
+        z = z - np.max(np.where(valid, z, -np.inf), axis=1, keepdims=True, initial=-1e300)
+        w = np.where(valid, np.exp(z), 0.0)
+        w /= np.maximum(w.sum(1, keepdims=True), 1e-300)
+        w *= valid.sum(1, keepdims=True)  # weights sum to the neighbour count, as the plain vote's do
+    out = np.full((len(labels), n_labels), float(smoothing), dtype=np.float64)  # add-α, as KNNVoteClassifier
+    rows = np.repeat(np.arange(len(labels)), labels.shape[1])
+    np.add.at(out, (rows[valid.ravel()], labels.ravel()[valid.ravel()]), w.ravel()[valid.ravel()])
+    total = out.sum(1, keepdims=True)
+    return np.divide(out, total, out=np.full_like(out, 1.0 / max(n_labels, 1)), where=total > 0)
+
+
+def candidate_labels(knn_p: np.ndarray, candidates: int | None) -> np.ndarray:
+    """``(n, L)`` boolean mask of the ``candidates`` most probable labels per row (all when None or ≥ L).
+
+    Ties are broken by label order, so the mask is a function of the scores alone.
+    """
+    n, n_labels = knn_p.shape
+    if candidates is None or candidates >= n_labels:
+        return np.ones((n, n_labels), dtype=bool)
+    order = np.lexsort((np.broadcast_to(np.arange(n_labels), knn_p.shape), -knn_p), axis=-1)
+    mask = np.zeros((n, n_labels), dtype=bool)
+    np.put_along_axis(mask, order[:, :candidates], True, axis=1)
+    return mask
+
+
+def _softmax_masked(logp: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(logp)
+    m = np.max(np.where(finite, logp, -np.inf), axis=1, keepdims=True)
+    e = np.where(finite, np.exp(logp - np.where(np.isfinite(m), m, 0.0)), 0.0)
+    return e / np.maximum(e.sum(1, keepdims=True), 1e-300)
+
+
+def calibrate(p_lm: np.ndarray, mode: str, prior: np.ndarray | None = None) -> np.ndarray:
+    """Divide an LM label distribution by a label prior and renormalize (zeros stay zero).
+
+    ``"batch"``: the prior is the mean of ``p_lm`` over the rows (the batch itself); ``"prior"``: the given
+    ``prior`` (e.g. the mean over dev queries); ``"none"``: unchanged.
+    """
+    if mode == "none":
+        return p_lm
+    if mode == "batch":
+        prior = p_lm.mean(0)
+    elif mode == "prior":
+        if prior is None:
+            raise ValueError("calibration='prior' needs a prior estimated on dev data: run ragicl.estimators.tune(...), "
+                             "or use calibration='batch' or 'none'.")
+    else:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {mode!r}.")
+    q = p_lm / np.clip(np.asarray(prior, dtype=np.float64), 1e-12, None)[None, :]
+    total = q.sum(1, keepdims=True)
+    return np.divide(q, total, out=np.array(p_lm, dtype=np.float64), where=total > 0)
+
+
+def combine(parts: FusionParts, *, knn_k: int, knn_temperature: float | None, knn_weight: float,
+            calibration: str = "none", prior: np.ndarray | None = None, smoothing: float = 0.5) -> np.ndarray:
+    """The fused ``(n, L)`` distribution: ``(1 − w)·calibrated p_LM + w·p_kNN``."""
+    p_knn = knn_distribution(parts.neighbor_labels, parts.neighbor_scores, parts.n_labels, k=knn_k,
+                             temperature=knn_temperature, smoothing=smoothing)
+    if knn_weight >= 1.0:
+        return p_knn
+    p_lm = calibrate(_softmax_masked(parts.lm_logp), calibration, prior)
+    return (1.0 - knn_weight) * p_lm + knn_weight * p_knn
+
+
+def _check_weight(w: float) -> float:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+        raise ValueError(f"knn_weight must be a number in [0, 1] (0 = LM only, 1 = kNN vote only), got {w!r}.")
+    return float(w)
+
+
+class FusionClassifier:
+    """Retrieval ICL × kNN vote, with candidate labels, label-aware prompts and calibration.
+
+    Parameters
+    ----------
+    lm, template, k, max_prompt_tokens, selection, batch_size, device, seed, show_progress :
+        as :class:`ICLClassifier` (the LM side). ``k`` may be larger than fits: the packer stops at the budget.
+    knn_k : neighbours in the vote (default 64), independent of how many fit in the prompt.
+    knn_temperature : softmax temperature over cosine scores (None = plain majority vote).
+    knn_weight : mixing weight ``w`` of the vote, in [0, 1].
+    candidates : score only this many labels per query, those with the most kNN mass (None = all).
+    label_aware : put the nearest example of every candidate label in the prompt first.
+    calibration : ``"none"``, ``"batch"`` or ``"prior"`` (needs ``prior``, set by :func:`ragicl.estimators.tune`).
+    prior : label prior for ``calibration="prior"`` (a sequence over the index's labels).
+
+    Example
+    -------
+    >>> from ragicl import ExampleIndex, FusionClassifier, read_dataset
+    >>> index = ExampleIndex.build(read_dataset("../shared/datasets/trec/train.jsonl"))  # doctest: +SKIP
+    >>> clf = FusionClassifier(k=8, knn_k=64, knn_weight=0.5, candidates=4).fit(index)      # doctest: +SKIP
+    >>> clf.predict(["Who wrote Hamlet ?"])                                                 # doctest: +SKIP
+    """
+
+    def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
+                 k: int = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
+                 knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
+                 label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
+                 smoothing: float = 0.5, batch_size: int = 8, device: str = "auto", seed: int = 0,
+                 show_progress: bool | None = None) -> None:
+        self.lm = lm
+        self.template = template
+        self.k = k
+        self.max_prompt_tokens = max_prompt_tokens
+        self.selection = selection
+        self.knn_k = knn_k
+        self.knn_temperature = knn_temperature
+        self.knn_weight = knn_weight
+        self.candidates = candidates
+        self.label_aware = label_aware
+        self.calibration = calibration
+        self.prior = prior
+        self.smoothing = smoothing
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.show_progress = show_progress
+
+    def _check_params(self) -> None:
+        check_positive_int("knn_k", self.knn_k)
+        _check_weight(self.knn_weight)
+        if self.candidates is not None:
+            check_positive_int("candidates", self.candidates)
+        if self.knn_temperature is not None and not float(self.knn_temperature) > 0:
+            raise ValueError(f"knn_temperature must be > 0 or None (plain vote), got {self.knn_temperature!r}.")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}.")
+
+    def fit(self, index: ExampleIndex, *, icl: ICLClassifier | None = None) -> FusionClassifier:
+        """Prepare the LM side and the vote over ``index`` (``icl``: reuse an already fitted LM side)."""
+        self._check_params()
+        if not isinstance(index, ExampleIndex):
+            raise TypeError(f"FusionClassifier.fit expects an ExampleIndex (the vote needs neighbours), got "
+                            f"{type(index).__name__}.")
+        self.icl_ = icl if icl is not None else ICLClassifier(
+            self.lm, self.template, k=max(self.k, 1), max_prompt_tokens=self.max_prompt_tokens,
+            selection=self.selection, batch_size=self.batch_size, device=self.device, seed=self.seed,
+            show_progress=self.show_progress).fit(index)
+        self.index_ = index
+        self.classes_ = tuple(self.icl_.classes_)
+        self.input_fields_ = tuple(self.icl_.input_fields_)
+        if self.prior is not None and len(self.prior) != len(self.classes_):
+            raise ValueError(f"prior has {len(self.prior)} entries but the index has {len(self.classes_)} labels "
+                             f"{list(self.classes_)}.")
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "icl_"):
+            raise NotFittedError("this FusionClassifier is not fitted yet: call fit(index) first.")
+
+    # ------------------------------------------------------------------ parts
+    def parts(self, queries: Sequence[Query] | Query, *, knn_k: int | None = None) -> FusionParts:
+        """Score ``queries`` with the LM (candidates only) and collect their neighbours, unmixed."""
+        self._check_fitted()
+        examples = as_examples(queries, self.input_fields_)
+        depth = max(knn_k or self.knn_k, 2 * self.k, CANDIDATE_POOL)
+        positions, labels, scores = neighbours(self.index_, examples, depth)
+        n_labels = len(self.classes_)
+        ranked = knn_distribution(labels, scores, n_labels, k=CANDIDATE_POOL, temperature=CANDIDATE_TEMPERATURE,
+                                  smoothing=0.0)
+        mask = candidate_labels(ranked, self.candidates)
+        lm_logp = self._lm_logp(examples, positions, mask)
+        return FusionParts(lm_logp, labels, scores, n_labels, mask)
+
+    def _prompt_positions(self, examples: list[Example], nearest: np.ndarray) -> list[list[int]]:
+        if self.k == 0:
+            return [[] for _ in examples]
+        if self.selection == "topk":  # the vote's own neighbours, nearest first: no second search
+            return [[int(p) for p in row if p >= 0] for row in nearest]
+        retrieved = self.icl_.retriever_.retrieve(self.index_, examples, n_candidates=2 * self.k)
+        return [list(r.positions) for r in retrieved]
+
+    def _lm_logp(self, examples: list[Example], nearest: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        icl = self.icl_
+        pools = self._prompt_positions(examples, nearest)
+        label_of = self.index_.label_ids
+        out = np.full(mask.shape, -np.inf, dtype=np.float64)
+        if self.label_aware and self.k > 0:
+            pools = [label_aware_order(pool, label_of, np.flatnonzero(m), self.k) for pool, m in zip(pools, mask)]
+        prompts = icl.packer_.pack_batch(examples, pools, max_examples=self.k)
+        ids = [p.token_ids for p in prompts]
+        if mask.all():  # every label for every query: one batched call
+            out[:] = np.asarray(icl.lm_.score_continuations(ids, icl.label_ids_, show_progress=self.show_progress))
+            return out
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, m in enumerate(mask):
+            groups.setdefault(tuple(np.flatnonzero(m).tolist()), []).append(row)
+        for cand, rows in groups.items():
+            got = icl.lm_.score_continuations([ids[r] for r in rows], [icl.label_ids_[c] for c in cand],
+                                              show_progress=False)
+            out[np.ix_(rows, list(cand))] = np.asarray(got, dtype=np.float64)
+        return out
+
+    # ------------------------------------------------------------------ predict
+    def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
+        """``(n, L)`` fused label distribution over ``classes_``."""
+        parts = self.parts(queries)
+        prior = None if self.prior is None else np.asarray(self.prior, dtype=np.float64)
+        return combine(parts, knn_k=self.knn_k, knn_temperature=self.knn_temperature,
+                       knn_weight=_check_weight(self.knn_weight), calibration=self.calibration, prior=prior,
+                       smoothing=self.smoothing)
+
+    def predict(self, queries: Sequence[Query] | Query) -> list[str]:
+        return [self.classes_[i] for i in self.predict_proba(queries).argmax(1)]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _PARAMS}
+
+    def set_params(self, **params: Any) -> FusionClassifier:
+        for name, value in params.items():
+            if name not in _PARAMS:
+                raise ValueError(f"invalid parameter {name!r} for FusionClassifier; valid: {sorted(_PARAMS)}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in ("k", "knn_k", "knn_weight", "knn_temperature",
+                                                                "candidates", "calibration"))
+        return f"FusionClassifier({shown})"
+
+
+_PARAMS = ("lm", "template", "k", "max_prompt_tokens", "selection", "knn_k", "knn_temperature", "knn_weight",
+           "candidates", "label_aware", "calibration", "prior", "smoothing", "batch_size", "device", "seed",
+           "show_progress")
+
+
+def neighbours(index: ExampleIndex, examples: Sequence[Example], k: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, k)`` positions, label ids (both ``-1`` pad) and cosine scores of each query's ``k`` nearest
+    indexed examples, nearest first.
+
+    The query itself (an indexed example with the same text) is excluded, as :class:`Retriever` does, so a
+    dev query drawn from the training set never votes for itself.
+    """
+    retrieved = Retriever(k=min(k, len(index)), strategy="topk").retrieve(index, list(examples))
+    label_of = index.label_ids
+    positions = np.full((len(examples), k), -1, dtype=np.int64)
+    labels = np.full((len(examples), k), -1, dtype=np.int64)
+    scores = np.full((len(examples), k), -np.inf, dtype=np.float64)
+    for row, r in enumerate(retrieved):
+        pos = np.asarray(r.positions, dtype=np.int64)
+        pos = pos[pos >= 0][:k]
+        positions[row, : len(pos)] = pos
+        labels[row, : len(pos)] = label_of[pos]
+        scores[row, : len(pos)] = np.asarray(r.scores, dtype=np.float64)[: len(pos)]
+    return positions, labels, scores
+
+
+def label_aware_order(pool: Sequence[int], label_of: np.ndarray, candidates: Sequence[int], k: int) -> list[int]:
+    """``pool`` (most relevant first) reordered so the nearest example of each candidate label comes first.
+
+    At most ``k`` label representatives lead (candidate order = their first appearance in the pool); the rest
+    of the pool follows in its own order. Labels absent from the pool are skipped.
+
+    >>> import numpy as np
+    >>> label_aware_order([5, 6, 7, 8], np.array([0, 0, 0, 0, 0, 0, 0, 1, 2]), [1, 2], k=4)
+    [7, 8, 5, 6]
+    """
+    wanted = {int(c) for c in candidates}
+    leads: list[int] = []
+    for pos in pool:
+        if pos < 0:
+            continue
+        lab = int(label_of[pos])
+        if lab in wanted:
+            leads.append(int(pos))
+            wanted.discard(lab)
+            if not wanted or len(leads) >= k:
+                break
+    lead_set = set(leads)
+    return leads + [int(p) for p in pool if p >= 0 and p not in lead_set]

