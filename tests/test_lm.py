@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ragicl import lm as lm_module
+from ragicl.lm import hf as lm_module
 from ragicl.lm.hf import LanguageModel, TransformersLM
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import dataset_path
 
-from ragicl import retrieve
+from ragicl.prompt import retrieve
 from ragicl.data import from_records, read_dataset
 from ragicl.index.core import ExampleIndex
 from ragicl.prompt.retrieve import Retriever
