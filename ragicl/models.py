@@ -27,9 +27,11 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ._atomic import make_dir, unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -119,22 +121,21 @@ def load_tokenizer(name: str) -> Any:
     return AutoTokenizer.from_pretrained(resolve_tokenizer(name))
 
 
-def _tokenizer_only(cache_name: str, folder: Path, gguf_file: str) -> Path:
-    """Extract the tokenizer of a GGUF file into a cached folder once (atomically, like the models)."""
-    target = cache_dir() / "tokenizers" / cache_name
-    if (target / "tokenizer_config.json").exists():
-        return target
-    from transformers import AutoTokenizer
+def _publish_once(target: Path, marker: str, write: Callable[[Path], None]) -> Path:
+    """Fill ``target`` once, atomically: ``write(tmp)`` into a sibling temp folder, then rename it into place.
 
-    logger.info("extracting the tokenizer of %s/%s into %s (once)", folder, gguf_file, target)
+    Another process that finished first wins (its copy is kept); readers never see a half-written folder.
+    """
+    if (target / marker).exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
+    tmp = make_dir(target.parent / unique_name(f".{target.name}-"))  # a plain mkdir's permissions
     try:
-        AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file).save_pretrained(tmp)
+        write(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first: keep its copy
-            if not (target / "tokenizer_config.json").exists():
+            if not (target / marker).exists():
                 raise
     finally:
         if tmp.exists():
@@ -142,18 +143,28 @@ def _tokenizer_only(cache_name: str, folder: Path, gguf_file: str) -> Path:
     return target
 
 
+def _tokenizer_only(cache_name: str, folder: Path, gguf_file: str) -> Path:
+    """Extract the tokenizer of a GGUF file into a cached folder once (atomically, like the models)."""
+    target = cache_dir() / "tokenizers" / cache_name
+
+    def write(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        logger.info("extracting the tokenizer of %s/%s into %s (once)", folder, gguf_file, target)
+        AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file).save_pretrained(tmp)
+
+    return _publish_once(target, "tokenizer_config.json", write)
+
+
 def _converted(cache_name: str, folder: Path, gguf_file: str) -> Path:
     """De-quantize a GGUF file into a normal transformers folder once; later calls return the cache."""
     target = cache_dir() / "models" / cache_name
-    if (target / "config.json").exists():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    logger.info("converting %s/%s into %s (once; takes ~20 s to ~2 min)", folder, gguf_file, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        logger.info("converting %s/%s into %s (once; takes ~20 s to ~2 min)", folder, gguf_file, target)
         tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), gguf_file=gguf_file, dtype=torch.float32,
@@ -161,12 +172,5 @@ def _converted(cache_name: str, folder: Path, gguf_file: str) -> Path:
         )
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return _publish_once(target, "config.json", write)
