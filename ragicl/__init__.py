@@ -18,6 +18,7 @@ from ._exceptions import (
     RagiclError,
 )
 from .data import read_dataset
+from .distributed import sharded as _sharded_layout  # noqa: F401  registers the layout: ExampleIndex.load opens it
 from .estimators.baselines import KNNVoteClassifier
 from .estimators.classifier import ICLClassifier
 from .estimators.fusion import FusionClassifier

@@ -82,12 +82,16 @@ def _template(args: argparse.Namespace, dataset):
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    from .distributed._cli import check_single_process_build, index_build
     from .index.core import build_and_save
     from .index.embed import get_embedder
 
-    out = args.out or str(Path("indexes") / _dataset_name(args.data))
+    out = args.out or str(Path("indexes") / _dataset_name(args.data[0]))
+    if args.ray:
+        return index_build(args, out)
+    check_single_process_build(args, out)  # one file, no Ray-only flags, not over a sharded index
     check_output_dir(out, "--out", marker="manifest.json")
-    dataset = _read(args.data, args)
+    dataset = _read(args.data[0], args)
     embedder = get_embedder(args.embedder, device=args.device, batch_size=args.batch_size)
     check_factory(args.factory, len(dataset), embedder.dimension)  # .dimension loads the model: fails early
     index = build_and_save(dataset, out, embedder=embedder, factory=args.factory, device=args.device,
@@ -151,6 +155,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.compare import compare
     from .index.core import ExampleIndex
 
+    if args.workers is not None and not args.ray:
+        raise UsageError(f"--workers {args.workers} applies to --ray; received it without. Fix: add "
+                         "--ray auto, or drop --workers.")
     if args.json:
         check_output_file(args.json, "--json")
     if args.finetuned:
@@ -167,7 +174,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test = test.sample(args.n, seed=args.seed)
     if args.k == 0:
         notes.append("--k 0: zero-shot only (no demonstrations)")
-    systems = build_systems(args, index, args.finetuned, template, notes)
+    if args.ray:
+        from .distributed._cli import eval_systems
+
+        systems = eval_systems(args, index, template, notes)
+    else:
+        systems = build_systems(args, index, args.finetuned, template, notes)
     report = compare(test, systems, reference="fine-tuned" if args.finetuned else None, notes=notes)
     print(report.table())
     if args.json:
@@ -255,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = index.add_parser("build", help="embed a dataset and save a FAISS index",
                          description="Embed every example of DATA and save a searchable index folder "
                                      "(index.faiss, embeddings, examples, manifest.json) for `ragicl eval`.")
-    b.add_argument("data", help="dataset file: .jsonl, .json, .csv or .parquet")
+    b.add_argument("data", nargs="+",
+                   help="dataset file: .jsonl, .json, .csv or .parquet; with --ray, several files, folders or "
+                        "globs (e.g. data/*.parquet), read in sorted-path order")
     b.add_argument("--out", default=None,
                    help="index folder to write (default indexes/<dataset name>); a new folder, an empty one "
                         "or an existing index")
@@ -263,10 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"sentence-transformers model: short name, hub id or folder (default "
                         f"{DEFAULT_EMBEDDER}); hash-64 is a fast fake for tests")
     b.add_argument("--factory", default="Flat",
-                   help="faiss index_factory string, e.g. Flat (exact, default), IVF256,Flat, HNSW32")
+                   help="faiss index_factory string, e.g. Flat (exact, default), IVF256,Flat, HNSW32; with --ray: "
+                        "Flat or an IVF factory")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the embedder (and faiss) run; default auto")
     b.add_argument("--batch-size", type=positive_int, default=64, help="texts per embedding batch (default 64)")
+    b.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="build a sharded index on Ray: auto (the running cluster, else a local one), local, "
+                        "host:port or ray://host:port; an interrupted build resumes; actors use the cluster's GPUs "
+                        "(--device is not used) (pip install 'ragicl[ray]')")
+    b.add_argument("--workers", type=positive_int, default=None,
+                   help="with --ray: embedding actors (default one per GPU, else half the CPUs)")
+    b.add_argument("--shard-size", type=positive_int, default=None,
+                   help="with --ray: rows per shard, the unit of work, resume and search (default 50000)")
     _add_data_args(b)
     b.set_defaults(func=cmd_index_build)
 
@@ -325,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--template", default=None,
                    help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
     e.add_argument("--instruction", default=None, help="text placed before the demonstrations")
+    e.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="score the test set on Ray actors (each loads the index and LM once): auto, local, "
+                        "host:port or ray://host:port; the index folder must be on storage every node sees")
+    e.add_argument("--workers", type=positive_int, default=None,
+                   help="with --ray: scoring actors (default one per GPU, else half the CPUs)")
     _eval_args(e)
     _add_data_args(e)
     e.set_defaults(func=cmd_eval)

@@ -456,3 +456,99 @@ def test_distributed_classifier_is_a_compare_system(built, monkeypatch):
     clf = DistributedClassifier(built.path, lm="some-lm", k=3, address="auto").fit()
     assert clf.classes_ == ("neg", "neu", "pos") and clf.predict(["red cat"]) == ["pos"]
     assert calls == [(built.path, ["red cat"], {"lm": "some-lm", "k": 3, "address": "auto"})]
+
+
+# ------------------------------------------------------------------ wiring: ExampleIndex.load and the CLI
+def test_example_index_load_opens_a_sharded_folder(built):
+    """The sharded layout is registered with the index folder module: ExampleIndex.load dispatches to it."""
+    from ragicl.distributed import ShardedIndex
+
+    index = ExampleIndex.load(built.path)
+    assert isinstance(index, ShardedIndex) and index.n_shards == 7 and index.examples == built.examples
+    queries = [r["text"] for r in make_rows(20, seed=3)]
+    got, want = index.search(queries, k=12), built.search(queries, k=12)
+    np.testing.assert_array_equal(got.positions, want.positions)  # the same shards and merge: identical
+    with pytest.raises(EmbedderMismatchError, match="hash-32"):
+        ExampleIndex.load(built.path, embedder="hash-16")
+
+
+def test_cli_index_build_with_ray_reads_several_files_and_globs(built, inputs, tmp_path, capsys):
+    from ragicl.cli import main
+
+    out = tmp_path / "cli"
+    glob = str(inputs[0].parent / "part-*.*")  # a quoted glob, as `data/*.parquet` unexpanded
+    argv = ["index", "build", glob, "--out", str(out), "--ray", "local", "--workers", "2", "--shard-size", "45",
+            "--embedder", "hash-32"]
+    assert main(argv) == 0
+    assert "300 examples in 7 shards" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["shards"] == built.sharded_manifest["shards"]
+    assert ExampleIndex.load(out).examples == built.examples
+    files = [str(p) for p in inputs]  # the shell-expanded form, several arguments: the same plan, so it resumes
+    assert main(["index", "build", *files, "--out", str(out), "--ray", "local", "--shard-size", "45",
+                 "--embedder", "hash-32"]) == 0
+    build = json.loads((out / "manifest.json").read_text())["build"]
+    assert build["runs"] == 2 and len(build["shards_reused"]) == 7 and not build["shards_built"]
+
+
+def test_cli_ray_options_are_checked_before_any_work(built, inputs, tmp_path, capsys):
+    from ragicl.cli import main
+
+    def fails(argv, *expected):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "ragicl: error:" in err and "Traceback" not in err, err
+        for text in expected:
+            assert text in err, err
+
+    files = [str(p) for p in inputs]
+    fails(["index", "build", *files, "--out", str(tmp_path / "a"), "--embedder", "hash-32"],
+          "received 3 data files", "--ray auto")
+    fails(["index", "build", files[0], "--out", str(tmp_path / "a"), "--workers", "2", "--embedder", "hash-32"],
+          "--workers 2", "without --ray")
+    fails(["index", "build", files[2], "--out", str(tmp_path / "a"), "--shard-size", "9", "--embedder",
+           "hash-32"], "--shard-size 9")
+    assert not (tmp_path / "a").exists()
+    sharded = tmp_path / "sharded"
+    shutil.copytree(built.path, sharded)
+    before = (sharded / "manifest.json").read_bytes()
+    fails(["index", "build", files[0], "--out", str(sharded), "--embedder", "hash-32"], "holds a sharded index")
+    assert (sharded / "manifest.json").read_bytes() == before
+    flat = tmp_path / "flat"
+    ExampleIndex.build(read_dataset(make_rows(10)), embedder="hash-32").save(flat)
+    fails(["index", "build", *files, "--out", str(flat), "--ray", "local", "--embedder", "hash-32"],
+          "holds a single-process index")
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in make_rows(4, seed=5)))
+    fails(["eval", "--index", str(flat), "--test", str(test), "--workers", "2", "--lm", "none"], "--workers 2")
+
+
+def test_cli_eval_with_ray_fans_the_lm_systems_out(built, tmp_path, capsys, monkeypatch, smollm_path):
+    """``eval --ray``: every LM-scored row is a DistributedClassifier with the CLI's settings; kNN votes run
+    locally on the sharded index (the Ray scoring itself: test_distributed_predict_equals_local_predict)."""
+    from ragicl import PromptTemplate
+    from ragicl.cli import main
+    from ragicl.distributed import BatchPrediction, predict
+
+    calls = []
+
+    def fake(index, queries, **kw):
+        calls.append((str(index), len(queries), kw))
+        probs = np.tile([0.2, 0.3, 0.5], (len(queries), 1))
+        return BatchPrediction(("neg", "neu", "pos"), ("pos",) * len(queries), probs)
+
+    monkeypatch.setattr(predict, "predict_distributed", fake)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in make_rows(9, seed=5)))
+    report = tmp_path / "r.json"
+    code = main(["eval", "--index", str(built.path), "--test", str(test), "--ray", "local", "--workers", "3",
+                 "--k", "2", "--lm", smollm_path, "--batch-size", "4", "--max-prompt-tokens", "200", "--json",
+                 str(report)])
+    assert code == 0, capsys.readouterr().err
+    names = [s["name"] for s in json.loads(report.read_text())["systems"]]
+    assert names == ["zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32"]
+    assert [c[:2] for c in calls] == [(str(built.path), 9)] * 3
+    for (_, _, kw), (k, selection) in zip(calls, [(0, None), (2, "random"), (2, "topk")]):
+        assert kw["lm"] == smollm_path and kw["address"] == "local" and kw["workers"] == 3
+        assert kw["lm_batch_size"] == 4 and kw["max_prompt_tokens"] == 200 and kw["k"] == k
+        assert kw.get("selection") == selection and isinstance(kw["template"], PromptTemplate)
+    assert "'ragicl best' not run" in capsys.readouterr().out

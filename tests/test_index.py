@@ -429,3 +429,38 @@ def test_an_embedder_that_is_not_installed_is_named_with_the_fix(tmp_path):
     assert index.search(vectors[:1], k=1).positions.tolist() == [[0]]  # vectors need no embedder
     with pytest.raises(MissingDependencyError, match=f"built with the embedder '{name}'.*embedder="):
         index.search(["red"], k=1)
+
+
+# ---------------------------------------------------------------- the folder as a record
+def test_the_folder_module_writes_and_reads_a_plain_record(small, tmp_path):
+    """``index.folder`` saves an ``IndexFolder`` made of plain data (no ExampleIndex) that
+    ``ExampleIndex.load`` then opens, and reads the same record back."""
+    import faiss
+
+    from ragicl.index import folder
+
+    vectors = HashEmbedder(32).encode([ex.text() for ex in small.examples])
+    flat = faiss.IndexFlatIP(32)
+    flat.add(vectors)
+    fields = {"embedder": "hash-32", "dimension": 32, "metric": "inner_product", "factory": "Flat",
+              "dataset_fingerprint": small.fingerprint(), "count": len(small),
+              "input_fields": list(small.input_fields), "task": small.task, "labels": list(small.labels),
+              "output_field": None, "name": small.name, "search_params": {}}
+    keys = [ex.key() for ex in small.examples]
+    written = folder.save(folder.IndexFolder(fields, flat, vectors, small.examples, keys), tmp_path / "rec")
+    assert written["version"] and set(written["checksums"]) == set(folder.FILES)
+    back = folder.read(tmp_path / "rec")
+    assert back.manifest == written and list(back.examples) == list(small.examples) and back.keys == keys
+    np.testing.assert_array_equal(back.vectors, vectors)
+    loaded = ExampleIndex.load(tmp_path / "rec")
+    built = ExampleIndex.build(small, embedder="hash-32")
+    assert loaded.manifest["dataset_fingerprint"] == built.manifest["dataset_fingerprint"]
+    queries = [ex.text() for ex in small.examples[:20]]
+    np.testing.assert_array_equal(loaded.search(queries, k=5).positions, built.search(queries, k=5).positions)
+
+
+def test_a_folder_of_an_unknown_layout_is_a_clear_error(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "manifest.json").write_text(json.dumps({"layout": "columnar", "format_version": 1}))
+    with pytest.raises(IndexFormatError, match=r"layout 'columnar'.*\['sharded'.*import the package"):
+        ExampleIndex.load(tmp_path / "x")

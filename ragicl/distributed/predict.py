@@ -28,12 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 def load_index(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """A saved index folder of either layout: sharded (:func:`load_sharded`) or flat
-    (``ExampleIndex.load``)."""
+    """A saved index folder of either layout: ``ExampleIndex.load``, which opens a sharded folder with
+    :func:`load_sharded` (the layout is registered when :mod:`ragicl.distributed.sharded` is imported)."""
     from ..index.core import ExampleIndex
-    from .sharded import is_sharded, load_sharded
 
-    return load_sharded(path, **kwargs) if is_sharded(path) else ExampleIndex.load(path, **kwargs)
+    return ExampleIndex.load(path, **kwargs)
 
 
 class _Predictor:

@@ -9,7 +9,9 @@ Layout (written by :func:`ragicl.distributed.build_distributed`)::
     shards/shard-NNNNN.faiss     IndexFlatIP over the shard's vectors
     shards/shard-NNNNN.json      count, fingerprint, embedder, checksums: written last (completion mark)
 
-:func:`load_sharded` returns a :class:`ShardedIndex`: an :class:`~ragicl.ExampleIndex` (so retrieval,
+:func:`load_sharded` (also what ``ExampleIndex.load`` calls on such a folder: this module registers the
+layout with ``ragicl.index.folder.register_layout`` on import, which ``import ragicl`` does) returns a
+:class:`ShardedIndex`: an :class:`~ragicl.ExampleIndex` (so retrieval,
 classifiers and ``save`` work unchanged) whose :meth:`~ShardedIndex.search_vectors` asks every shard for
 its top-k and merges them with faiss's ``merge_knn_results``, which is exact: the union of the shards'
 top-k holds the global top-k.
@@ -29,6 +31,7 @@ import numpy as np
 from .._exceptions import EmbedderMismatchError, IndexFormatError
 from ..index.core import ExampleIndex
 from ..index.embed import Embedder, get_embedder
+from ..index.folder import register_layout
 from ..types import Dataset, SearchResult
 from ._shards import _faiss, check_shard, read_shard_files
 
@@ -205,6 +208,9 @@ def load_sharded(path: str | os.PathLike, embedder: str | Embedder | None = None
     index.path = path
     logger.info("loaded sharded index %s: %d examples in %d shards", path, len(index), len(shards))
     return index
+
+
+register_layout(LAYOUT, load_sharded)  # ExampleIndex.load(path) on a sharded folder comes here
 
 
 def _canonical(name: str) -> str:

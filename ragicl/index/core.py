@@ -1,9 +1,7 @@
 """``ExampleIndex``: every example of a dataset embedded into a FAISS index, searchable and persisted.
 
-Folder layout written by :meth:`ExampleIndex.save` (see docs/DESIGN.md, *Index*): ``manifest.json`` naming
-the current version folder ``v-<id>/``, which holds ``index.faiss`` (CPU form), ``examples.jsonl`` (one
-example per line, with its duplicate ``key``) and ``embeddings.npy`` (memory-mapped on load; used by MMR,
-exact re-ranking and rebuilding), each checksummed in the manifest.
+Persistence goes through a record: ``save`` hands ``index.folder`` an ``IndexFolder`` made from the index's
+state, ``load`` builds the index from the one ``folder.read`` returns (layout: docs/DESIGN.md, *Index*).
 """
 
 from __future__ import annotations
@@ -17,24 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from .._exceptions import DataError, NotFittedError, require
+from .._exceptions import DataError, NotFittedError
 from ..models import DEFAULT_EMBEDDER
-from ..types import Dataset, Example, SearchResult
+from ..types import Dataset, Example, Query, SearchResult
 from . import device as _index_device
-from . import folder as _index_io
+from . import folder as _folder
 from . import search as _index_search
 from .embed import Embedder, check_vectors, get_embedder
-from .folder import FILES, FORMAT_VERSION, build_and_save
+from .factory import ivf_nprobe, new_faiss_index
+from .folder import FILES, FORMAT_VERSION
+from .rows import Rows, schema_of
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FILES", "FORMAT_VERSION", "ExampleIndex", "Query", "build_and_save"]
 
-Query = str | Mapping[str, str] | Example
 
+def _as_dataset(dataset: Dataset | Any) -> Dataset:
+    from ..data import read_dataset
 
-def _faiss() -> Any:
-    return require("faiss", "cpu", "faiss-cpu")
+    return dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
 
 
 class ExampleIndex:
@@ -59,13 +59,12 @@ class ExampleIndex:
         self._embedder: Embedder | None = None
         self._faiss_index: Any = None
         self._backend = "cpu"  # "cpu" | "faiss-gpu" | "torch" (exact search on CUDA without faiss-gpu)
-        self._examples: list[Example] = []
-        self._keys: list[str] = []
+        self._rows = Rows()
         self._embeddings: np.ndarray | None = None
         self._schema: dict[str, Any] = {}
         self._search_params: dict[str, Any] = {}
         self._saved_manifest: dict[str, Any] | None = None
-        self._cache: dict[str, Any] = {}  # derived data, cleared by add()
+        self._fingerprint: str | None = None  # of the dataset, cleared by add()
 
     def __repr__(self) -> str:
         name = self._embedder.name if self._embedder else self._embedder_spec
@@ -85,12 +84,8 @@ class ExampleIndex:
                 Factories that need training are trained on the data (a ``train_size`` sample if larger).
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``; used for the embedder and the FAISS index.
         """
-        if not isinstance(dataset, Dataset):
-            from ..data import read_dataset
-
-            dataset = read_dataset(dataset)
         self = cls(embedder, factory, device, batch_size=batch_size, show_progress=show_progress, fp16=fp16)
-        self._build_from(dataset, train_size=train_size, seed=seed)
+        self._build_from(_as_dataset(dataset), train_size=train_size, seed=seed)
         return self
 
     @classmethod
@@ -101,28 +96,21 @@ class ExampleIndex:
                      seed: int = 0) -> ExampleIndex:
         """Index ``dataset`` with precomputed embeddings instead of embedding it (row ``i`` = example ``i``).
 
-        For data already embedded elsewhere (e.g. ``SentenceTransformer.encode`` on a GPU) and for
-        benchmarks on synthetic vectors. The result is an ordinary index: searched, saved and loaded like
-        one from :meth:`build`, and given the same vectors it *is* the index :meth:`build` makes.
+        For data embedded elsewhere (e.g. on a GPU) and benchmarks on synthetic vectors. The result is an
+        ordinary index; given the same vectors it *is* the index :meth:`build` makes.
 
         Args:
             vectors: a 2-D float array ``(len(dataset), dimension)`` (numpy, or anything ``np.asarray``
-                reads, e.g. a CPU tensor). It is copied as float32. The metric is cosine (inner product of
-                unit vectors), so rows are L2-normalized the way the embedders normalize (``x / ‖x‖``);
-                rows already of unit norm (within 1e-4) are kept bit for bit, so an embedder's own output
-                gives exactly the index :meth:`build` would. NaN/inf values and zero rows are rejected.
-            dataset: the examples, in the order of ``vectors``: a :class:`Dataset`, or anything
-                :func:`ragicl.read_dataset` accepts.
-            embedder: the model that produced ``vectors``; it embeds text queries (and :meth:`add`) later,
-                and its name is written to the manifest. If its dimension is known without loading a
-                model (a loaded or model-free embedder such as ``"hash-64"``), a different width raises
-                ``EmbedderMismatchError`` here; a sentence-transformers model is *not* loaded for the check
-                — its width is checked at the first text query, like a loaded index's. Searching with
-                query vectors (:meth:`search` on a matrix, :meth:`search_vectors`) never loads it.
+                reads), copied as float32; rows are L2-normalized (``x / ‖x‖``) unless already of unit norm
+                (within 1e-4: kept bit for bit, so an embedder's own output gives exactly :meth:`build`'s index).
+            dataset: the examples, in the order of ``vectors`` (a :class:`Dataset` or a ``read_dataset`` source).
+            embedder: the model that produced ``vectors``, used for text queries and :meth:`add` and named in
+                the manifest. A width known without loading a model (``"hash-64"``, a loaded embedder) is
+                checked here; a sentence-transformers model is checked at the first text query instead.
             factory, device, batch_size, show_progress, fp16, train_size, seed: as for :meth:`build`.
 
-        Raises ``DataError`` for a row count other than ``len(dataset)``, a non-2-D or non-float array,
-        or non-finite/zero rows; ``EmbedderMismatchError`` for a known embedder of another dimension.
+        ``DataError`` for a row count other than ``len(dataset)``, a non-2-D or non-float array, non-finite
+        or zero rows; ``EmbedderMismatchError`` for a known embedder of another dimension.
 
         >>> from ragicl.data import from_records
         >>> from ragicl.index.embed import HashEmbedder
@@ -132,10 +120,7 @@ class ExampleIndex:
         >>> index.search(["green"], k=1).positions.tolist()
         [[1]]
         """
-        if not isinstance(dataset, Dataset):
-            from ..data import read_dataset
-
-            dataset = read_dataset(dataset)
+        dataset = _as_dataset(dataset)
         self = cls(embedder, factory, device, batch_size=batch_size, show_progress=show_progress, fp16=fp16)
         x = check_vectors(vectors, len(dataset), self.embedder)
         self._build_from(dataset, vectors=x, train_size=train_size, seed=seed)
@@ -145,37 +130,12 @@ class ExampleIndex:
                     seed: int = 0) -> None:
         if len(dataset) == 0:
             raise DataError("cannot index an empty dataset: received 0 examples, expected at least one.")
-        faiss = _faiss()
-        self._schema = {"input_fields": list(dataset.input_fields), "task": dataset.task,
-                        "labels": list(dataset.labels), "output_field": dataset.output_field,
-                        "name": dataset.name}
-        examples = self._check_new(dataset.examples)
+        self._schema = schema_of(dataset)
+        examples = self._rows.check_new(dataset.examples, self._schema)
         start = time.perf_counter()
         vectors = self.embed(examples) if vectors is None else vectors
         d = vectors.shape[1]
-        try:
-            cpu = faiss.index_factory(d, self.factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as err:
-            raise ValueError(f"invalid faiss factory string {self.factory!r}: {str(err).strip()[:200]}. "
-                             "Expected e.g. 'Flat', 'IVF256,Flat', 'HNSW32', 'IVF256,PQ16'.") from err
-        ivf = faiss.try_extract_index_ivf(cpu)
-        ivf = faiss.downcast_index(ivf) if ivf is not None else None
-        if ivf is not None and hasattr(ivf, "do_polysemous_training"):
-            # The factory enables polysemous training for IVF-PQ; it costs minutes and nothing here uses
-            # polysemous codes (measured: >100 s to train on 20k vectors with it).
-            ivf.do_polysemous_training = False
-        if not cpu.is_trained:
-            sample = vectors
-            if len(vectors) > train_size:
-                rng = np.random.default_rng(seed)
-                sample = vectors[np.sort(rng.choice(len(vectors), train_size, replace=False))]
-            logger.info("training %s on %d vectors", self.factory, len(sample))
-            try:
-                cpu.train(sample)
-            except RuntimeError as err:
-                raise ValueError(f"could not train faiss factory {self.factory!r} on {len(sample)} vectors: "
-                                 f"{str(err).strip()[:200]}. Fix: use fewer IVF lists (about n/39, e.g. "
-                                 f"'IVF{max(1, len(sample) // 39)},Flat') or 'Flat'.") from err
+        cpu = new_faiss_index(self.factory, vectors, train_size=train_size, seed=seed)
         self._install(cpu)
         self._embeddings = np.zeros((0, d), dtype=np.float32)
         self._append(examples, vectors)
@@ -197,38 +157,14 @@ class ExampleIndex:
             examples = examples.examples
         elif isinstance(examples, Example):
             examples = [examples]
-        new = self._check_new(list(examples))
-        if not new:
-            return
-        self._append(new, self.embed(new))
-
-    def _check_new(self, examples: Sequence[Example]) -> list[Example]:
-        fields = self._schema["input_fields"]
-        labels = set(self._schema["labels"])
-        known = self._id_positions() if self._examples else {}
-        seen: set[str] = set()
-        for i, ex in enumerate(examples):
-            if not isinstance(ex, Example):
-                raise TypeError(f"examples[{i}] is a {type(ex).__name__}; expected ragicl.Example.")
-            missing = [f for f in fields if f not in ex.inputs]
-            if missing:
-                raise DataError(f"example {ex.id!r} lacks input field(s) {missing}; the index expects "
-                                f"{fields}. Fix: read the data with input_fields={fields}.")
-            if self._schema["task"] == "classification" and labels and ex.label not in labels:
-                raise DataError(f"example {ex.id!r} has label {ex.label!r}, outside the index's label set "
-                                f"{sorted(labels)}. Fix: rebuild the index with labels=[...] including it.")
-            if ex.id in seen or ex.id in known:
-                raise DataError(f"example id {ex.id!r} is already in the index; ids must be unique. Fix: read "
-                                "the data with id_field=..., or give the new examples distinct ids (e.g. a prefix).")
-            seen.add(ex.id)
-        return list(examples)
+        if new := self._rows.check_new(list(examples), self._schema):
+            self._append(new, self.embed(new))
 
     def _append(self, examples: list[Example], vectors: np.ndarray) -> None:
         self._faiss_index.add(vectors)
-        self._embeddings = vectors if not len(self._examples) else np.concatenate([self._embeddings, vectors])
-        self._examples.extend(examples)
-        self._keys.extend(ex.key() for ex in examples)
-        self._cache.clear()
+        self._embeddings = vectors if not len(self._rows) else np.concatenate([self._embeddings, vectors])
+        self._rows.extend(examples)
+        self._fingerprint = None
         self._saved_manifest = None
 
     # ------------------------------------------------------------------ search
@@ -238,26 +174,17 @@ class ExampleIndex:
         A float32 matrix passes through after checking its dimension (``EmbedderMismatchError`` if wrong).
         """
         if isinstance(queries, np.ndarray):
-            return _index_search.check_matrix(self, queries)
+            return _index_search.check_matrix(queries, self._dim(), lambda: self.embedder.name)
         if isinstance(queries, (str, Mapping, Example)):
             queries = [queries]
-        return _index_search.encode_texts(self, [self.query_text(q) for q in queries])
+        built_with = (self._saved_manifest or {}).get("embedder") or self.embedder.name
+        return _index_search.encode_texts(self.embedder, [self.query_text(q) for q in queries],
+                                          dimension=self._dim(), built_with=built_with,
+                                          batch_size=self.batch_size, show_progress=self.show_progress)
 
     def query_text(self, query: Query) -> str:
         """The text embedded for a query: the index's input fields joined by newlines."""
-        fields = self._schema.get("input_fields") or []
-        if isinstance(query, str):
-            return query
-        inputs = query.inputs if isinstance(query, Example) else query
-        if not isinstance(inputs, Mapping):
-            raise TypeError(f"a query must be a str, a mapping of input fields or an Example; got "
-                            f"{type(query).__name__}.")
-        if fields and all(f in inputs for f in fields):
-            return "\n".join(str(inputs[f]) for f in fields)
-        if isinstance(query, Example):
-            return query.text()
-        raise DataError(f"query mapping has fields {sorted(inputs)}; the index expects {fields}. "
-                        "Fix: pass a dict with those keys, or the text as a string.")
+        return _index_search.query_text(query, self._schema.get("input_fields") or [])
 
     def search(self, queries: Sequence[Query] | Query | np.ndarray, k: int, *,
                nprobe: int | None = None) -> SearchResult:
@@ -275,32 +202,29 @@ class ExampleIndex:
 
     def search_vectors(self, x: np.ndarray, k: int, *, nprobe: int | None = None) -> SearchResult:
         """:meth:`search` for an already checked float32 matrix (no embedding, no validation)."""
-        positions, scores = _index_search.search_vectors(self, x, k, nprobe=nprobe)
+        positions, scores = _index_search.search_index(
+            self._faiss_index, x, min(k, len(self)), nprobe=nprobe, stored_nprobe=self._search_params.get("nprobe"),
+            factory=self.factory, set_nprobe=lambda v: self.set_search_params(nprobe=v),
+            host_vectors=self._embeddings if self._backend == "faiss-gpu" else None)
         return SearchResult(positions, scores)
 
     def set_search_params(self, **params: Any) -> None:
         """Set FAISS search parameters, e.g. ``nprobe=16`` (IVF) or ``efSearch=64`` (HNSW); saved too."""
         self._require_built()
-        faiss = _faiss()
-        space = faiss.GpuParameterSpace() if self._backend == "faiss-gpu" else faiss.ParameterSpace()
         for name, value in params.items():
-            try:
-                if self._backend == "torch":  # exact Flat search: nothing to tune
-                    raise RuntimeError("exact search on the torch backend has no search parameters")
-                space.set_index_parameter(self._faiss_index, name, value)
-            except RuntimeError as err:
-                raise ValueError(f"cannot set {name}={value!r} on a {self.factory!r} index: "
-                                 f"{str(err).strip()[:160]}.") from err
+            _index_search.set_params(self._faiss_index, {name: value}, backend=self._backend, factory=self.factory)
             self._search_params[name] = value
 
     # ------------------------------------------------------------------ accessors
     def __len__(self) -> int:
-        return len(self._examples)
+        return len(self._rows)
+
+    def _dim(self) -> int | None:
+        return None if self._embeddings is None else int(self._embeddings.shape[1])
 
     def _require_built(self) -> None:
         if self._faiss_index is None:
-            raise NotFittedError("this ExampleIndex is empty: use ExampleIndex.build(dataset) or "
-                                 "ExampleIndex.load(path).")
+            raise NotFittedError("this ExampleIndex is empty: use ExampleIndex.build(dataset) or .load(path).")
 
     @property
     def embedder(self) -> Embedder:
@@ -312,20 +236,16 @@ class ExampleIndex:
     @property
     def dimension(self) -> int:
         self._require_built()
-        return int(self._embeddings.shape[1])  # type: ignore[union-attr]
+        return self._dim()  # type: ignore[return-value]
 
     @property
     def examples(self) -> tuple[Example, ...]:
-        if "examples" not in self._cache:
-            self._cache["examples"] = tuple(self._examples)
-        return self._cache["examples"]
+        return self._rows.examples
 
     @property
     def keys(self) -> tuple[str, ...]:
         """``Example.key()`` of every example, in position order (for duplicate detection)."""
-        if "key_tuple" not in self._cache:
-            self._cache["key_tuple"] = tuple(self._keys)
-        return self._cache["key_tuple"]
+        return self._rows.keys
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -351,28 +271,15 @@ class ExampleIndex:
     @property
     def label_ids(self) -> np.ndarray:
         """Index into :attr:`labels` of every example's label (``-1`` for none), int64."""
-        if "label_ids" not in self._cache:
-            lookup = {lab: i for i, lab in enumerate(self.labels)}
-            self._cache["label_ids"] = np.array([lookup.get(ex.label, -1) for ex in self._examples], np.int64)
-        return self._cache["label_ids"]
-
-    def _id_positions(self) -> dict[str, int]:
-        if "ids" not in self._cache:
-            self._cache["ids"] = {ex.id: i for i, ex in enumerate(self._examples)}
-        return self._cache["ids"]
+        return self._rows.label_ids(self.labels)
 
     def position_of(self, example_id: str) -> int | None:
         """Position of the example with this id, or ``None``."""
-        return self._id_positions().get(example_id)
+        return self._rows.position_of(example_id)
 
     def duplicates_of(self, key: str) -> tuple[int, ...]:
         """Positions of every example whose ``Example.key()`` equals ``key`` (exact duplicates)."""
-        if "keys" not in self._cache:
-            groups: dict[str, list[int]] = {}
-            for i, k in enumerate(self._keys):
-                groups.setdefault(k, []).append(i)
-            self._cache["keys"] = {k: tuple(v) for k, v in groups.items()}
-        return self._cache["keys"].get(key, ())
+        return self._rows.duplicates_of(key)
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -380,16 +287,21 @@ class ExampleIndex:
         if self._saved_manifest is not None:
             return dict(self._saved_manifest)
         self._require_built()
-        return _index_io.make_manifest(self, {})
+        return _folder.make_manifest(self._describe(), {})
+
+    def _describe(self) -> dict[str, Any]:
+        """The manifest's description of this index (the folder adds its format's fields)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.dataset.fingerprint()
+        return {"embedder": self.embedder.name, "dimension": self.dimension, "metric": "inner_product",
+                "factory": self.factory, "dataset_fingerprint": self._fingerprint, "count": len(self),
+                **self._schema, "search_params": dict(self._search_params)}
 
     # ------------------------------------------------------------------ device
     def _install(self, cpu_index: Any) -> None:
         """Record the IVF probe count (so per-call overrides restore it) and move to the device."""
-        faiss = _faiss()
-        try:
-            self._search_params.setdefault("nprobe", int(faiss.extract_index_ivf(cpu_index).nprobe))
-        except RuntimeError:  # not an IVF index
-            pass
+        if (nprobe := ivf_nprobe(cpu_index)) is not None:
+            self._search_params.setdefault("nprobe", nprobe)
         self._faiss_index, self._backend = _index_device.to_device(
             cpu_index, device=self.device, factory=self.factory, fp16=self.fp16, embeddings=self._embeddings)
         if self._search_params:
@@ -402,15 +314,16 @@ class ExampleIndex:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index folder crash-safely; readers see the old or the new version, never a mix.
 
-        The files go to a new version subfolder ``v-<id>/``; replacing ``manifest.json`` (which names
-        it) is the one atomic commit, so a crash at any moment leaves the previous index loadable. Other
-        files in the folder (a ``NOTES.md``) are kept; a folder that is not an index (no
-        ``manifest.json``, not empty) is never written into (``FileExistsError``). Concurrent saves to one
-        path are serialized (the last one wins). Layout and protocol: docs/DESIGN.md, *Index*.
+        Replacing ``manifest.json`` (naming the new version folder ``v-<id>/``) is the one atomic commit,
+        so a crash at any moment leaves the previous index loadable. Other files in the folder are kept; a
+        non-empty folder that is not an index is refused (``FileExistsError``); concurrent saves run one
+        after the other (the last wins). Layout and protocol: docs/DESIGN.md, *Index*.
         """
         self._require_built()
         path = Path(path)
-        self._saved_manifest = _index_io.save(self, path)
+        record = _folder.IndexFolder(self._describe(), self._cpu_index(), self._embeddings, self._rows.examples,
+                                     self._rows.keys)
+        self._saved_manifest = _folder.save(record, path)
         logger.info("saved %d examples to %s", len(self), path)
         return path
 
@@ -427,20 +340,21 @@ class ExampleIndex:
         query). A save running concurrently makes the load read the new version instead.
         """
         path = Path(path)
-        folder = _index_io.read(path, mmap=mmap, verify=verify)
-        manifest = folder.manifest
+        if (loader := _folder.layout_loader(path)) is not None:  # another layout, e.g. a sharded folder
+            return loader(path, embedder=embedder, device=device, mmap=mmap, fp16=fp16, batch_size=batch_size,
+                          show_progress=show_progress, verify=verify)
+        folder = _folder.read(path, mmap=mmap, verify=verify)
+        manifest = dict(folder.manifest)
         if embedder is not None:
-            embedder = _index_io.check_embedder(path, manifest, embedder, device=device,
+            embedder = _folder.check_embedder(path, manifest, embedder, device=device,
                                                 batch_size=batch_size or 64)
         self = cls(embedder or manifest["embedder"], manifest["factory"], device, batch_size=batch_size,
                    show_progress=show_progress, fp16=fp16)
-        self._schema = {"input_fields": manifest.get("input_fields") or [], "task": manifest.get("task"),
-                        "labels": manifest.get("labels") or [], "output_field": manifest.get("output_field"),
-                        "name": manifest.get("name") or ""}
-        self._examples, self._keys, self._embeddings = folder.examples, folder.keys, folder.vectors
+        self._schema = schema_of(manifest)
+        self._rows, self._embeddings = Rows(folder.examples, folder.keys), folder.vectors
         self._search_params = dict(manifest.get("search_params") or {})
         self._install(folder.faiss_index)
-        self._cache["fingerprint"] = manifest.get("dataset_fingerprint")
+        self._fingerprint = manifest.get("dataset_fingerprint")
         self._saved_manifest = manifest
         return self
 
@@ -452,3 +366,33 @@ class ExampleIndex:
                 "device": "cpu" if self._backend == "cpu" else "gpu", "backend": self._backend,
                 "bytes_on_disk": sum(m.get("files", {}).values()) or None}
 
+
+
+def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, *,
+                   embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat", device: str = "auto",
+                   batch_size: int | None = 64, input_fields: Sequence[str] | None = None,
+                   label_field: str | None = "label", output_field: str | None = None,
+                   show_progress: bool | None = None) -> ExampleIndex:
+    """Read a dataset, build an :class:`ExampleIndex`, save it to ``out`` and log a summary.
+
+    What ``scripts/build_index.py`` and ``ragicl index build`` run (conventional ``out``: ``indexes/<name>``).
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "indexes" / "pets"
+    >>> rows = [{"text": "a cat", "label": "x"}, {"text": "a dog", "label": "y"}]
+    >>> build_and_save(rows, out, embedder="hash-8").summary()["count"]
+    2
+    """
+    from ..data import read_dataset
+
+    start = time.perf_counter()
+    dataset = source if isinstance(source, Dataset) else read_dataset(
+        source, input_fields=input_fields, label_field=label_field, output_field=output_field)
+    index = ExampleIndex.build(dataset, embedder=embedder, factory=factory, device=device,
+                               batch_size=batch_size, show_progress=show_progress)
+    index.save(out)
+    s = index.summary()
+    logger.info("built %s: %d examples, dim %d, factory %r, embedder %s, fingerprint %s, %.1f MB, %.1f s",
+                out, s["count"], s["dimension"], s["factory"], s["embedder"], s["fingerprint"][:12],
+                (s["bytes_on_disk"] or 0) / 1e6, time.perf_counter() - start)
+    return index

