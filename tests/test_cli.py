@@ -32,12 +32,24 @@ def test_index_build_then_eval(tmp_path, tiny_sst2, capsys, smollm_path):
     assert manifest["count"] == 40 and manifest["factory"] == "Flat"
     report = tmp_path / "report.json"
     code = main(["eval", "--index", str(out), "--test", str(tiny_sst2), "--n", "4", "--k", "2",
-                 "--max-prompt-tokens", "256", "--lm", smollm_path, "--json", str(report)])
+                 "--max-prompt-tokens", "256", "--lm", smollm_path, "--json", str(report),
+                 "--dev-size", "8", "--tune-budget", "0"])
     assert code == 0
     table = capsys.readouterr().out
-    assert "zero-shot" in table and "retrieved-2" in table and "random-2" in table
+    assert "zero-shot" in table and "retrieved-2" in table and "random-2" in table and "ragicl best" in table
     data = json.loads(report.read_text())
-    assert data["n"] == 4 and {s["name"] for s in data["systems"]} == {"zero-shot", "random-2", "retrieved-2"}
+    assert data["n"] == 4 and [s["name"] for s in data["systems"]] == [
+        "zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32", "ragicl best"]
+    chosen = [n for n in data["notes"] if n.startswith("ragicl best = ")]
+    assert len(chosen) == 1 and "8 dev queries from the training set" in chosen[0]
+    # the plain rows alone, on request
+    assert main(["eval", "--index", str(out), "--test", str(tiny_sst2), "--n", "4", "--k", "2", "--no-best",
+                 "--no-vote", "--max-prompt-tokens", "256", "--lm", smollm_path, "--json", str(report)]) == 0
+    capsys.readouterr()
+    plain = json.loads(report.read_text())
+    assert [s["name"] for s in plain["systems"]] == ["zero-shot", "random-2", "retrieved-2"]
+    for a, b in zip(plain["systems"], data["systems"]):  # the new rows change nothing in the old ones
+        assert a["accuracy"]["estimate"] == b["accuracy"]["estimate"]
 
 
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
