@@ -76,6 +76,11 @@ class Example:
     __hash__ = None  # type: ignore[assignment]  # inputs is a mapping; compare by value, do not hash
 
 
+Query = str | Mapping[str, str] | Example
+"""What every stage accepts as a query: a plain string (single-input-field templates), a mapping of input
+fields, or an :class:`Example` (its id is kept). The one definition; other modules import it."""
+
+
 @dataclass(frozen=True)
 class Dataset:
     """An ordered, immutable collection of examples with its schema.

@@ -7,8 +7,8 @@ import pytest
 
 from ragicl import ExampleIndex, ICLClassifier, PromptTemplate, read_dataset
 from ragicl._exceptions import NotFittedError
+from ragicl.estimators._common import softmax
 from ragicl.estimators.baselines import CalibratedClassifier, KNNPromptingClassifier, KNNVoteClassifier
-from ragicl.estimators.classifier import softmax
 from ragicl.index.embed import HashEmbedder
 from ragicl.prompt.retrieve import Retriever
 from ragicl.types import Example
@@ -91,7 +91,7 @@ def test_calibration_k_shot_keeps_the_demonstrations(smollm_lm, sst):
     got = cal.predict_proba(q)
     base = cal.base
     prompts = base.prompts(q)
-    p = softmax(base._label_logprobs(prompts))
+    p = softmax(base.label_logprobs(prompts))
     cf = np.zeros_like(p)
     for text in ("N/A", ""):
         cf_prompts = []
@@ -100,7 +100,7 @@ def test_calibration_k_shot_keeps_the_demonstrations(smollm_lm, sst):
             cf_prompts.append(base.packer_.pack(Example(id="cf", inputs={"text": text}), positions))
             assert cf_prompts[-1].included == prompt.included
             assert cf_prompts[-1].text.startswith(prompt.text.rsplit("Review:", 1)[0])
-        cf += softmax(base._label_logprobs(cf_prompts)) / 2
+        cf += softmax(base.label_logprobs(cf_prompts)) / 2
     np.testing.assert_allclose(got, (p / cf) / (p / cf).sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
 
 

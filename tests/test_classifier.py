@@ -93,3 +93,40 @@ def test_retrieval_beats_chance_on_real_sst2(lm, minilm):
     clf = ICLClassifier(lm, TEMPLATE, k=8, max_prompt_tokens=512).fit(index)
     # A deterministic run (fixed samples, CPU float32): retrieved 8-shot SmolLM2 is far above chance.
     assert clf.score(test) >= 0.65
+
+
+def test_prompts_and_scores_equal_the_shared_step_and_the_hand_built_pipeline(lm, hash_index, small_train):
+    """ICLClassifier's prompts are the PromptStep's, and both equal retrieval + packing written out by hand
+    (the pre-refactor code: Retriever → Packer fitted on the index → pack_batch with 2k candidates); the
+    public label_logprobs gives the probabilities predict_proba returns, and a column subset of them."""
+    from ragicl.estimators._common import softmax
+    from ragicl.prompt.pack import Packer
+    from ragicl.prompt.retrieve import Retriever
+    from ragicl.prompt.step import PromptStep, make_packer
+
+    queries = list(small_train.examples[:6]) + ["an utterly charmless, flat comedy"]
+    for k, selection in ((4, "topk"), (3, "mmr"), (0, "topk")):
+        clf = ICLClassifier(lm, TEMPLATE, k=k, max_prompt_tokens=200, selection=selection).fit(hash_index)
+        examples = clf._as_examples(queries)
+        packer = Packer(lm.tokenizer, TEMPLATE, max_prompt_tokens=200,
+                        context_length=lm.context_length).fit(list(hash_index.examples), labels=clf.classes_)
+        if k:
+            found = Retriever(k=k, selection=selection).retrieve(hash_index, examples, n_candidates=2 * k)
+            by_hand = packer.pack_batch(examples, [r.positions for r in found], max_examples=k)
+        else:
+            by_hand = packer.pack_batch(examples, [[] for _ in examples])
+        step = PromptStep(make_packer(lm, TEMPLATE, hash_index.examples, max_prompt_tokens=200,
+                                      labels=clf.classes_),
+                          Retriever(k=k, selection=selection) if k else None, hash_index, k)
+        got = clf.prompts(queries)
+        assert got == step(examples) == clf.prompt_step()(examples) == by_hand
+        assert k == 0 or any(p.included for p in got)
+        logp = clf.label_logprobs(got)
+        label_ids = [packer.answer_ids(c) for c in clf.classes_]
+        np.testing.assert_array_equal(logp, np.asarray(lm.score_continuations([p.token_ids for p in by_hand],
+                                                                              label_ids)))
+        np.testing.assert_array_equal(clf.predict_proba(queries), softmax(logp))
+        one = clf.label_logprobs(got, [1])
+        assert one.shape == (len(queries), 1)
+        # one label scored alone: the same numbers up to float32 batching noise of log-probs this size
+        np.testing.assert_allclose(one[:, 0], logp[:, 1], rtol=0, atol=1e-4 * max(1.0, np.abs(logp).max()))

@@ -251,17 +251,17 @@ def test_micro_batching_gives_the_same_update(smollm_lm, data, monkeypatch):
 def test_shared_prompt_label_loss_equals_concatenation_with_gradients(smollm_lm, data):
     """The training loss shares one prompt pass across multi-token labels: same values and gradients
     as scoring every prompt+label concatenation."""
-    from ragicl.training.finetune import _sequence_logprobs, _shared_prompt_label_logits
+    from ragicl.lm.scoring import continuation_scores, sequence_logprobs
 
     prompts, _, _ = data
     tok = smollm_lm.tokenizer
     labels = [tok(t, add_special_tokens=False)["input_ids"] for t in (" not good", " very good indeed", " ok")]
     model, pad = smollm_lm.model, smollm_lm._pad_id
     batch = [list(p) for p in prompts[:3]]
-    shared = _shared_prompt_label_logits(model, batch, labels, pad)
+    shared = continuation_scores(model, batch, labels, pad)
     rows_p = [p for p in batch for _ in labels]
     rows_c = [list(c) for _ in batch for c in labels]
-    concat = _sequence_logprobs(model, rows_p, rows_c, pad).view(len(batch), len(labels))
+    concat = sequence_logprobs(model, rows_p, rows_c, pad).view(len(batch), len(labels))
     torch.testing.assert_close(shared, concat, atol=2e-4, rtol=1e-4)
     w = model.model.layers[0].self_attn.v_proj.weight
     g_shared = torch.autograd.grad(shared.sum(), w)[0]

@@ -107,6 +107,30 @@ def test_prompts_hold_at_most_k_demonstrations(smollm_lm, index, gsm8k):
     assert all(len(p.excluded) >= 1 for p in prompts)
 
 
+def test_prompts_equal_the_shared_step_and_the_hand_built_pipeline(smollm_lm, index, gsm8k):
+    """ICLGenerator's prompts are its PromptStep's and equal Retriever + Packer (budget keeping
+    max_new_tokens free) written out by hand, as before the step existed."""
+    from ragicl.estimators._common import as_examples
+    from ragicl.prompt.pack import Packer
+    from ragicl.prompt.retrieve import Retriever
+
+    queries = list(gsm8k[1]) + [{"question": "Tom has 3 apples and buys 4 more. How many now?"}]
+    for k, selection in ((3, "topk"), (2, "random"), (0, "topk")):
+        gen = ICLGenerator(smollm_lm, k=k, max_prompt_tokens=400, max_new_tokens=32,
+                           selection=selection).fit(index)
+        examples = as_examples(queries, gen.input_fields_)
+        packer = Packer(smollm_lm.tokenizer, gen.template_, max_prompt_tokens=400,
+                        context_length=smollm_lm.context_length, answer_tokens=32).fit(list(index.examples))
+        if k:
+            found = Retriever(k=k, selection=selection).retrieve(index, examples, n_candidates=2 * k)
+            by_hand = packer.pack_batch(examples, [r.positions for r in found], max_examples=k)
+        else:
+            by_hand = packer.pack_batch(examples, [[] for _ in examples])
+        got = gen.prompts(queries)
+        assert got == gen.prompt_step()(examples) == by_hand
+        assert (k == 0) == all(not p.included for p in got)
+
+
 def test_sampling_stops_at_stop_string_and_is_seeded(smollm_lm, zero_shot, gsm8k):
     prompt = zero_shot.prompts(gsm8k[1][0])[0].token_ids
     tok = smollm_lm.tokenizer

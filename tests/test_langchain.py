@@ -213,8 +213,46 @@ def test_retriever_honors_k_per_call(index):
     assert len(docs) == 1 and docs[0] == retriever.invoke(QUERIES[0])[0]
     assert len(asyncio.run(retriever.ainvoke(QUERIES[0], k=2))) == 2
     assert len(retriever.invoke(QUERIES[0])) == 5  # the field is unchanged
-    assert len(retriever.invoke(QUERIES[0], strategy="balanced", k=3)) == 3
+    assert len(retriever.invoke(QUERIES[0], selection="balanced", k=3)) == 3
     with pytest.raises(ValueError, match="k must be a positive integer"):
         retriever.invoke(QUERIES[0], k=0)
     with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['top_k'\]"):
         retriever.invoke(QUERIES[0], top_k=2)
+
+
+def test_strategy_is_a_deprecated_alias_of_selection(index):
+    """``selection`` names how documents are chosen (as for Retriever and the estimators); the former
+    ``strategy`` (field and per-call keyword) still works and raises a DeprecationWarning."""
+    new = RagiclRetriever(index=index, k=4, selection="mmr")
+    with pytest.warns(DeprecationWarning, match="use selection="):
+        old = RagiclRetriever(index=index, k=4, strategy="mmr")
+    assert old.selection == old.strategy == "mmr"
+    assert [d.id for d in old.invoke(QUERIES[1])] == [d.id for d in new.invoke(QUERIES[1])]
+    with pytest.warns(DeprecationWarning, match="use selection="):
+        per_call = new.invoke(QUERIES[1], strategy="balanced", k=3)
+    assert [d.id for d in per_call] == [d.id for d in new.invoke(QUERIES[1], selection="balanced", k=3)]
+    with pytest.raises(ValueError, match="valid:"):
+        RagiclRetriever(index=index, selection="nearest")
+
+
+def test_selector_budget_and_verbalizer_come_from_the_packer_and_template(index, smollm_tokenizer):
+    """The selector's greedy budget choice is prompt.pack.greedy_select over its exact per-example costs,
+    and its label words are prompt.template.verbalize's."""
+    from ragicl.prompt.pack import greedy_select
+    from ragicl.prompt.retrieve import Retriever
+    from ragicl.prompt.template import verbalize
+
+    example_prompt = PromptTemplate.from_template("Review: {input}\nSentiment: {output}")
+    words = {"positive": "great", "negative": "awful"}
+    selector = RagiclExampleSelector(index, smollm_tokenizer, example_prompt=example_prompt, k=5,
+                                     max_tokens=150, verbalizer=words)
+    chosen = selector.select_detailed({"input": QUERIES[0]})
+    found = Retriever(k=5).retrieve(index, [{"text": QUERIES[0]}], n_candidates=10)[0].positions
+    costs = {p: len(smollm_tokenizer("\n\n" + example_prompt.format(
+        input=index.examples[p].inputs["text"], output=verbalize(index.examples[p].label, words)),
+        add_special_tokens=False)["input_ids"]) for p in found}
+    picked, left = greedy_select(list(found), costs, 150, 5)
+    assert chosen.ids == tuple(index.examples[p].id for p in reversed(picked))
+    assert chosen.excluded == tuple(index.examples[p].id for p in left)
+    assert chosen.n_tokens == sum(costs[p] for p in picked)
+    assert {e["output"] for e in chosen.examples} <= {"great", "awful"}

@@ -302,3 +302,31 @@ def test_max_examples_caps_demonstrations_and_records_the_rest(sst2, smollm_toke
     assert prompt.included == tuple(examples[p].id for p in (5, 4, 3, 2, 1))
     assert prompt.excluded == tuple(examples[p].id for p in range(6, 21))
     assert list(prompt.token_ids) == smollm_tokenizer(prompt.text).input_ids
+
+
+# ------------------------------------------------------------------------------------ the shared step
+def test_prompt_step_pack_each_skips_only_queries_over_budget(smollm_tokenizer, sst2):
+    """PromptStep.pack_each (the zero-shot training prompts of the reference and the auxiliary loss) gives
+    exactly Packer.pack's prompt per query, and None, not an error, for a query that alone overflows."""
+    from types import SimpleNamespace
+
+    from ragicl.prompt.step import PromptStep, make_packer
+
+    lm = SimpleNamespace(tokenizer=smollm_tokenizer, context_length=None)
+    packer = make_packer(lm, PromptTemplate(), max_prompt_tokens=40, labels=["negative", "positive"])
+    lengths = [len(smollm_tokenizer(ex.inputs["text"]).input_ids) for ex in sst2[:60]]
+    long_ones = [i for i, n in enumerate(lengths) if n > 40]
+    assert long_ones and len(long_ones) < 60  # the sample holds both kinds
+    got = PromptStep(packer).pack_each(sst2[:60])
+    with pytest.raises(BudgetError):
+        PromptStep(packer)(sst2[:60])
+    for i, (ex, prompt) in enumerate(zip(sst2[:60], got)):
+        try:
+            expected = packer.pack(ex, [])
+        except BudgetError:
+            expected = None
+        assert prompt == expected
+        if i in long_ones:  # its text alone is over the budget
+            assert prompt is None
+    fits = [ex for ex, p in zip(sst2[:60], got) if p is not None]
+    assert PromptStep(packer).pack_each(fits) == PromptStep(packer)(fits) == [p for p in got if p is not None]

@@ -10,8 +10,8 @@ import random
 import pytest
 from test_pack import _read, assert_exact, random_packs
 
-from ragicl.prompt._pack_fast import PieceEncoder, candidate_encoders, shared_ints
-from ragicl.prompt.pack import Packer, PreparedQuery, _select
+from ragicl.prompt._pack_fast import candidate_encoders, shared_ints
+from ragicl.prompt.pack import Packer, PreparedQuery, greedy_select
 from ragicl.prompt.template import PromptTemplate
 from ragicl.types import Example
 
@@ -38,7 +38,7 @@ def packer(smollm_tokenizer, sst2) -> Packer:
 
 
 def _fuzz_texts(n: int, seed: int) -> list[str]:
-    """Random texts, every other one printable ASCII + tab/newline/CR only (what the piece encoder takes)."""
+    """Random texts, every other one printable ASCII + tab/newline/CR only."""
     rng = random.Random(seed)
     ascii_chars = list("abcXYZ019 '''\n\n\t\r.,!?-:;\"()<>|$%")
     other = ["é", "ß", "中", "\u00a0", "\x0b", "<|im_end|>"]
@@ -52,52 +52,36 @@ def _fuzz_texts(n: int, seed: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- encoders
-def test_piece_encoder_chosen_and_equal_to_the_tokenizer(packer, smollm_tokenizer):
+def test_backend_encoder_chosen_and_equal_to_the_tokenizer(packer, smollm_tokenizer):
+    """The query block goes through the tokenizers Rust backend (fast tokenizer's batch encode), which
+    gives the wrapper's ids on odd and fuzzed texts (non-ASCII, added tokens, whitespace runs, ...)."""
     tok = smollm_tokenizer
-    assert packer.fast_ and packer.encoder_ == "pieces"
+    assert packer.fast_ and packer.encoder_ == "backend"
     texts = ODD_TEXTS + _fuzz_texts(600, seed=0)
-    assert sum(map(PieceEncoder.for_tokenizer(tok).covers, texts)) > 300  # most go through the piece encoder
     reference = [list(ids) for ids in tok(texts, add_special_tokens=False).input_ids]
     assert [packer._encode(t) for t in texts] == reference
     assert packer._encode_many(texts) == reference
     assert packer._encode_many([]) == []
 
 
-def test_piece_encoder_covers_only_safe_texts(smollm_tokenizer, sst2):
-    enc = PieceEncoder.for_tokenizer(smollm_tokenizer)
-    assert enc is not None
-    assert enc.covers("plain ASCII, with 'quotes'\tand\r\nnewlines")
-    for text in ("café", "a\u00a0b", "vt\x0b", "fs\x1c", "<|im_start|>", "x<|endoftext|>"):
-        assert not enc.covers(text) and enc.encode(text) is None
-    assert enc.covers("<not an added token>")
-    # pieces the table never saw go to the BPE model, and the table stays as fit left it
-    assert enc.fit(["Review: fine"], [smollm_tokenizer("Review: fine", add_special_tokens=False).input_ids])
-    size = len(enc._table)
-    word = " floccinaucinihilipilification"
-    assert enc.encode(word) == smollm_tokenizer(word, add_special_tokens=False).input_ids
-    assert len(enc._table) == size
-
-
-def test_piece_encoder_rejected_when_it_disagrees_at_fit(smollm_tokenizer, sst2):
+def test_backend_rejected_when_it_disagrees_at_fit(smollm_tokenizer, sst2):
     tok = smollm_tokenizer
     texts = [PromptTemplate().render_example(ex) for ex in sst2[:50]]
     reference = [list(ids) for ids in tok(texts, add_special_tokens=False).input_ids]
     wrapper = (lambda t: tok(t, add_special_tokens=False).input_ids,
                lambda ts: [list(i) for i in tok(ts, add_special_tokens=False).input_ids])
-    assert [name for name, _, _ in candidate_encoders(tok, wrapper, texts, reference)] == [
-        "pieces", "backend", "wrapper"]
+    assert [name for name, _, _ in candidate_encoders(tok, wrapper, texts, reference)] == ["backend", "wrapper"]
     bad = [list(ids) for ids in reference]
-    bad[17][2] += 1  # one wrong id in one text is enough to drop the piece encoder
-    assert [name for name, _, _ in candidate_encoders(tok, wrapper, texts, bad)] == ["backend", "wrapper"]
+    bad[17][2] += 1  # one wrong id in one text is enough to drop the backend
+    assert [name for name, _, _ in candidate_encoders(tok, wrapper, texts, bad)] == ["wrapper"]
 
 
-def test_unsupported_pre_tokenizer_uses_the_backend_and_stays_exact(smollm_tokenizer, sst2):
+def test_other_normalizer_uses_the_backend_and_stays_exact(smollm_tokenizer, sst2):
     from tokenizers import normalizers
 
     tok = copy.deepcopy(smollm_tokenizer)
-    tok.backend_tokenizer.normalizer = normalizers.Lowercase()  # no longer the plain byte-level configuration
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
     assert tok("ABC", add_special_tokens=False).input_ids == tok("abc", add_special_tokens=False).input_ids
-    assert PieceEncoder.for_tokenizer(tok) is None
     packer = Packer(tok, PromptTemplate(), max_prompt_tokens=300).fit(sst2[:150])
     assert packer.fast_ and packer.encoder_ == "backend"
     for query in ODD_TEXTS[:12] + ["LOUD Review"]:
@@ -118,7 +102,7 @@ def test_a_wrong_encoder_fails_the_fit_check_and_the_next_one_is_used(smollm_tok
 
     monkeypatch.setattr(pack_module, "candidate_encoders", with_a_wrong_one)
     packer = Packer(smollm_tokenizer, PromptTemplate(), max_prompt_tokens=256).fit(sst2[:100])
-    assert packer.fast_ and packer.encoder_ == "pieces"
+    assert packer.fast_ and packer.encoder_ == "backend"
     for _, _, prompt in random_packs(packer, sst2[:100], 20, seed=1):
         assert_exact(smollm_tokenizer, prompt)
 
@@ -232,7 +216,7 @@ def test_select_equals_the_plain_greedy_loop():
         unique = [p for p in dict.fromkeys(cands) if p >= 0]
         avail = rng.randint(-10, 400)
         cap = rng.choice([0, 1, 3, 8, 10**9])
-        assert _select(unique, lens, avail, cap, min(lens)) == _select_reference(cands, lens, avail, cap)
+        assert greedy_select(unique, lens, avail, cap, min(lens)) == _select_reference(cands, lens, avail, cap)
 
 
 def test_candidate_edge_cases(packer, sst2):

@@ -1,4 +1,4 @@
-"""Retriever: exclusion of the query and its duplicates, the four strategies, and a real end-to-end run."""
+"""Retriever: exclusion of the query and its duplicates, the four selections, and a real end-to-end run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import dataset_path
 
-from ragicl.prompt import retrieve
 from ragicl.data import from_records, read_dataset
 from ragicl.index.core import ExampleIndex
+from ragicl.prompt import retrieve
 from ragicl.prompt.retrieve import Retriever
 from ragicl.types import Example
 
@@ -39,7 +39,7 @@ def dup_index(dup_data):
 
 @pytest.mark.parametrize("strategy", ["topk", "balanced", "mmr", "random"])
 def test_never_itself_nor_exact_duplicates(dup_data, dup_index, strategy):
-    retriever = Retriever(k=8, strategy=strategy)
+    retriever = Retriever(k=8, selection=strategy)
     results = retriever.retrieve(dup_index, list(dup_data.examples))
     for query, r in zip(dup_data.examples, results):
         assert len(r.positions) == 8 and len(set(r.positions)) == 8
@@ -87,8 +87,8 @@ def test_n_candidates_k0_and_validation(dup_index):
     assert Retriever(k=0).retrieve(dup_index, [BASE[5]])[0].positions == ()
     with pytest.raises(ValueError, match="non-negative integer"):
         Retriever(k=-1)
-    with pytest.raises(ValueError, match=r"valid strategies: \['topk', 'balanced', 'mmr', 'random'\]"):
-        Retriever(strategy="nearest")
+    with pytest.raises(ValueError, match=r"valid: \['topk', 'balanced', 'mmr', 'random'\]"):
+        Retriever(selection="nearest")
     with pytest.raises(ValueError, match="mmr_lambda"):
         Retriever(mmr_lambda=1.5)
     with pytest.raises(ValueError, match="n_candidates"):
@@ -98,7 +98,7 @@ def test_n_candidates_k0_and_validation(dup_index):
 def test_balanced_round_robin(dup_index):
     query = "the film was dull and far too long"
     (top,) = Retriever(k=60).retrieve(dup_index, query)  # everything, similarity order
-    (bal,) = Retriever(k=6, strategy="balanced").retrieve(dup_index, query)
+    (bal,) = Retriever(k=6, selection="balanced").retrieve(dup_index, query)
     labels = [dup_index.examples[p].label for p in bal.positions]
     assert sorted(labels[:2]) == ["a", "b"] and sorted(labels[2:4]) == ["a", "b"]
     for lab in "ab":  # within a label: similarity order
@@ -109,7 +109,7 @@ def test_balanced_round_robin(dup_index):
         assert bal.scores[i] >= bal.scores[i + 1]
     gen = ExampleIndex.build(from_records([{"q": "x", "a": "y"}], output_field="a"), embedder="hash-16")
     with pytest.raises(ValueError, match="balanced.*labels"):
-        Retriever(k=2, strategy="balanced").retrieve(gen, "x")
+        Retriever(k=2, selection="balanced").retrieve(gen, "x")
 
 
 def _mmr_reference(emb, q, cand, n, lam):
@@ -133,8 +133,8 @@ def test_mmr_matches_reference_and_diversifies():
     index = ExampleIndex.build(ds, embedder="hash-64")
     query = "the cat sat on the mat"
     (top,) = Retriever(k=5).retrieve(index, query)
-    (mmr,) = Retriever(k=5, strategy="mmr", mmr_lambda=0.3).retrieve(index, query)
-    (same,) = Retriever(k=5, strategy="mmr", mmr_lambda=1.0).retrieve(index, query)
+    (mmr,) = Retriever(k=5, selection="mmr", mmr_lambda=0.3).retrieve(index, query)
+    (same,) = Retriever(k=5, selection="mmr", mmr_lambda=1.0).retrieve(index, query)
     assert same.positions == top.positions
     assert mmr.positions[0] == top.positions[0]
     assert sum(p < 6 for p in mmr.positions) < sum(p < 6 for p in top.positions)
@@ -147,14 +147,14 @@ def test_mmr_matches_reference_and_diversifies():
 
 def test_random_is_seeded_and_excludes(dup_data, dup_index):
     q = dup_data[0]
-    a = Retriever(k=6, strategy="random", seed=1).retrieve(dup_index, [q, q])
-    b = Retriever(k=6, strategy="random", seed=1).retrieve(dup_index, q)
-    c = Retriever(k=6, strategy="random", seed=2).retrieve(dup_index, q)
-    other = Retriever(k=6, strategy="random", seed=1).retrieve(dup_index, dup_data[5])
+    a = Retriever(k=6, selection="random", seed=1).retrieve(dup_index, [q, q])
+    b = Retriever(k=6, selection="random", seed=1).retrieve(dup_index, q)
+    c = Retriever(k=6, selection="random", seed=2).retrieve(dup_index, q)
+    other = Retriever(k=6, selection="random", seed=1).retrieve(dup_index, dup_data[5])
     assert a[0] == a[1] == b[0] and c[0].positions != b[0].positions
     assert other[0].positions != b[0].positions
     assert all(math.isnan(s) for s in b[0].scores)
-    draws = Retriever(k=len(dup_index), strategy="random").retrieve(dup_index, q)[0].positions
+    draws = Retriever(k=len(dup_index), selection="random").retrieve(dup_index, q)[0].positions
     assert len(draws) == len(dup_index) - 3 and q.key() not in {dup_index.keys[p] for p in draws}
 
 
@@ -242,7 +242,7 @@ def test_vectorized_batch_equals_per_query(crowded, factory, strategy):
                crowded[50], Example(id="7", inputs={"text": "not indexed, but shares an id"}), "nothing alike"]
     queries += list(crowded.examples[35::9])
     for k, n_candidates, same_id in [(1, None, False), (4, 9, True), (12, None, True), (len(crowded), None, False)]:
-        retriever = Retriever(k=k, strategy=strategy, exclude_same_id=same_id, fetch_k=None if k != 4 else 10)
+        retriever = Retriever(k=k, selection=strategy, exclude_same_id=same_id, fetch_k=None if k != 4 else 10)
         got = retriever.retrieve(index, queries, n_candidates=n_candidates)
         n = n_candidates or k
         depth = n if strategy == "topk" else max(n, retriever.fetch_k or max(4 * n, 50))
@@ -275,3 +275,14 @@ def test_retrieve_without_any_duplicate_uses_one_search(dup_index, monkeypatch):
     assert calls == [(5, 3)] and all(len(r.positions) == 3 for r in got)
     assert all(isinstance(p, int) for r in got for p in r.positions)
     assert all(isinstance(s, float) for r in got for s in r.scores)
+
+
+def test_strategy_is_a_deprecated_alias_of_selection(dup_index):
+    """``selection`` is the one name; ``strategy=`` still works, warns, and gives the same retrieval."""
+    with pytest.warns(DeprecationWarning, match="use selection="):
+        old = Retriever(k=4, strategy="mmr", mmr_lambda=0.3)
+    new = Retriever(k=4, selection="mmr", mmr_lambda=0.3)
+    assert old.selection == old.strategy == "mmr"
+    assert old.retrieve(dup_index, BASE[3]) == new.retrieve(dup_index, BASE[3])
+    with pytest.raises(ValueError, match="pass selection= alone"):
+        Retriever(selection="topk", strategy="mmr")

@@ -77,6 +77,47 @@ def test_bootstrap_narrows_with_n_and_is_seeded():
     assert bootstrap_ci(x, seed=7) == bootstrap_ci(x, seed=7)
 
 
+def _bootstrap_before_scipy(data, stat, n_boot, alpha, seed, vectorized):
+    """The hand-written percentile bootstrap bootstrap_ci was before it called scipy.stats.bootstrap."""
+    rng = np.random.default_rng(seed)
+    n = data.shape[0]
+    chunk = max(1, min(n_boot, 4_000_000 // max(1, data[0].size * n)))
+    boots = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        if vectorized:
+            boots[start:start + idx.shape[0]] = stat(data[idx], axis=1)
+        else:
+            boots[start:start + idx.shape[0]] = [float(stat(data[row])) for row in idx]
+    return tuple(np.quantile(boots, [alpha / 2, 1 - alpha / 2]).tolist())
+
+
+@pytest.mark.parametrize(("n", "n_boot", "kind"), [
+    (50, 2000, "mean"), (7, 333, "median"), (3000, 2000, "mean"),  # 3000 rows: resampled in chunks
+    (40, 500, "paired"), (40, 300, "loop"),
+])
+def test_bootstrap_ci_is_scipy_percentile_bootstrap_with_the_same_draws(n, n_boot, kind):
+    """bootstrap_ci now calls scipy.stats.bootstrap(method="percentile"); for the same seed it draws the
+    same resamples as the former hand-written loop, so both intervals are equal (to float rounding of
+    the quantile arithmetic, far below any resampling difference: one resample moves a bound by ~1/n)."""
+    rng = np.random.default_rng(n)
+    if kind == "paired":
+        data = np.column_stack([rng.uniform(size=n), rng.uniform(size=n)])
+        stat, vectorized = (lambda x, axis=None: np.mean(x[..., 1] - x[..., 0], axis=axis)), True
+        iv = bootstrap_ci(data, stat=stat, n_boot=n_boot, seed=5, vectorized=True)
+    else:
+        data = rng.exponential(size=n)
+        stat = {"mean": np.mean, "median": np.median, "loop": lambda x: float(np.percentile(x, 30))}[kind]
+        vectorized = kind != "loop"
+        iv = bootstrap_ci(data, stat=stat, n_boot=n_boot, seed=5, alpha=0.1)
+    alpha = 0.05 if kind == "paired" else 0.1
+    low, high = _bootstrap_before_scipy(data, stat, n_boot, alpha, 5, vectorized)
+    scale = max(1.0, abs(low), abs(high))
+    assert iv.low == pytest.approx(low, rel=0, abs=1e-12 * scale)
+    assert iv.high == pytest.approx(high, rel=0, abs=1e-12 * scale)
+    assert iv.low < iv.high
+
+
 def test_bootstrap_paired_rows_and_generic_stat():
     rng = np.random.default_rng(5)
     a = rng.normal(size=200)

@@ -24,8 +24,10 @@ import numpy as np
 from .._exceptions import NotFittedError, check_positive_int
 from ..index.core import ExampleIndex
 from ..prompt.retrieve import Retriever
-from ..types import Example
-from .classifier import ICLClassifier, Query, as_examples, softmax
+from ..prompt.step import make_packer
+from ..types import Example, Query
+from ._common import as_examples, softmax
+from .classifier import ICLClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class KNNVoteClassifier:
         self.classes_ = tuple(index.dataset.labels)
         self.input_fields_ = tuple(index.dataset.input_fields)
         self._label_of = np.array([self.classes_.index(ex.label) for ex in index.examples], dtype=np.int64)
-        self.retriever_ = Retriever(k=self.k, strategy="topk")
+        self.retriever_ = Retriever(k=self.k, selection="topk")
         return self
 
     def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
@@ -95,7 +97,7 @@ class CalibratedClassifier:
             raise NotFittedError("call fit(index) before predict_proba.")
         base = self.base
         prompts = base.prompts(queries)
-        p = softmax(base._label_logprobs(prompts))
+        p = softmax(base.label_logprobs(prompts))
         cf_probs = np.zeros_like(p)
         for text in self.content_free:
             cf_prompts = []
@@ -104,7 +106,7 @@ class CalibratedClassifier:
                 # The same demonstrations, in relevance order (prompt order is least relevant first).
                 positions = [self._position_of[i] for i in reversed(prompt.included)]
                 cf_prompts.append(base.packer_.pack(cf_query, positions))
-            cf_probs += softmax(base._label_logprobs(cf_prompts))
+            cf_probs += softmax(base.label_logprobs(cf_prompts))
         cf_probs /= len(self.content_free)
         q = p / np.clip(cf_probs, 1e-12, None)
         return q / q.sum(1, keepdims=True)
@@ -150,10 +152,8 @@ class KNNPromptingClassifier:
             rest = np.sort(rng.choice(rest, size=self.n_anchors, replace=False))
         self._examples = list(index.examples)
         # The packer over the full index lets the prefix be packed by position.
-        self._packer = type(self.base.packer_)(self.base.lm_.tokenizer, self.base.template_,
-                                               max_prompt_tokens=self.base.max_prompt_tokens,
-                                               context_length=self.base.lm_.context_length)
-        self._packer.fit(self._examples, labels=self.classes_)
+        self._packer = make_packer(self.base.lm_, self.base.template_, self._examples,
+                                   max_prompt_tokens=self.base.max_prompt_tokens, labels=self.classes_)
         anchors = [self._examples[i] for i in rest]
         logger.info("kNN-prompting: scoring %d anchors with a %d-shot prefix", len(anchors), len(self._demos))
         full = self._distributions(anchors)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,16 +18,17 @@ import numpy as np
 from .._estimator import EstimatorMixin, split_index_folder
 from .._exceptions import DataError, NotFittedError
 from ..index.core import ExampleIndex
-from ..lm.hf import LanguageModel, TransformersLM
+from ..lm.hf import LanguageModel
 from ..models import DEFAULT_EMBEDDER, DEFAULT_LM
-from ..prompt.pack import Packer
 from ..prompt.retrieve import Retriever
+from ..prompt.step import PromptStep, make_packer
 from ..prompt.template import PromptTemplate
-from ..types import Dataset, Example, PackedPrompt, Prediction
+from ..types import Dataset, Example, PackedPrompt, Prediction, Query
+from ._common import as_examples, dataset_from_xy, fit_source, load_lm, softmax
 
 logger = logging.getLogger(__name__)
 
-Query = str | Mapping[str, str] | Example
+__all__ = ["ICLClassifier", "Query", "as_examples", "dataset_from_xy", "fit_source", "load_lm", "softmax"]
 
 
 class ICLClassifier(EstimatorMixin):
@@ -112,10 +113,10 @@ class ICLClassifier(EstimatorMixin):
         if "lm_" not in self.__dict__:
             self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
                                show_progress=self.show_progress)
-        self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
+        self.retriever_ = Retriever(k=self.k, selection=self.selection, seed=self.seed) if self.k else None
         examples = list(self.index_.examples) if self.index_ is not None else []
-        packer = Packer(self.lm_.tokenizer, self.template_, max_prompt_tokens=self.max_prompt_tokens,
-                        context_length=self.lm_.context_length).fit(examples, labels=self.classes_)
+        packer = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
+                             labels=self.classes_)
         self.label_ids_ = [list(packer.answer_ids(label)) for label in self.classes_]
         self.packer_ = packer
 
@@ -127,32 +128,42 @@ class ICLClassifier(EstimatorMixin):
     def _as_examples(self, queries: Sequence[Query] | Query) -> list[Example]:
         return as_examples(queries, self.input_fields_)
 
+    def prompt_step(self) -> PromptStep:
+        """The fitted retrieve-and-pack step (:class:`~ragicl.prompt.step.PromptStep`) behind :meth:`prompts`."""
+        self._check_fitted()
+        return PromptStep(self.packer_, self.retriever_, self.index_, self.k, self.n_candidates)
+
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:
         """The packed prompts the LM would see for these queries (retrieval + exact packing)."""
-        self._check_fitted()
-        examples = self._as_examples(queries)
-        if self.retriever_ is None or self.index_ is None:
-            return self.packer_.pack_batch(examples, [[] for _ in examples])
-        n_candidates = self.n_candidates or 2 * self.k
-        retrieved = self.retriever_.retrieve(self.index_, examples, n_candidates=n_candidates)
-        return self.packer_.pack_batch(examples, [r.positions for r in retrieved], max_examples=self.k)
+        return self.prompt_step()(self._as_examples(queries))
 
     # ------------------------------------------------------------ predict
-    def _label_logprobs(self, prompts: Sequence[PackedPrompt]) -> np.ndarray:
-        return np.asarray(self.lm_.score_continuations([p.token_ids for p in prompts], self.label_ids_,
-                                                       show_progress=self.show_progress))
+    def label_logprobs(self, prompts: Sequence[PackedPrompt], labels: Sequence[int] | None = None, *,
+                       show_progress: bool | None = None) -> np.ndarray:
+        """``(n, L)`` log-probabilities of each label's answer tokens after each prompt (not normalized).
+
+        ``prompts`` come from :meth:`prompts` (or any packing with this classifier's tokenizer); ``labels``
+        restricts the columns to those positions into ``classes_`` (default all, in ``classes_`` order).
+        ``softmax`` over the full row gives :meth:`predict_proba`. ``show_progress`` defaults to the
+        estimator's setting.
+        """
+        self._check_fitted()
+        label_ids = self.label_ids_ if labels is None else [self.label_ids_[int(c)] for c in labels]
+        progress = self.show_progress if show_progress is None else show_progress
+        return np.asarray(self.lm_.score_continuations([p.token_ids for p in prompts], label_ids,
+                                                       show_progress=progress))
 
     def predict_detailed(self, queries: Sequence[Query] | Query) -> list[Prediction]:
         """Label, full label distribution and the prompt used, for each query."""
         prompts = self.prompts(queries)
-        probs = softmax(self._label_logprobs(prompts))
+        probs = softmax(self.label_logprobs(prompts))
         return [Prediction(self.classes_[int(row.argmax())],
                            {c: float(p) for c, p in zip(self.classes_, row)}, prompt)
                 for row, prompt in zip(probs, prompts)]
 
     def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
         """(n, L) probabilities over ``classes_``: each label's sequence probability, renormalized."""
-        return softmax(self._label_logprobs(self.prompts(queries)))
+        return softmax(self.label_logprobs(self.prompts(queries)))
 
     def predict(self, queries: Sequence[Query] | Query) -> list[str]:
         """The most probable label of each query."""
@@ -173,75 +184,3 @@ class ICLClassifier(EstimatorMixin):
         return float(np.mean([p == g for p, g in zip(pred, gold)]))
 
 
-def dataset_from_xy(x: Sequence[Query], y: Sequence[str], *, task: str) -> Dataset:
-    """A Dataset from queries (texts, dicts of fields or Examples) and their labels/outputs (``fit(X, y)``)."""
-    if isinstance(x, (str, Mapping)) or isinstance(y, str):
-        raise TypeError("fit(X, y) expects a sequence of queries and a sequence of labels of the same length.")
-    x, y = list(x), [str(v) for v in y]
-    if len(x) != len(y) or not x:
-        raise DataError(f"fit(X, y) got {len(x)} queries and {len(y)} labels; expected the same, non-zero number.")
-    first = x[0]
-    fields = (tuple(first.inputs) if isinstance(first, Example) else tuple(first) if isinstance(first, Mapping)
-              else ("text",))
-    examples = tuple(
-        Example(id=f"train-{i}", inputs=dict(ex.inputs), label=lab if task == "classification" else None,
-                output=None if task == "classification" else lab)
-        for i, (ex, lab) in enumerate(zip(as_examples(x, fields), y)))
-    if task == "classification":
-        return Dataset(examples, fields, "classification", tuple(sorted(set(y))))
-    return Dataset(examples, fields, "generation", (), "output")
-
-
-def as_examples(queries: Sequence[Query] | Query, input_fields: Sequence[str]) -> list[Example]:
-    """Normalize queries (str, dict of input fields, or Example) to Examples; ids for non-Examples are
-    ``query-<i>``. A plain string needs a single-field template."""
-    if isinstance(queries, (str, Mapping, Example)):
-        queries = [queries]
-    out: list[Example] = []
-    for i, q in enumerate(queries):
-        if isinstance(q, Example):
-            out.append(q)
-        elif isinstance(q, str):
-            if len(input_fields) != 1:
-                raise DataError(f"query {i} is a plain string but the template needs the fields "
-                                f"{list(input_fields)}; pass a dict with those keys.")
-            out.append(Example(id=f"query-{i}", inputs={input_fields[0]: q}))
-        elif isinstance(q, Mapping):
-            missing = [f for f in input_fields if f not in q]
-            if missing:
-                raise DataError(f"query {i} lacks the input field(s) {missing}; it has {list(q)}.")
-            out.append(Example(id=f"query-{i}", inputs={f: str(q[f]) for f in input_fields}))
-        else:
-            raise TypeError(f"query {i} is a {type(q).__name__}; expected str, dict or Example.")
-    return out
-
-
-def softmax(logp: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of log-scores (numerically stable)."""
-    z = logp - logp.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_source(k: int, data: ExampleIndex | Dataset) -> tuple[ExampleIndex | None, Dataset]:
-    """Check ``k`` and split what ``fit`` received into (index or None, dataset) — shared by the ICL systems."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer (0 = zero-shot), got {k!r}.")
-    if isinstance(data, ExampleIndex):
-        return data, data.dataset
-    if isinstance(data, Dataset):
-        if k > 0:
-            raise ValueError(f"k={k} needs examples to retrieve from: pass an ExampleIndex "
-                             "(ExampleIndex.build(dataset)), or use k=0 for zero-shot.")
-        return None, data
-    raise TypeError(f"fit expects an ExampleIndex or a Dataset, got {type(data).__name__}.")
-
-
-def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int,
-            show_progress: bool | None) -> LanguageModel:
-    """A name becomes a loaded :class:`TransformersLM`; a model object is loaded if it can be, else kept."""
-    out = lm if not isinstance(lm, str) else TransformersLM(lm, device=device, batch_size=batch_size,
-                                                             show_progress=show_progress)
-    if hasattr(out, "load"):
-        out.load()
-    return out

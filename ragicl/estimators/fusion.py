@@ -38,8 +38,9 @@ from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
 from ..prompt.retrieve import Retriever
 from ..prompt.template import PromptTemplate
-from ..types import Example
-from .classifier import ICLClassifier, Query, as_examples
+from ..types import Example, Query
+from ._common import as_examples
+from .classifier import ICLClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -259,16 +260,14 @@ class FusionClassifier:
         if self.label_aware and self.k > 0:
             pools = [label_aware_order(pool, label_of, np.flatnonzero(m), self.k) for pool, m in zip(pools, mask)]
         prompts = icl.packer_.pack_batch(examples, pools, max_examples=self.k)
-        ids = [p.token_ids for p in prompts]
         if mask.all():  # every label for every query: one batched call
-            out[:] = np.asarray(icl.lm_.score_continuations(ids, icl.label_ids_, show_progress=self.show_progress))
+            out[:] = icl.label_logprobs(prompts, show_progress=self.show_progress)
             return out
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, m in enumerate(mask):
             groups.setdefault(tuple(np.flatnonzero(m).tolist()), []).append(row)
         for cand, rows in groups.items():
-            got = icl.lm_.score_continuations([ids[r] for r in rows], [icl.label_ids_[c] for c in cand],
-                                              show_progress=False)
+            got = icl.label_logprobs([prompts[r] for r in rows], cand, show_progress=False)
             out[np.ix_(rows, list(cand))] = np.asarray(got, dtype=np.float64)
         return out
 
@@ -313,7 +312,7 @@ def neighbours(index: ExampleIndex, examples: Sequence[Example], k: int
     The query itself (an indexed example with the same text) is excluded, as :class:`Retriever` does, so a
     dev query drawn from the training set never votes for itself.
     """
-    retrieved = Retriever(k=min(k, len(index)), strategy="topk").retrieve(index, list(examples))
+    retrieved = Retriever(k=min(k, len(index)), selection="topk").retrieve(index, list(examples))
     label_of = index.label_ids
     positions = np.full((len(examples), k), -1, dtype=np.int64)
     labels = np.full((len(examples), k), -1, dtype=np.int64)

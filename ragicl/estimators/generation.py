@@ -58,11 +58,11 @@ from ..evaluation.stats import (
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
-from ..prompt.pack import Packer
 from ..prompt.retrieve import Retriever
+from ..prompt.step import PromptStep, make_packer
 from ..prompt.template import PromptTemplate
-from ..types import Dataset, PackedPrompt
-from .classifier import Query, as_examples, fit_source, load_lm
+from ..types import Dataset, PackedPrompt, Query
+from ._common import as_examples, fit_source, load_lm
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ __all__ = ["GenerationReport", "ICLGenerator", "check_same_vocabulary", "continu
            "exact_match", "extract_answer", "generation_gap", "mean_interval", "sample_continuations", "sequence_logprobs",
            "teacher_forced_tv", "token_logprobs"]
 
-from ..lm.sequence import (  # noqa: F401  (re-exported: part of this module's API)
-    _eos_ids,
-    _model,
-    _name,
-    _quiet,
+from ..lm.sequence import (  # re-exported: part of this module's API (__all__)
     check_same_vocabulary,
     continuation_logprobs,
     exact_match,
@@ -158,24 +154,23 @@ class ICLGenerator(EstimatorMixin):
             self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
                                show_progress=self.show_progress)
         self.stop_ = tuple(s for s in (self.stop if self.stop is not None else _default_stop(self.template_)) if s)
-        self.retriever_ = Retriever(k=self.k, strategy=self.selection, seed=self.seed) if self.k else None
+        self.retriever_ = Retriever(k=self.k, selection=self.selection, seed=self.seed) if self.k else None
         examples = list(self.index_.examples) if self.index_ is not None else []
-        self.packer_ = Packer(self.lm_.tokenizer, self.template_, max_prompt_tokens=self.max_prompt_tokens,
-                              context_length=self.lm_.context_length,
-                              answer_tokens=self.max_new_tokens).fit(examples)
+        self.packer_ = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
+                                   answer_tokens=self.max_new_tokens)
 
     def _check_fitted(self) -> None:
         if not self._ensure_prepared():
             raise NotFittedError("this ICLGenerator is not fitted yet: call fit(index) first.")
 
+    def prompt_step(self) -> PromptStep:
+        """The fitted retrieve-and-pack step (:class:`~ragicl.prompt.step.PromptStep`) behind :meth:`prompts`."""
+        self._check_fitted()
+        return PromptStep(self.packer_, self.retriever_, self.index_, self.k, self.n_candidates)
+
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:
         """The packed prompts the LM would see for these queries (retrieval + exact packing)."""
-        self._check_fitted()
-        examples = as_examples(queries, self.input_fields_)
-        if self.retriever_ is None or self.index_ is None:
-            return self.packer_.pack_batch(examples, [[] for _ in examples])
-        retrieved = self.retriever_.retrieve(self.index_, examples, n_candidates=self.n_candidates or 2 * self.k)
-        return self.packer_.pack_batch(examples, [r.positions for r in retrieved], max_examples=self.k)
+        return self.prompt_step()(as_examples(queries, self.input_fields_))
 
     def generate(self, queries: Sequence[Query] | Query, *, do_sample: bool = False,
                  seed: int | None = None) -> list[str]:

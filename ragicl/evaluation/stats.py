@@ -1,7 +1,7 @@
 """Statistics used by the evaluator: TV distance, confidence intervals, classification metrics.
 
-Pure numpy; scipy (``ragicl[report]``) is imported lazily, only by :func:`clopper_pearson` and
-:func:`exceedance`. Every interval is an :class:`Interval` with its estimate, bounds, nominal level and
+Numpy, plus scipy (imported lazily) for :func:`bootstrap_ci` (``scipy.stats.bootstrap``,
+percentile method), :func:`clopper_pearson` and :func:`exceedance`. Every interval is an :class:`Interval` with its estimate, bounds, nominal level and
 method name. What each interval guarantees is described in ``docs/BOUNDS.md``:
 
 * :func:`bootstrap_ci` — percentile bootstrap, approximate coverage (asymptotic);
@@ -16,6 +16,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,9 @@ def bootstrap_ci(values, stat: Callable[..., float] = np.mean, n_boot: int = 200
     Resampling uses one index matrix (in chunks). When ``stat`` is a numpy reduction (``np.mean``,
     ``np.median``, ...) on 1-D data, or ``vectorized=True`` (``stat(x, axis=1)`` reduces each row of a
     ``(B, n, ...)`` batch to a scalar), all resamples are evaluated in one call; otherwise ``stat`` is
-    called once per resample. The interval is [α/2, 1 − α/2] quantiles of the bootstrap statistics.
+    called once per resample. The interval is [α/2, 1 − α/2] quantiles of the bootstrap statistics:
+    ``scipy.stats.bootstrap(method="percentile")`` over the row indices, drawing ``n_boot`` resamples from
+    ``seed`` in chunks of at most 4 M values.
 
     >>> iv = bootstrap_ci(np.arange(100.0), n_boot=500)
     >>> iv.estimate, iv.low < 49.5 < iv.high
@@ -172,21 +175,27 @@ def bootstrap_ci(values, stat: Callable[..., float] = np.mean, n_boot: int = 200
     if vectorized is None:
         vectorized = data.ndim == 1 and stat in _VECTORIZED
     estimate = float(stat(data))
+    if n < 2:  # every resample is the sample itself (scipy refuses one observation)
+        return Interval(estimate, estimate, estimate, 1 - a, "percentile-bootstrap")
     chunk = max(1, min(n_boot, 4_000_000 // max(1, data[0].size * n)))
-    boots = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        if vectorized:
-            res = np.asarray(stat(data[idx], axis=1), dtype=float)
-            if res.shape != (idx.shape[0],):
-                raise ValueError(
-                    f"stat(x, axis=1) must return one value per resample, shape ({idx.shape[0]},); received "
-                    f"shape {res.shape}. Pass vectorized=False to call stat once per resample."
-                )
-            boots[start:start + idx.shape[0]] = res
-        else:
-            boots[start:start + idx.shape[0]] = [float(stat(data[row])) for row in idx]
-    low, high = np.quantile(boots, [a / 2, 1 - a / 2])
+
+    def rows_stat(i: np.ndarray, axis: int = -1) -> Any:  # scipy resamples row indices: rows stay together
+        i = np.asarray(i, dtype=np.intp)
+        if not vectorized:
+            return float(stat(data[i]))
+        res = np.asarray(stat(data[i], axis=1), dtype=float)
+        if res.shape != (i.shape[0],):
+            raise ValueError(
+                f"stat(x, axis=1) must return one value per resample, shape ({i.shape[0]},); received "
+                f"shape {res.shape}. Pass vectorized=False to call stat once per resample."
+            )
+        return res
+
+    scipy_stats = require("scipy.stats", "report", "scipy")
+    res = scipy_stats.bootstrap((np.arange(n),), rows_stat, n_resamples=int(n_boot), batch=chunk,
+                                vectorized=bool(vectorized), confidence_level=1 - a, method="percentile",
+                                rng=rng)
+    low, high = res.confidence_interval
     return Interval(estimate, float(low), float(high), 1 - a, "percentile-bootstrap")
 
 

@@ -28,19 +28,18 @@ from .._exceptions import BudgetError, DataError, check_positive_int, require
 
 require("langchain_core", "langchain", "langchain-core")
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
-from langchain_core.documents import Document
 from langchain_core.example_selectors import BaseExampleSelector
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import BaseChatPromptTemplate
 from langchain_core.prompts.message import BaseMessagePromptTemplate
-from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, field_validator
 
 from ..index.core import ExampleIndex
 from ..models import DEFAULT_LM
-from ..prompt.retrieve import STRATEGIES, Retriever
+from ..prompt.pack import greedy_select
+from ..prompt.retrieve import Retriever
+from ..prompt.template import verbalize
 from ..types import Example
+from .langchain_retriever import RagiclRetriever, _load_index, example_to_document
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +58,6 @@ _FORCED: contextvars.ContextVar[dict[int, list[dict[str, str]]] | None] = contex
     "ragicl_forced_examples", default=None)
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
 _ANCHOR = [{"role": "system", "content": "x"}]  # fixes templates that inject a default system message
-
-
-def _load_index(index: ExampleIndex | str | os.PathLike) -> ExampleIndex:
-    if isinstance(index, ExampleIndex):
-        return index
-    if isinstance(index, (str, os.PathLike)):
-        return ExampleIndex.load(index)
-    raise TypeError(f"index must be a ragicl ExampleIndex or the path of a saved one; got "
-                    f"{type(index).__name__}. Build one with ExampleIndex.build(dataset).")
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:
@@ -98,26 +88,6 @@ def _message_dict(message: BaseMessage) -> dict[str, str]:
         content = "".join(part if isinstance(part, str) else str(part.get("text", ""))
                           for part in content)
     return {"role": role, "content": content}
-
-
-def example_to_document(example: Example, score: float | None = None) -> Document:
-    """A ragicl :class:`~ragicl.types.Example` as a LangChain ``Document``.
-
-    ``page_content`` is :meth:`Example.text` (the embedded text); ``metadata`` holds the input fields,
-    ``id``, ``label`` (or ``output``) and the retrieval ``score`` when given.
-
-    >>> doc = example_to_document(Example("3", {"text": "a joy"}, label="positive"), 0.9)
-    >>> doc.page_content, doc.metadata["label"], doc.metadata["score"]
-    ('a joy', 'positive', 0.9)
-    """
-    metadata: dict[str, Any] = {**example.inputs, "id": example.id}
-    if example.label is not None:
-        metadata["label"] = example.label
-    if example.output is not None:
-        metadata["output"] = example.output
-    if score is not None:
-        metadata["score"] = float(score)
-    return Document(page_content=example.text(), metadata=metadata, id=example.id)
 
 
 @dataclass(frozen=True)
@@ -267,12 +237,7 @@ class RagiclExampleSelector(BaseExampleSelector):
         return out
 
     def _verbalize(self, label: str) -> str:
-        if self.verbalizer is None:
-            return label.replace("_", " ")
-        if label not in self.verbalizer:
-            raise DataError(f"label {label!r} is not in the verbalizer (which maps "
-                            f"{sorted(self.verbalizer)}); add it.")
-        return self.verbalizer[label]
+        return verbalize(label, self.verbalizer)
 
     def _query(self, input_variables: Mapping[str, Any]) -> dict[str, str]:
         missing = [var for var in self.input_keys if var not in input_variables]
@@ -338,16 +303,10 @@ class RagiclExampleSelector(BaseExampleSelector):
         if overhead > budget:
             raise BudgetError(f"the prompt without any example already has {overhead} tokens; the budget is "
                               f"max_tokens={budget}. Raise max_tokens or shorten the prompt/query.")
-        avail, chosen, skipped = budget - overhead, [], []
-        for p in found.positions:
-            ex = index.examples[p]
-            cost = self._cost(ex)
-            if len(chosen) < self.k and cost <= avail:
-                chosen.append(ex)
-                avail -= cost
-            else:
-                skipped.append(ex)
-        n_tokens = budget - avail
+        costs = {p: self._cost(index.examples[p]) for p in found.positions}
+        picked, left = greedy_select(list(found.positions), costs, budget - overhead, self.k)
+        chosen, skipped = [index.examples[p] for p in picked], [index.examples[p] for p in left]
+        n_tokens = overhead + sum(costs[p] for p in picked)
         if self.prompt is None:
             self._warn_unattached(input_variables, n_tokens, budget)
         else:  # exact check: drop the least relevant while boundary effects overflow
@@ -417,66 +376,3 @@ def _find_few_shot(prompt: Any, selector: RagiclExampleSelector) -> Any:
         if found is not None:
             return found
     return None
-
-
-class RagiclRetriever(BaseRetriever):
-    """A LangChain retriever over a ragicl index: ``invoke(query) -> list[Document]``, best first.
-
-    Documents carry the example text as ``page_content`` and ``{fields..., "id", "label", "score"}`` as
-    metadata (see :func:`example_to_document`). Like every ragicl retrieval, exact duplicates of the query
-    are never returned. ``strategy`` is any :class:`~ragicl.prompt.retrieve.Retriever` strategy.
-
-    ``invoke(query, k=2)`` (or ``strategy=...``) overrides the field for that call; any other keyword
-    raises ``TypeError``.
-
-    >>> retriever = RagiclRetriever(index=index, k=3)                        # doctest: +SKIP
-    >>> [d.metadata["label"] for d in retriever.invoke("a gripping film")]  # doctest: +SKIP
-    ['positive', 'positive', 'positive']
-    >>> len(retriever.invoke("a gripping film", k=1))                      # doctest: +SKIP
-    1
-    """
-
-    index: Any
-    """An :class:`~ragicl.index.core.ExampleIndex` (or the path of a saved one, loaded at construction)."""
-    k: int = Field(default=4, gt=0)
-    """How many documents to return."""
-    strategy: str = "topk"
-    """Retrieval strategy: ``"topk"``, ``"balanced"``, ``"mmr"`` or ``"random"``."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    @field_validator("strategy")
-    @classmethod
-    def _check_strategy(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown retrieval strategy {value!r}; valid strategies: {list(STRATEGIES)}.")
-        return value
-
-    @field_validator("index", mode="before")
-    @classmethod
-    def _check_index(cls, value: Any) -> ExampleIndex:
-        return _load_index(value)
-
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                k: int | None = None, strategy: str | None = None, **kwargs: Any
-                                ) -> list[Document]:
-        # langchain-core passes invoke()'s extra keywords here because this signature has more than
-        # (query, run_manager); ``verbose`` is its own and ignored.
-        kwargs.pop("verbose", None)
-        if kwargs:
-            raise TypeError(f"RagiclRetriever.invoke() got unexpected keyword(s) {sorted(kwargs)}; it accepts "
-                            "k=... and strategy=... per call.")
-        k = self.k if k is None else check_positive_int("k", k)
-        strategy = self.strategy if strategy is None else strategy
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown retrieval strategy {strategy!r}; valid strategies: {list(STRATEGIES)}.")
-        found = Retriever(k=k, strategy=strategy).retrieve(self.index, [query])[0]
-        examples = self.index.examples
-        return [example_to_document(examples[p], s) for p, s in zip(found.positions, found.scores)]
-
-    async def _aget_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
-        # langchain-core's default drops the extra keywords (k=...) on the async path: pass them on
-        from langchain_core.runnables.config import run_in_executor
-
-        return await run_in_executor(None, self._get_relevant_documents, query,
-                                     run_manager=run_manager.get_sync(), **kwargs)

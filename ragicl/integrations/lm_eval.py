@@ -132,7 +132,7 @@ class RagiclSampler(ContextSampler):
                 "`test_split` in the task YAML (with make_sampler(index=...) that split is not the pool).")
         index = self.index
         query = self.doc_query(eval_doc)
-        retriever = Retriever(k=n, strategy=self.config["strategy"], seed=self._seed)
+        retriever = Retriever(k=n, selection=self.config["strategy"], seed=self._seed)
         found = retriever.retrieve(index, [query], n_candidates=n + 1)[0]
         docs = [self._doc(p) for p in found.positions]
         docs = [d for d in docs if d != eval_doc][:n]

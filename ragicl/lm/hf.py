@@ -3,33 +3,26 @@
 Everything here works on token ids, never on text: the packer decides exactly what the model sees, and
 the model scores exactly that. :class:`TransformersLM` wraps any causal LM that ``transformers`` loads.
 
-Scoring is one pass per prompt shared by every continuation:
-
-* all continuations one token long (the usual label set): one forward pass keeping only the last
-  position's logits (``logits_to_keep=1``), ``log_softmax``, gather the C token ids;
-* otherwise: one pass over the prompt with ``use_cache=True``, then a second batched pass that feeds the
-  (right-padded) continuations of every label on top of the prompt's KV cache, repeated per label.
-
-Prompts are bucketed by length (sorted, then restored) and LEFT-padded with explicit ``position_ids``
-taken from the attention mask, so a prompt scores the same alone or in a padded batch.
-
-When the prompts of a batch start with the same tokens (a fixed demonstration set, a long instruction),
-``share_prefix`` runs that prefix once and only the suffixes per prompt (:mod:`ragicl.lm.prefix`); both
-scoring paths above and :meth:`TransformersLM.next_token_logprobs` use it, with the same results.
+The math lives in :mod:`ragicl.lm.scoring` (pure torch, shared with the trainer): one pass per prompt
+shared by every continuation (single-token labels: the last position only; longer ones: the prompt's KV
+cache reused per label), prompts bucketed by length and LEFT-padded with explicit ``position_ids``, so a
+prompt scores the same alone or in a padded batch. ``share_prefix`` runs the tokens a batch's prompts
+share once (:mod:`ragicl.lm.prefix`), with the same results.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from ragicl._exceptions import check_positive_int
-from ragicl.lm.prefix import PrefixScorer, SharePrefix, check_share_prefix, output_cache, with_cache
+from ragicl.lm import scoring
+from ragicl.lm.prefix import PrefixScorer, SharePrefix, check_share_prefix
+from ragicl.lm.protocol import LanguageModel, as_id_lists, check_pairs, check_prompts
 from ragicl.models import DEFAULT_LM, load_tokenizer, resolve_lm
 
 logger = logging.getLogger(__name__)
@@ -38,41 +31,6 @@ __all__ = ["LanguageModel", "TransformersLM"]
 
 #: cached prompt tokens per batch_size unit in the continuation pass (bounds KV-cache copies)
 _ROW_TOKENS = 4096
-
-
-@runtime_checkable
-class LanguageModel(Protocol):
-    """What the classifier and evaluator need from a language model.
-
-    ``score_continuations`` returns the summed log-probability of each continuation (all C apply to every
-    prompt) after each prompt, shape ``(P, C)``; ``next_token_logprobs`` the full-vocabulary log-probs at
-    the last prompt position, shape ``(P, V)``.
-    """
-
-    name: str
-    tokenizer: Any
-    context_length: int
-
-    def score_continuations(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-                            *, show_progress: bool | None = None) -> np.ndarray: ...
-
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]]) -> np.ndarray: ...
-
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-                 stop: Sequence[str] | None = None, do_sample: bool = False, temperature: float = 1.0,
-                 seed: int | None = None) -> list[str]: ...
-
-
-def _as_id_lists(seqs: Sequence[Sequence[int]], what: str) -> list[list[int]]:
-    if isinstance(seqs, (str, bytes)) or not isinstance(seqs, Sequence) and not hasattr(seqs, "__len__"):
-        raise TypeError(f"{what} must be a sequence of token-id sequences, got {type(seqs).__name__}.")
-    out = []
-    for i, seq in enumerate(seqs):
-        if isinstance(seq, (str, bytes)):
-            raise TypeError(f"{what}[{i}] is text ({seq[:40]!r}); expected token ids. "
-                            "Tokenize first, e.g. tokenizer(text)['input_ids'].")
-        out.append([int(t) for t in seq])
-    return out
 
 
 class TransformersLM:
@@ -213,20 +171,6 @@ class TransformersLM:
                 return int(value)
         return 0  # pragma: no cover
 
-    def _check_prompts(self, prompts: list[list[int]], extra: int, what: str) -> None:
-        if not prompts:
-            raise ValueError("prompts is empty; expected at least one prompt of token ids.")
-        limit = self.context_length
-        for i, prompt in enumerate(prompts):
-            if not prompt:
-                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token id "
-                                 "(add a BOS token or some text).")
-            if len(prompt) + extra > limit:
-                raise ValueError(
-                    f"prompt {i} has {len(prompt)} tokens and {what} needs {extra} more, over the model's "
-                    f"context length of {limit}. Shorten the prompt (e.g. a smaller max_prompt_tokens in "
-                    "the Packer).")
-
     def _batches(self, prompts: list[list[int]]) -> list[list[int]]:
         """Positions of prompts grouped into batches of similar length (longest first)."""
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -234,18 +178,7 @@ class TransformersLM:
         return [order[i:i + size] for i in range(0, len(order), size)]
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
-        """input_ids, attention_mask, position_ids (LEFT padding) on the model's device."""
-        import torch
-
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = self.model.device
-        return ids.to(device), mask.to(device), positions.to(device)
+        return scoring.left_pad(seqs, self._pad_id, scoring.model_device(self.model))
 
     def _progress(self, total: int, desc: str, show: bool | None) -> Any:
         from tqdm.auto import tqdm
@@ -263,15 +196,15 @@ class TransformersLM:
         """
         import torch
 
-        cont = _as_id_lists(continuations, "continuations")
+        cont = as_id_lists(continuations, "continuations")
         if not cont:
             raise ValueError("continuations is empty; expected at least one continuation (e.g. the token "
                              "ids of each label's verbalization).")
         for c, seq in enumerate(cont):
             if not seq:
                 raise ValueError(f"continuation {c} is empty; every continuation needs at least one token id.")
-        ids = _as_id_lists(prompts, "prompts")
-        self._check_prompts(ids, max(len(c) for c in cont), "the longest continuation")
+        ids = as_id_lists(prompts, "prompts")
+        check_prompts(ids, self.context_length, max(len(c) for c in cont), "the longest continuation")
         out = np.zeros((len(ids), len(cont)), dtype=np.float32)
         single = all(len(c) == 1 for c in cont)
         batches = self._batches(ids)
@@ -296,17 +229,11 @@ class TransformersLM:
         With ``shared``, through the batch's shared prefix when it is worth it (the mask then covers prefix
         + padded suffix); ``extra`` continuation tokens will follow on the cache (sliding-window check).
         """
-        import torch
-
         if shared is not None:
             got = shared.last_logprobs(seqs, use_cache=use_cache, extra=extra)
             if got is not None:
                 return got
-        input_ids, mask, positions = self._left_pad(seqs)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         use_cache=use_cache, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
-        return torch.log_softmax(logits, dim=-1), (output_cache(out) if use_cache else None), mask
+        return scoring.last_logprobs(self.model, seqs, self._pad_id, use_cache=use_cache)
 
     def _score_single(self, seqs: list[list[int]], cont: list[list[int]],
                       shared: PrefixScorer | None = None) -> np.ndarray:
@@ -318,73 +245,22 @@ class TransformersLM:
 
     def _score_multi(self, seqs: list[list[int]], cont: list[list[int]],
                      shared: PrefixScorer | None = None) -> np.ndarray:
-        """Prompt pass with cache, then the continuations on top of per-row copies of that cache.
-
-        Rows of the second pass are (prompt, continuation) pairs, at most ``_ROW_TOKENS * batch_size``
-        cached tokens at a time, so many labels (e.g. 77 intents) do not multiply memory by the label count.
-        The prompt pass may go through a shared prefix: its cache and mask (prefix + padded suffix, true
-        lengths = mask sums) are used exactly like the left-padded ones.
-        """
-        import torch
-
-        n_b, n_c = len(seqs), len(cont)
+        """Prompt pass with cache (through a shared prefix when worth it), then the continuations on
+        re-indexed copies of that cache, at most ``_ROW_TOKENS * batch_size`` cached tokens per pass
+        (:func:`ragicl.lm.scoring.continuation_scores`), so many labels do not multiply memory."""
         rest_len = max(len(c) for c in cont) - 1
-        first_lp, cache, prompt_mask = self._last_logprobs(seqs, use_cache=True, shared=shared, extra=rest_len)
-        device = first_lp.device
-        firsts = torch.tensor([c[0] for c in cont], dtype=torch.long, device=device)
-        scores = first_lp[:, firsts]  # (B, C): log-prob of each continuation's first token
-        if not hasattr(cache, "layers") or not hasattr(cache, "batch_select_indices"):  # pragma: no cover
-            logger.debug("cache type %s cannot be re-indexed; scoring by concatenation", type(cache))
-            return self._score_concat(seqs, cont)
-        # Second pass input: each continuation minus its last token, right-padded; target: minus its first.
-        feed = torch.full((n_c, rest_len), self._pad_id, dtype=torch.long)
-        target = torch.zeros((n_c, rest_len), dtype=torch.long)
-        real = torch.zeros((n_c, rest_len), dtype=torch.bool)
-        for c, seq in enumerate(cont):
-            k = len(seq) - 1
-            feed[c, :k] = torch.tensor(seq[:-1], dtype=torch.long)
-            target[c, :k] = torch.tensor(seq[1:], dtype=torch.long)
-            real[c, :k] = True
-        feed, target, real = feed.to(device), target.to(device), real.to(device)
-        lengths = prompt_mask.sum(-1)  # true prompt lengths: first continuation position
-        width = prompt_mask.shape[1] + rest_len
-        max_rows = max(1, (_ROW_TOKENS * self.batch_size) // width)
-        rest = torch.zeros(n_b * n_c, device=device)
-        for lo in range(0, n_b * n_c, max_rows):
-            rows = torch.arange(lo, min(lo + max_rows, n_b * n_c), device=device)  # row = b * C + c
-            b_idx, c_idx = rows // n_c, rows % n_c
-            # padded feed slots are masked and come after every real slot, so causality keeps them out
-            mask = torch.cat([prompt_mask[b_idx], real[c_idx].long()], dim=1)
-            positions = lengths[b_idx].unsqueeze(1) + torch.arange(rest_len, device=device).unsqueeze(0)
-            out = self.model(input_ids=feed[c_idx], attention_mask=mask, position_ids=positions,
-                             use_cache=True, **with_cache(self.model, _select_cache(cache, b_idx)))
-            logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, rest_len, V)
-            picked = logprobs.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1)
-            rest[rows] = picked.masked_fill(~real[c_idx], 0.0).sum(-1)
-        return (scores + rest.view(n_b, n_c)).cpu().numpy()
-
-    def _score_concat(self, seqs: list[list[int]], cont: list[list[int]]) -> np.ndarray:
-        """Fallback without cache reuse: score every prompt+continuation concatenation directly."""
-        import torch
-
-        out = np.zeros((len(seqs), len(cont)), dtype=np.float32)
-        for b, prompt in enumerate(seqs):
-            ids, mask, positions = self._left_pad([prompt + c for c in cont])
-            n = max(len(c) for c in cont)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                logits_to_keep=n + 1).logits[:, :-1].float()
-            picked = torch.log_softmax(logits, -1).gather(-1, ids[:, -n:].unsqueeze(-1)).squeeze(-1)
-            keep = torch.stack([torch.arange(n, device=ids.device) >= n - len(c) for c in cont])
-            out[b] = (picked * keep).sum(-1).cpu().numpy()
-        return out
+        first = self._last_logprobs(seqs, use_cache=True, shared=shared, extra=rest_len)
+        max_rows = max(1, (_ROW_TOKENS * self.batch_size) // (first[2].shape[1] + rest_len))
+        return scoring.continuation_scores(self.model, seqs, cont, self._pad_id, max_rows=max_rows,
+                                           prompt_pass=first).cpu().numpy()
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], *,
                             show_progress: bool | None = None) -> np.ndarray:
         """Full-vocabulary log-probabilities of the next token after each prompt, float32 ``(P, V)``."""
         import torch
 
-        ids = _as_id_lists(prompts, "prompts")
-        self._check_prompts(ids, 1, "the next token")
+        ids = as_id_lists(prompts, "prompts")
+        check_prompts(ids, self.context_length, 1, "the next token")
         rows: dict[int, np.ndarray] = {}
         batches = self._batches(ids)
         with torch.inference_mode(), self._progress(len(batches), "next-token", show_progress) as bar:
@@ -395,6 +271,66 @@ class TransformersLM:
                     rows[i] = logprobs[row].cpu().numpy()
                 bar.update(1)
         return np.stack([rows[i] for i in range(len(ids))]).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ the generation gap's side
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits (the output embedding's rows; ``config.vocab_size`` without one)."""
+        out = self.model.get_output_embeddings()
+        return int(out.weight.shape[0]) if out is not None else int(self.model.config.vocab_size)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Ids that end a sample: the tokenizer's end-of-sequence id and the generation config's."""
+        ids = {self.tokenizer.eos_token_id}
+        extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+        return frozenset(int(i) for i in ids if i is not None)
+
+    def token_logprobs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,
+                       show_progress: bool | None = None) -> list[np.ndarray]:
+        """Float32 log-probability of each token of ``continuations[i]`` after ``prompts[i]`` and the
+        tokens before it (teacher forcing; one pair per row, batched by length)."""
+        import torch
+
+        ids, cont = check_pairs(self.context_length, self.name, prompts, continuations)
+        rows: dict[int, np.ndarray] = {}
+        batches = self._batches([p + c for p, c in zip(ids, cont)])
+        with torch.inference_mode(), self._progress(len(batches), "token log-probs", show_progress) as bar:
+            for batch in batches:
+                got = scoring.token_logprobs(self.model, [ids[i] for i in batch], [cont[i] for i in batch],
+                                             self._pad_id)
+                rows.update((i, row.cpu().numpy()) for i, row in zip(batch, got))
+                bar.update(1)
+        return [rows[i] for i in range(len(ids))]
+
+    def teacher_forced_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+        """Float32 full-vocabulary log-probs ``(T, V)``: row t is the distribution of continuation token t
+        given the prompt and ``continuation[:t]`` (one pass; only those positions reach the LM head)."""
+        import torch
+
+        ids, cont = check_pairs(self.context_length, self.name, [prompt], [continuation])
+        with torch.inference_mode():
+            logprobs, _, _ = scoring.teacher_forced(self.model, ids, cont, self._pad_id)
+        return logprobs[0].cpu().numpy()
+
+    def sample(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, seeds: Sequence[int],
+               stop: Sequence[str] = ()) -> list[tuple[list[int], bool]]:
+        """One sample per prompt from the exact softmax (temperature 1, no top-k/top-p), row i drawn with
+        its own generator seeded by ``seeds[i]``; ends at an :attr:`eos_token_ids` id, the first ``stop``
+        string or ``max_new_tokens``. Returns ``(new token ids, truncated)`` per prompt."""
+        import torch
+
+        check_positive_int("max_new_tokens", max_new_tokens)
+        ids = as_id_lists(prompts, "prompts")
+        if not ids or not all(ids) or len(seeds) != len(ids):
+            raise ValueError(f"need non-empty prompts and one seed each; got {len(ids)} prompts, "
+                             f"{len(seeds)} seeds.")
+        stops, tok, eos = tuple(s for s in stop if s), self.tokenizer, set(self.eos_token_ids)
+        stopped = (lambda seq: any(s in tok.decode(seq) for s in stops)) if stops else None
+        with torch.inference_mode():
+            return scoring.sample_rows(self.model, ids, next(iter(eos), 0), seeds, max_new_tokens, eos, stopped)
 
     # ------------------------------------------------------------------ generation
 
@@ -414,8 +350,8 @@ class TransformersLM:
         if isinstance(stop, str):
             stop = [stop]
         stops = [s for s in (stop or []) if s]
-        ids = _as_id_lists(prompts, "prompts")
-        self._check_prompts(ids, max_new_tokens, f"max_new_tokens={max_new_tokens}")
+        ids = as_id_lists(prompts, "prompts")
+        check_prompts(ids, self.context_length, max_new_tokens, f"max_new_tokens={max_new_tokens}")
         texts: dict[int, str] = {}
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                   "pad_token_id": self._pad_id}
@@ -437,14 +373,6 @@ class TransformersLM:
                     texts[i] = _cut(text, stops)
                 bar.update(1)
         return [texts[i] for i in range(len(ids))]
-
-
-def _select_cache(cache: Any, index: Any) -> Any:
-    """A new cache holding rows ``index`` of ``cache`` (which is left untouched)."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    new.batch_select_indices(index)
-    return new
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:

@@ -19,7 +19,7 @@ window, where the window excludes nothing. Caches with other layer kinds (chunke
 attention / SSM states, quantised or static caches) are never used with it.
 
 Multi-token labels compose with it: the suffix pass returns the batch's cache and the 2-D mask (prefix +
-padded suffix), which the continuation pass of :meth:`ragicl.lm.hf.TransformersLM._score_multi` extends exactly
+padded suffix), which the continuation pass of :func:`ragicl.lm.scoring.continuation_scores` extends exactly
 as it extends a left-padded prompt cache.
 
 Memory: the suffix pass holds the batch's KV cache (prefix repeated + suffixes) for all layers at once, like

@@ -2,8 +2,10 @@
 
 Exact-match extraction (GSM8K ``####`` convention), a vocabulary check (TV needs one vocabulary),
 per-position full-vocabulary log-probs under teacher forcing, the exact per-position TV between two
-systems, and plain temperature-1 sampling (no top-k/top-p) with per-row seeds. ``ragicl.estimators.generation``
-builds the generator facade and the gap report on these.
+systems, and plain temperature-1 sampling (no top-k/top-p) with per-row seeds. Everything goes through the
+:class:`ragicl.lm.protocol.LanguageModel` protocol (``tokenizer.get_vocab``, ``vocab_size``,
+``token_logprobs``, ``teacher_forced_logprobs``, ``sample``), so any backend serves the gap evaluator.
+``ragicl.estimators.generation`` builds the generator facade and the gap report on these.
 
 >>> extract_answer("3 + 4 = 7 apples\\n#### 1,234")
 '1234'
@@ -21,8 +23,6 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import check_positive_int
-from .hf import TransformersLM
-from .prefix import output_cache, with_cache
 
 logger = logging.getLogger(__name__)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -57,9 +57,7 @@ def exact_match(prediction: str, gold: str, extractor: Callable[[str], str | Non
 def _vocab_fingerprint(lm: Any) -> tuple[int, str, int]:
     vocab = lm.tokenizer.get_vocab()
     digest = hashlib.sha256(repr(sorted(vocab.items())).encode("utf-8")).hexdigest()[:16]
-    out = lm.model.get_output_embeddings()
-    width = int(out.weight.shape[0]) if out is not None else int(lm.model.config.vocab_size)
-    return len(vocab), digest, width
+    return len(vocab), digest, int(lm.vocab_size)
 
 
 def check_same_vocabulary(a: Any, b: Any) -> None:
@@ -78,32 +76,20 @@ def _name(lm: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------- scoring & sampling
-def _model(lm: Any) -> Any:
-    if isinstance(lm, TransformersLM):
-        return lm.model
-    if not hasattr(lm, "model") or not hasattr(lm, "tokenizer"):
-        raise TypeError(f"full-vocabulary scoring needs a TransformersLM (with .model and .tokenizer); "
-                        f"got {type(lm).__name__}.")
-    return lm.model
-
-
 def continuation_logprobs(lm: Any, prompt: Sequence[int], continuation: Sequence[int]) -> Any:
-    """Float32 full-vocabulary log-probs ``(len(continuation), V)`` on CPU: row t is the distribution of
-    the token at continuation position t given the prompt and ``continuation[:t]`` (one forward pass,
-    ``logits_to_keep`` so only those positions go through the LM head)."""
+    """Float32 full-vocabulary log-probs ``(len(continuation), V)`` as a CPU torch tensor: row t is the
+    distribution of the token at continuation position t given the prompt and ``continuation[:t]``
+    (``lm.teacher_forced_logprobs``)."""
     import torch
 
-    model, prompt, cont = _model(lm), [int(t) for t in prompt], [int(t) for t in continuation]
+    prompt, cont = [int(t) for t in prompt], [int(t) for t in continuation]
     if not prompt or not cont:
         raise ValueError(f"prompt and continuation must be non-empty; got {len(prompt)} and {len(cont)} ids.")
     limit = getattr(lm, "context_length", None)
     if limit is not None and len(prompt) + len(cont) > limit:
         raise ValueError(f"prompt ({len(prompt)}) + continuation ({len(cont)}) tokens exceed the context "
                          f"length {limit} of {_name(lm)!r}; lower max_prompt_tokens.")
-    ids = torch.tensor([prompt + cont], dtype=torch.long, device=model.device)
-    with torch.inference_mode():
-        logits = model(input_ids=ids, logits_to_keep=len(cont) + 1).logits[0, :-1]
-        return torch.log_softmax(logits.float(), dim=-1).cpu()
+    return torch.from_numpy(np.asarray(lm.teacher_forced_logprobs(prompt, cont), dtype=np.float32))
 
 
 def token_logprobs(lm: Any, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
@@ -111,17 +97,10 @@ def token_logprobs(lm: Any, prompts: Sequence[Sequence[int]], continuations: Seq
     """Per-token log-probabilities (float64) of ``continuations[i]`` after ``prompts[i]``, one pair per
     query (unlike ``LanguageModel.score_continuations``, where every continuation goes with every prompt).
     Their cumulative sum at t is ``ln P`` of the first t tokens."""
-    import torch
-    from tqdm.auto import tqdm
-
     if len(prompts) != len(continuations):
         raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations; pair them up.")
-    out = []
-    for i in tqdm(range(len(prompts)), desc="token log-probs", leave=False, disable=_quiet(show_progress)):
-        lp = continuation_logprobs(lm, prompts[i], continuations[i])
-        idx = torch.tensor([int(t) for t in continuations[i]]).unsqueeze(1)
-        out.append(lp.gather(1, idx).squeeze(1).double().numpy())
-    return out
+    got = lm.token_logprobs(prompts, continuations, show_progress=show_progress)
+    return [np.asarray(v, dtype=np.float32).astype(np.float64) for v in got]
 
 
 def sequence_logprobs(lm: Any, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
@@ -173,61 +152,14 @@ def sample_continuations(lm: Any, prompts: Sequence[Sequence[int]], max_new_toke
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists.")
     rows = [(i, j) for i in range(len(ids)) for j in range(n)]
     out: list[list[tuple[list[int], bool]]] = [[] for _ in ids]
+    stops = tuple(s for s in stop if s)
     for lo in tqdm(range(0, len(rows), batch_size), desc="sampling", leave=False, disable=_quiet(show_progress)):
         chunk = rows[lo:lo + batch_size]
         seeds = [int(np.random.SeedSequence([seed, i, j]).generate_state(1)[0]) for i, j in chunk]
-        for (i, _), res in zip(chunk, _sample_batch(lm, [ids[i] for i, _ in chunk], seeds, max_new_tokens,
-                                                    tuple(s for s in stop if s))):
+        for (i, _), res in zip(chunk, lm.sample([ids[i] for i, _ in chunk], max_new_tokens, seeds=seeds,
+                                                 stop=stops)):
             out[i].append(res)
     return out
-
-
-def _sample_batch(lm: Any, prompts: list[list[int]], seeds: list[int], max_new_tokens: int,
-                  stop: tuple[str, ...]) -> list[tuple[list[int], bool]]:
-    import torch
-
-    model, tok, eos = _model(lm), lm.tokenizer, _eos_ids(lm)
-    dev, b, width = model.device, len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((b, width), next(iter(eos), 0), dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = mask.sum(-1, keepdim=True)  # next position of each row
-    gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
-    seqs: list[list[int]] = [[] for _ in range(b)]
-    done, truncated = [False] * b, [False] * b
-    with torch.inference_mode():
-        res = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
-        for step in range(max_new_tokens):
-            probs = torch.softmax(res.logits[:, -1].float(), dim=-1)
-            nxt = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r]) for r in range(b)])
-            for r in range(b):
-                if done[r]:
-                    continue
-                t = int(nxt[r, 0])
-                seqs[r].append(t)
-                if t in eos or (stop and any(s in tok.decode(seqs[r]) for s in stop)):
-                    done[r] = True
-                elif step == max_new_tokens - 1:
-                    done[r] = truncated[r] = True
-            if all(done):
-                break
-            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)
-            res = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True,
-                        **with_cache(model, output_cache(res)))
-            pos = pos + 1
-    return list(zip(seqs, truncated))
-
-
-def _eos_ids(lm: Any) -> set[int]:
-    ids = {lm.tokenizer.eos_token_id}
-    cfg = getattr(_model(lm), "generation_config", None)
-    extra = getattr(cfg, "eos_token_id", None)
-    ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
-    return {int(i) for i in ids if i is not None}
 
 
 def _quiet(show: bool | None) -> bool | None:

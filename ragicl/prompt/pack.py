@@ -21,15 +21,15 @@ tokenizer(prompt.text).input_ids`` and ``prompt.n_tokens <= prompt.budget``.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ragicl._exceptions import BudgetError, DataError, NotFittedError
+from ragicl.prompt._pack_checks import FitChecks
 from ragicl.prompt._pack_fast import candidate_encoders, shared_ints
 from ragicl.prompt.template import PromptTemplate
-from ragicl.types import Example, PackedPrompt
+from ragicl.types import Example, PackedPrompt, Query
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ class PreparedQuery:
     key: tuple[Any, PromptTemplate] = field(repr=False, compare=False)
 
 
-Query = Example | Mapping[str, str] | str | PreparedQuery
+PackQuery = Query | PreparedQuery  # what pack/pack_batch/prepare accept
 _SANE_MAX_LENGTH = 10_000_000  # tokenizers without a limit report model_max_length ~ 1e30
 
 
-class Packer:
+class Packer(FitChecks):
     """Packs the most relevant examples that fit into a prompt of at most ``budget_`` tokens.
 
     ``budget_ = min(max_prompt_tokens, context_length - answer_tokens)`` counted over the whole prompt
@@ -61,8 +61,8 @@ class Packer:
     tokenizer's ``model_max_length`` when that is a real limit. ``answer_tokens`` defaults to the longest
     label answer (classification); for generation pass ``max_new_tokens``. ``mode="retokenize"`` forces
     the exact slow path (the default ``"auto"`` picks the fast path when the fit-time check passes).
-    ``encoder_`` names the query-block encoder that passed the check (``"pieces"``, ``"backend"`` or
-    ``"wrapper"``, see :mod:`ragicl.prompt._pack_fast`); :meth:`prepare` tokenizes queries ahead of packing.
+    ``encoder_`` names the query-block encoder that passed the check (``"backend"`` or ``"wrapper"``,
+    see :mod:`ragicl.prompt._pack_fast`); :meth:`prepare` tokenizes queries ahead of packing.
 
     >>> from ragicl.models import load_tokenizer                        # doctest: +SKIP
     >>> tok = load_tokenizer("SmolLM2-135M-Instruct")  # the tokenizer alone  # doctest: +SKIP
@@ -142,41 +142,6 @@ class Packer:
     def _wrapper_encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _set_frame(self) -> None:
-        """Special tokens the tokenizer adds, and the fixed text before (lead) and after (tail) the blocks."""
-        tok, tpl = self.tokenizer, self.template
-        probe = "Hello world"
-        plain = list(tok(probe, add_special_tokens=False)["input_ids"])
-        full = self._full_encode(probe)
-        self._special_ok = False
-        self._special_prefix: list[int] = []
-        self._special_suffix: list[int] = []
-        for i in range(len(full) - len(plain) + 1):
-            if full[i:i + len(plain)] == plain:
-                self._special_prefix, self._special_suffix = full[:i], full[i + len(plain):]
-                self._special_ok = True
-                break
-        if self._special_suffix:
-            logger.warning("the tokenizer appends %s after every text; prompts will end with them",
-                           tok.convert_ids_to_tokens(self._special_suffix))
-        if tpl.chat:
-            prefix, suffix, in_system = tpl.chat_frame(tok)
-            special_text = tok.decode(self._special_prefix) if self._special_prefix else ""
-            if special_text and prefix.startswith(special_text):
-                prefix = prefix[len(special_text):]  # the tokenizer adds it back: avoid a doubled <bos>
-            instruction_in_content = bool(tpl.instruction) and not in_system
-            self._lead_text = prefix + (tpl.instruction if instruction_in_content else "")
-            self._tail_text = suffix
-            self._sep_first = instruction_in_content
-        else:
-            self._lead_text, self._tail_text = tpl.instruction, ""
-            self._sep_first = bool(tpl.instruction)
-        lead = list(tok(self._lead_text, add_special_tokens=False)["input_ids"]) if self._lead_text else []
-        tail = list(tok(self._tail_text, add_special_tokens=False)["input_ids"]) if self._tail_text else []
-        self._head_ids = self._special_prefix + lead
-        self._end_ids = tail + self._special_suffix
-        self._fixed = len(self._head_ids) + len(self._end_ids)
-
     def _labels(self, examples: Sequence[Example], labels: Sequence[str] | None) -> tuple[str, ...]:
         if self.template.target != "label":
             return ()
@@ -223,76 +188,6 @@ class Packer:
                              f"{self.answer_tokens_}); raise context_length or lower answer_tokens.")
         return budget
 
-    # ---------------------------------------------------------------------------------- fit-time checks
-    def _check_fast_path(self, examples: Sequence[Example]) -> bool:
-        """Do concatenated cached ids equal the tokenizer's ids of the rendered text on sample prompts?"""
-        if not self._special_ok:
-            logger.warning("could not locate the special tokens this tokenizer adds; re-tokenizing prompts")
-            return False
-        queries = self._sample_queries(examples)
-        rng = random.Random(self.seed)
-        n = len(examples)
-        trials: list[tuple[Mapping[str, str], list[int]]] = []
-        for t in range(max(self.check_samples, 2)):
-            k = 0 if t == 0 else min(n, 1 if t == 1 else rng.randint(2, 8))
-            trials.append((queries[t % len(queries)], rng.sample(range(n), k)))
-        cues = [self.template.separator + self.template.render_query(q) for q in queries]
-        reference = self._batch_encode(cues)
-        for name, encode, encode_many in self._encoders:  # fastest first, the wrapper last
-            self.encoder_, self._encode, self._encode_many = name, encode, encode_many
-            if (encode_many(cues) == reference and [encode(c) for c in cues] == reference
-                    and all(self._assemble_checked(q, chosen) for q, chosen in trials)):
-                return self._check_pairs()
-        logger.warning("this tokenizer merges tokens across prompt block boundaries (separator %r); packing "
-                       "falls back to re-tokenizing every prompt (exact, slower)", self.template.separator)
-        return False
-
-    def _check_pairs(self) -> bool:
-        """Every example's end and start against a real neighbour: ``ids(a + sep + b) == ids(a) + ids(sep + b)``.
-
-        One extra tokenization pass over pairs of consecutive examples (cyclic), so a boundary that merges
-        for a single odd example is caught here rather than left to the random sample.
-        """
-        n = len(self._ids)
-        if n < 2:
-            return True
-        nxt = list(range(1, n)) + [0]
-        got = self._encode_many([self._text_bare[j] + self._text_sep[k] for j, k in zip(range(n), nxt)])
-        for j, k in zip(range(n), nxt):
-            if got[j] != [*self._ids_bare[j], *self._ids_sep[k]]:
-                logger.warning("examples %r and %r tokenize differently joined by separator %r than apart; "
-                               "packing falls back to re-tokenizing every prompt (exact, slower)",
-                               self._ids[j], self._ids[k], self.template.separator)
-                return False
-        return True
-
-    def _sample_queries(self, examples: Sequence[Example]) -> list[Mapping[str, str]]:
-        if examples:
-            rng = random.Random(self.seed + 1)
-            return [examples[i].inputs for i in rng.sample(range(len(examples)), min(8, len(examples)))]
-        return [{name: "Sample input text." for name in self.template.input_fields}]
-
-    def _assemble_checked(self, inputs: Mapping[str, str], chosen: list[int]) -> bool:
-        cue = self.template.render_query(inputs)
-        ids, text = self._assemble(chosen, cue, self._encode(self.template.separator + cue))
-        return list(ids) == self._full_encode(text)
-
-    def _check_answers(self, examples: Sequence[Example]) -> bool:
-        """Do ``tokenizer(prompt.text + answer)`` ids equal ``prompt ids + answer_ids`` for every label?"""
-        if not self.labels_ or self._special_suffix:
-            return not self.labels_
-        inputs = self._sample_queries(examples)[0]
-        chosen = list(range(min(3, len(examples))))
-        prompt = self._pack_one(inputs, chosen, None, budget=1 << 60)
-        texts = [prompt.text + self.template.answer(lab) for lab in self.labels_]
-        full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        bad = [lab for lab, ids in zip(self.labels_, full)
-               if list(ids) != list(prompt.token_ids) + self.answer_ids(lab)]
-        if bad:
-            logger.warning("answers %s tokenize differently after the prompt than alone; they are scored as "
-                           "answer_ids() after the prompt ids", bad[:5])
-        return not bad
-
     # ---------------------------------------------------------------------------------------- packing
     def answer_ids(self, label: str) -> list[int]:
         """Token ids of ``template.answer(label)`` (no special tokens): the continuation the LM scores."""
@@ -303,7 +198,7 @@ class Packer:
                 self._answer_cache[label] = ids
         return list(ids)
 
-    def pack(self, query: Query, candidates: Sequence[int], *, max_examples: int | None = None
+    def pack(self, query: PackQuery, candidates: Sequence[int], *, max_examples: int | None = None
              ) -> PackedPrompt:
         """The prompt for ``query`` with as many of ``candidates`` (positions, most relevant first) as fit.
 
@@ -317,7 +212,7 @@ class Packer:
         inputs, qid, cue, q_ids = self._query_blocks([query], need_ids=False)[0]
         return self._pack_one(inputs, candidates, qid, cue=cue, q_ids=q_ids, max_examples=max_examples)
 
-    def pack_batch(self, queries: Sequence[Query], candidate_lists: Sequence[Sequence[int]], *,
+    def pack_batch(self, queries: Sequence[PackQuery], candidate_lists: Sequence[Sequence[int]], *,
                    max_examples: int | None = None) -> list[PackedPrompt]:
         """:meth:`pack` for many queries; query blocks not already prepared are tokenized in one batch."""
         self._require_fitted()
@@ -328,7 +223,7 @@ class Packer:
         return [self._pack_one(inputs, cands, qid, cue=cue, q_ids=ids, max_examples=max_examples)
                 for (inputs, qid, cue, ids), cands in zip(blocks, candidate_lists)]
 
-    def prepare(self, queries: Sequence[Query]) -> list[PreparedQuery]:
+    def prepare(self, queries: Sequence[PackQuery]) -> list[PreparedQuery]:
         """Tokenize the query blocks of ``queries`` once, for packing them more than once.
 
         ``pack``/``pack_batch`` take the result in place of the queries and then tokenize nothing; the
@@ -339,7 +234,7 @@ class Packer:
         return [PreparedQuery(inputs, qid, cue, tuple(ids), self._key)
                 for inputs, qid, cue, ids in self._query_blocks(queries, need_ids=True)]
 
-    def _query_blocks(self, queries: Sequence[Query], need_ids: bool
+    def _query_blocks(self, queries: Sequence[PackQuery], need_ids: bool
                       ) -> list[tuple[Mapping[str, str], str | None, str, Sequence[int] | None]]:
         """``(inputs, id, cue, ids of separator + cue or None)`` per query, the ids of prepared queries reused,
         the others' tokenized in one batch if ``need_ids``."""
@@ -364,7 +259,7 @@ class Packer:
         if not getattr(self, "_fitted", False):
             raise NotFittedError("Packer is not fitted: call packer.fit(examples) before pack().")
 
-    def _query_inputs(self, query: Query) -> tuple[Mapping[str, str], str | None]:
+    def _query_inputs(self, query: PackQuery) -> tuple[Mapping[str, str], str | None]:
         if isinstance(query, PreparedQuery):  # from a packer with another tokenizer or template
             return query.inputs, query.id
         if isinstance(query, Example):
@@ -401,8 +296,8 @@ class Packer:
                 unique = list(dict.fromkeys(candidates))
             if unique and min(unique) < 0:
                 unique = [p for p in unique if p >= 0]
-            chosen, skipped = _select(unique, self._len_sep, avail, cap, self._min_len)
-            excluded = tuple(map(ids_of.__getitem__, skipped))  # also checks the positions _select never read
+            chosen, skipped = greedy_select(unique, self._len_sep, avail, cap, self._min_len)
+            excluded = tuple(map(ids_of.__getitem__, skipped))  # also checks the positions greedy_select never read
         except (IndexError, TypeError):
             raise IndexError(f"candidates must be integer positions into the {len(ids_of)} fitted examples; "
                              f"got {list(candidates)[:20]!r}.") from None
@@ -465,14 +360,21 @@ class Packer:
                           f"or shorten the query.", needed=n_tokens, budget=budget)
 
 
-def _select(unique: list[int], lens: Sequence[int], avail: int, cap: int, min_len: int
-            ) -> tuple[list[int], list[int]]:
-    """Greedy in relevance order: take each candidate that still fits (skip, do not stop at, one that does
-    not), at most ``cap``; once the cap is reached or no example could fit, the rest are all skipped."""
-    chosen: list[int] = []
+def greedy_select(unique: Sequence[Any], lens: Any, avail: int, cap: int, min_len: int = 0
+                  ) -> tuple[list[Any], list[Any]]:
+    """Greedy budget selection in relevance order: take each candidate that still fits (skip, do not stop
+    at, one that does not), at most ``cap``; once the cap is reached or no example could fit (``avail <
+    min_len``), the rest are all skipped. ``lens[c]`` is candidate ``c``'s token cost (any indexable, read
+    only for candidates considered). Returns ``(chosen, skipped)``, each in relevance order. The one budget
+    selection of ragicl (the packer, the LangChain selector).
+
+    >>> greedy_select([0, 1, 2, 3], [5, 9, 3, 1], avail=9, cap=2)
+    ([0, 2], [1, 3])
+    """
+    chosen: list[Any] = []
     if cap <= 0 or avail < min_len:
         return chosen, unique
-    skipped: list[int] = []
+    skipped: list[Any] = []
     rest = iter(unique)
     for p in rest:
         c = lens[p]

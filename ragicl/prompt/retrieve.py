@@ -1,6 +1,8 @@
 """``Retriever``: choose the demonstrations for each query from an :class:`~ragicl.index.core.ExampleIndex`.
 
-Strategies (``Retriever(strategy=...)``):
+Selections (``Retriever(selection=...)``; ``selection`` is ragicl's one name for "how demonstrations are
+chosen", as in ``ICLClassifier(selection=...)`` and the CLI's ``--selection``; the older
+``Retriever(strategy=...)`` still works and warns with a ``DeprecationWarning``):
 
 * ``"topk"`` — the nearest examples by cosine similarity, best first.
 * ``"balanced"`` — label-balanced: round-robin over labels, each label's candidates in similarity order
@@ -11,14 +13,14 @@ Strategies (``Retriever(strategy=...)``):
 * ``"random"`` — the random-k baseline, drawn from the whole index, seeded per query (its id and text) and
   ``seed``; its scores are NaN (no similarity is computed, so queries are not embedded).
 
-Every strategy excludes **exact duplicates of the query**: every indexed example whose ``Example.key()``
+Every selection excludes **exact duplicates of the query**: every indexed example whose ``Example.key()``
 (hash of the case-folded, whitespace-collapsed input text) equals the query's. A query taken from the
 indexed dataset therefore never retrieves itself. Matching by id alone is off by default
 (``exclude_same_id=False``) because row-number ids collide across files (``test.jsonl`` row ``"5"`` is not
 ``train.jsonl`` row ``"5"``); turn it on when ids are globally unique (``read_dataset(id_field=...)``).
 
 **More candidates than k.** ``retrieve(index, queries, n_candidates=2 * k)`` returns up to ``n_candidates``
-examples in the strategy's order; the packer keeps the ones that fit the token budget and skips the rest,
+examples in the selection's order; the packer keeps the ones that fit the token budget and skips the rest,
 so asking for extra candidates lets a prompt still hold ~k examples when some are long.
 
 >>> from ragicl.data import from_records
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,9 +46,32 @@ from .._exceptions import check_positive_int
 from ..types import Example, Retrieved, text_key
 
 if TYPE_CHECKING:
-    from ..index.core import ExampleIndex, Query
+    from ..index.core import ExampleIndex
+    from ..types import Query
 
-STRATEGIES = ("topk", "balanced", "mmr", "random")
+SELECTIONS = ("topk", "balanced", "mmr", "random")
+STRATEGIES = SELECTIONS  # the former name, kept for imports
+
+
+def check_selection(selection: str) -> str:
+    """``selection`` if it is one of :data:`SELECTIONS`, else ``ValueError`` listing them."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r} (how demonstrations are chosen); valid: "
+                         f"{list(SELECTIONS)}.")
+    return selection
+
+
+def resolve_selection(selection: str | None, strategy: str | None, *, default: str = "topk",
+                      stacklevel: int = 3) -> str:
+    """The selection given as ``selection=`` or through the deprecated alias ``strategy=`` (which warns)."""
+    if strategy is not None:
+        warnings.warn("strategy= is deprecated; use selection= (the same values: "
+                      f"{', '.join(SELECTIONS)})", DeprecationWarning, stacklevel=stacklevel)
+        if selection is not None and selection != strategy:
+            raise ValueError(f"got selection={selection!r} and its deprecated alias strategy={strategy!r}; "
+                             "pass selection= alone.")
+        selection = strategy
+    return check_selection(default if selection is None else selection)
 
 
 class Retriever:
@@ -53,35 +79,40 @@ class Retriever:
 
     Args:
         k: examples per query; ``0`` means none (zero-shot: empty results, no search).
-        strategy: ``"topk"``, ``"balanced"``, ``"mmr"`` or ``"random"``.
+        selection: ``"topk"``, ``"balanced"``, ``"mmr"`` or ``"random"`` (``strategy``: deprecated alias).
         mmr_lambda: relevance weight of MMR in ``[0, 1]`` (1 = plain top-k, 0 = only diversity).
         fetch_k: candidate pool of ``balanced`` and ``mmr``; default ``max(4 * n, 50)`` for ``n`` wanted.
         seed: seed of ``random`` (combined with each query's id and text).
         exclude_same_id: also exclude the indexed example with the query's id, even if its text differs.
 
-    >>> Retriever(k=4, strategy="mmr", mmr_lambda=0.7)
-    Retriever(k=4, strategy='mmr', mmr_lambda=0.7, fetch_k=None, seed=0)
+    >>> Retriever(k=4, selection="mmr", mmr_lambda=0.7)
+    Retriever(k=4, selection='mmr', mmr_lambda=0.7, fetch_k=None, seed=0)
     """
 
-    def __init__(self, k: int = 16, strategy: str = "topk", mmr_lambda: float = 0.5, fetch_k: int | None = None,
-                 seed: int = 0, exclude_same_id: bool = False) -> None:
+    def __init__(self, k: int = 16, selection: str | None = None, mmr_lambda: float = 0.5,
+                 fetch_k: int | None = None, seed: int = 0, exclude_same_id: bool = False, *,
+                 strategy: str | None = None) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative integer (0 = no examples, zero-shot), got {k!r}.")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown retrieval strategy {strategy!r}; valid strategies: {list(STRATEGIES)}.")
+        selection = resolve_selection(selection, strategy)
         if not isinstance(mmr_lambda, (int, float)) or not 0.0 <= mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be a number in [0, 1], got {mmr_lambda!r}.")
         if fetch_k is not None:
             check_positive_int("fetch_k", fetch_k)
         self.k = k
-        self.strategy = strategy
+        self.selection = selection
         self.mmr_lambda = float(mmr_lambda)
         self.fetch_k = fetch_k
         self.seed = seed
         self.exclude_same_id = exclude_same_id
 
+    @property
+    def strategy(self) -> str:
+        """Deprecated alias of :attr:`selection` (read-only)."""
+        return self.selection
+
     def __repr__(self) -> str:
-        return (f"Retriever(k={self.k}, strategy={self.strategy!r}, mmr_lambda={self.mmr_lambda}, "
+        return (f"Retriever(k={self.k}, selection={self.selection!r}, mmr_lambda={self.mmr_lambda}, "
                 f"fetch_k={self.fetch_k}, seed={self.seed})")
 
     def retrieve(self, index: ExampleIndex, queries: Sequence[Query] | Query,
@@ -104,21 +135,21 @@ class Retriever:
         n = self.k if n_candidates is None else check_positive_int("n_candidates", n_candidates)
         texts = [index.query_text(q) for q in queries]
         excluded = self._excluded(index, queries, texts)
-        if self.strategy == "random":
+        if self.selection == "random":
             return [self._random(index, q, t, ex, n) for q, t, ex in zip(queries, texts, excluded)]
         x = index.embed(texts)
-        depth = n if self.strategy == "topk" else max(n, self.fetch_k or max(4 * n, 50))
+        depth = n if self.selection == "topk" else max(n, self.fetch_k or max(4 * n, 50))
         positions, scores, counts = _candidates(index, x, excluded, depth)
-        if self.strategy == "topk":  # one tolist() per matrix, not per row
+        if self.selection == "topk":  # one tolist() per matrix, not per row
             rows = zip(positions.tolist(), scores.tolist())
             if counts.min() == positions.shape[1]:
                 return [Retrieved(tuple(p), tuple(s)) for p, s in rows]
             return [Retrieved(tuple(p[:c]), tuple(s[:c])) for (p, s), c in zip(rows, counts.tolist())]
         pools = [(positions[i, :c], scores[i, :c]) for i, c in enumerate(counts.tolist())]
-        if self.strategy == "balanced":
+        if self.selection == "balanced":
             if not index.labels:
-                raise ValueError("strategy 'balanced' needs a classification index with labels; this index "
-                                 "has none. Fix: use strategy='topk' or 'mmr'.")
+                raise ValueError("selection 'balanced' needs a classification index with labels; this index "
+                                 "has none. Fix: use selection='topk' or 'mmr'.")
             return [_balanced(index.label_ids[p], p, s, n) for p, s in pools]
         return [_mmr(index, x[i], p, n, self.mmr_lambda) for i, (p, _) in enumerate(pools)]
 

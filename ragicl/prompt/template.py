@@ -233,12 +233,7 @@ class PromptTemplate:
 
     def verbalize(self, label: str) -> str:
         """The word(s) a label is written as: ``verbalizer[label]``, or the label with ``_`` as spaces."""
-        if self.verbalizer is not None:
-            if label not in self.verbalizer:
-                raise DataError(f"label {label!r} is not in the verbalizer (which maps "
-                                f"{sorted(self.verbalizer)}); add it to the verbalizer.")
-            return self.verbalizer[label]
-        return label.replace("_", " ")
+        return verbalize(label, self.verbalizer)
 
     def answer(self, target: str) -> str:
         """The continuation the LM scores: lead + verbalized label (classification) or lead + output."""
@@ -289,6 +284,21 @@ class PromptTemplate:
                                     f"template uses {{{name}}}. Fix the data or the template.") from None
                 out.append(value if isinstance(value, str) else str(value))
         return "".join(out)
+
+
+def verbalize(label: str, verbalizer: Mapping[str, str] | None = None) -> str:
+    """The word(s) ``label`` is written as: ``verbalizer[label]``, or, without a verbalizer, the label with
+    ``_`` as spaces. The one label verbalizer of ragicl (templates, the LangChain selector).
+
+    >>> verbalize("very_positive"), verbalize("pos", {"pos": "great"})
+    ('very positive', 'great')
+    """
+    if verbalizer is not None:
+        if label not in verbalizer:
+            raise DataError(f"label {label!r} is not in the verbalizer (which maps "
+                            f"{sorted(verbalizer)}); add it to the verbalizer.")
+        return verbalizer[label]
+    return label.replace("_", " ")
 
 
 def _title(name: str) -> str:

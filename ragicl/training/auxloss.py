@@ -38,12 +38,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .._exceptions import BudgetError, DataError
+from .._exceptions import DataError
 from ..estimators.classifier import ICLClassifier
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel, TransformersLM
 from ..models import DEFAULT_LM
-from ..prompt.pack import Packer
+from ..prompt.step import PromptStep, make_packer
 from ..prompt.template import PromptTemplate
 from ..types import Dataset
 from .checkpoint import data_fingerprint
@@ -147,15 +147,13 @@ def train_with_fewshot_aux(train: Dataset, index: ExampleIndex, *, lm: str | Lan
     if hasattr(model, "load"):
         model.load()
     template = template or PromptTemplate.default(train.input_fields)
-    packer = Packer(model.tokenizer, template, max_prompt_tokens=max_prompt_tokens,
-                    context_length=model.context_length).fit([], labels=train.labels)
+    packer = make_packer(model, template, max_prompt_tokens=max_prompt_tokens, labels=train.labels)
     lookup = {label: i for i, label in enumerate(train.labels)}
     examples, zero, targets = [], [], []
-    for ex in train.examples:
-        try:
-            zero.append(list(packer.pack(ex, []).token_ids))
-        except BudgetError:
+    for ex, packed in zip(train.examples, PromptStep(packer).pack_each(train.examples)):
+        if packed is None:  # the query alone exceeds the budget
             continue
+        zero.append(list(packed.token_ids))
         examples.append(ex)
         targets.append(lookup[ex.label])
     if not examples:

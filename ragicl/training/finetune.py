@@ -33,8 +33,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..lm import scoring
 from ..lm.hf import LanguageModel, TransformersLM
-from ..lm.prefix import output_cache, with_cache
 from .checkpoint import data_fingerprint, save_model
 from .config import MODES, OBJECTIVES, TrainConfig, resolve_config
 from .trainer import FinetuneResult, StepProgress, train_model, trainable_names
@@ -45,37 +45,6 @@ __all__ = ["MODES", "OBJECTIVES", "FinetuneResult", "TrainConfig", "finetune", "
            "save_model", "trainable_names"]
 
 # ---------------------------------------------------------------------------- losses
-
-def _left_pad(seqs: list[list[int]], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
-
-
-def _sequence_logprobs(model: Any, prompts: list[list[int]], conts: list[list[int]], pad_id: int) -> Any:
-    """Summed log-prob of ``conts[i]`` after ``prompts[i]`` (one row each), with gradients."""
-    import torch
-
-    seqs = [p + c for p, c in zip(prompts, conts)]
-    ids, mask, positions = _left_pad(seqs, pad_id, next(model.parameters()).device)
-    width = ids.shape[1]
-    n_cont = max(len(c) for c in conts)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                   logits_to_keep=n_cont + 1).logits.float()  # last n_cont+1 positions
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last n_cont tokens
-    targets = ids[:, width - n_cont:]
-    picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    lengths = torch.tensor([len(c) for c in conts], device=ids.device)
-    keep = torch.arange(n_cont, device=ids.device).unsqueeze(0) >= (n_cont - lengths).unsqueeze(1)
-    return (picked * keep).sum(-1)
-
 
 _MAX_ROWS = 256  # prompt+label rows in one training forward pass, at most (micro-batching above this)
 
@@ -90,57 +59,13 @@ def _label_logits(model: Any, prompts: list[list[int]], label_ids: list[list[int
     """``(B, L)`` label logits: summed continuation log-probs (one pass if labels are single tokens)."""
     import torch
 
-    firsts = [ids[0] for ids in label_ids]
     if _single_token(label_ids):
-        ids, mask, positions = _left_pad(prompts, pad_id, next(model.parameters()).device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=1).logits[:, -1, :].float()
+        logits = scoring.last_logits(model, prompts, pad_id)
         # restricting raw logits equals restricting log-probs up to a per-row constant: same softmax
-        return logits[:, torch.tensor(firsts, device=logits.device)]
-    return _shared_prompt_label_logits(model, prompts, label_ids, pad_id)
-
-
-def _shared_prompt_label_logits(model: Any, prompts: list[list[int]], label_ids: list[list[int]],
-                                pad_id: int) -> Any:
-    """``(B, L)`` summed label log-probs with gradients, one pass over each prompt shared by all labels.
-
-    The prompt pass keeps its KV cache; every (prompt, label) row then feeds only the label's tokens on
-    top of its prompt's cached keys (``TransformersLM.score_continuations`` does the same without
-    gradients). With 77 three-token labels after a 30-token prompt that is ~7x fewer tokens than scoring
-    every prompt+label concatenation.
-    """
-    import torch
-
-    from ..lm.hf import _select_cache
-
-    device = next(model.parameters()).device
-    ids, mask, positions = _left_pad(prompts, pad_id, device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first_lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    n_b, n_c = len(prompts), len(label_ids)
-    scores = first_lp[:, torch.tensor([c[0] for c in label_ids], device=device)]
-    rest_len = max(len(c) for c in label_ids) - 1
-    if rest_len == 0:
-        return scores
-    feed = torch.full((n_c, rest_len), pad_id, dtype=torch.long, device=device)
-    target = torch.zeros((n_c, rest_len), dtype=torch.long, device=device)
-    real = torch.zeros((n_c, rest_len), dtype=torch.bool, device=device)
-    for c, seq in enumerate(label_ids):
-        k = len(seq) - 1
-        feed[c, :k] = torch.tensor(seq[:-1], dtype=torch.long, device=device)
-        target[c, :k] = torch.tensor(seq[1:], dtype=torch.long, device=device)
-        real[c, :k] = True
-    rows = torch.arange(n_b * n_c, device=device)  # row = b * C + c
-    b_idx, c_idx = rows // n_c, rows % n_c
-    # right-padded label slots are masked and come after every real slot, so causality keeps them out
-    mask2 = torch.cat([mask[b_idx], real[c_idx].long()], dim=1)
-    positions2 = mask.sum(-1)[b_idx].unsqueeze(1) + torch.arange(rest_len, device=device).unsqueeze(0)
-    out2 = model(input_ids=feed[c_idx], attention_mask=mask2, position_ids=positions2,
-                 **with_cache(model, _select_cache(output_cache(out), b_idx)), use_cache=True)
-    logprobs = torch.log_softmax(out2.logits.float(), dim=-1)
-    picked = logprobs.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1)
-    rest = picked.masked_fill(~real[c_idx], 0.0).sum(-1)
-    return scores + rest.view(n_b, n_c)
+        return logits[:, torch.tensor([ids[0] for ids in label_ids], device=logits.device)]
+    # one pass over each prompt shared by all labels, then only the labels' tokens on its KV cache
+    # (scoring.continuation_scores, the same function TransformersLM.score_continuations uses)
+    return scoring.continuation_scores(model, prompts, label_ids, pad_id)
 
 
 def _check_data(prompts: Sequence[Sequence[int]], what: str, n: int | None = None) -> list[list[int]]:
@@ -185,7 +110,7 @@ def classification_loss(model: Any, prompts: list[list[int]], targets: list[int]
     import torch
 
     if objective == "gold":
-        return -_sequence_logprobs(model, prompts, [label_ids[t] for t in targets], pad_id).mean()
+        return -scoring.sequence_logprobs(model, prompts, [label_ids[t] for t in targets], pad_id).mean()
     logits = _label_logits(model, prompts, label_ids, pad_id)
     return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
 
@@ -286,7 +211,7 @@ def finetune_lm(lm: str | LanguageModel, prompts: Sequence[Sequence[int]],
 
     def nll(model: Any, batch: list[int], pad_id: int) -> tuple[Any, int]:
         conts = [outs[i] for i in batch]
-        return -_sequence_logprobs(model, [ids[i] for i in batch], conts, pad_id).sum(), sum(map(len, conts))
+        return -scoring.sequence_logprobs(model, [ids[i] for i in batch], conts, pad_id).sum(), sum(map(len, conts))
 
     def loss_fn(model: Any, batch: list[int], pad_id: int, progress: StepProgress) -> Any:
         total, count = nll(model, batch, pad_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .._exceptions import DataError
 from ..lm.hf import LanguageModel, TransformersLM
 from ..models import DEFAULT_LM
-from ..prompt.pack import Packer
+from ..prompt.step import PromptStep, make_packer
 from ..prompt.template import PromptTemplate
 from ..types import Dataset
 from .config import TrainConfig, resolve_config
@@ -73,18 +73,14 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
                                      "history": tuple(rec.get("history", ()))})
     if hasattr(model, "load"):
         model.load()
-    packer = Packer(model.tokenizer, template, max_prompt_tokens=max_prompt_tokens,
-                    context_length=model.context_length).fit([], labels=train.labels)
+    packer = make_packer(model, template, max_prompt_tokens=max_prompt_tokens, labels=train.labels)
     prompts, targets, skipped = [], [], 0
     lookup = {label: i for i, label in enumerate(train.labels)}
-    from .._exceptions import BudgetError
-
-    for ex in train.examples:
-        try:
-            prompts.append(list(packer.pack(ex, []).token_ids))
-        except BudgetError:
+    for ex, packed in zip(train.examples, PromptStep(packer).pack_each(train.examples)):
+        if packed is None:  # the query alone exceeds the budget
             skipped += 1
             continue
+        prompts.append(list(packed.token_ids))
         targets.append(lookup[ex.label])
     if skipped:
         logger.warning("skipped %d training examples longer than max_prompt_tokens=%s", skipped,
