@@ -230,6 +230,15 @@ def _dataset_name(path: str | os.PathLike) -> str:
 DEVICE_HELP = "where the models run: auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps"
 
 
+def _index_template_args(p: argparse.ArgumentParser, *, json_help: str) -> None:
+    """--index, --json, --template, --instruction: the options eval and tune share."""
+    p.add_argument("--index", required=True, help="index folder made by `ragicl index build`")
+    p.add_argument("--json", default=None, help=json_help)
+    p.add_argument("--template", default=None,
+                   help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
+    p.add_argument("--instruction", default=None, help="text placed before the demonstrations")
+
+
 def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
     from .models import DEFAULT_LM
 
@@ -340,14 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score a test set with the base LM zero-shot, with k random and with k "
                                    "retrieved demonstrations (and a fine-tuned checkpoint, the reference), "
                                    "then print accuracy, macro-F1 and the gap to the reference.")
-    e.add_argument("--index", required=True, help="index folder made by `ragicl index build`")
+    _index_template_args(e, json_help="also write the report as JSON to this file")
     e.add_argument("--test", required=True, help="test dataset file with the same labels as the index")
     e.add_argument("--finetuned", default=None, help="fine-tuned checkpoint folder (the gap reference)")
     e.add_argument("--n", type=positive_int, default=None, help="sample this many test examples (default all)")
-    e.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    e.add_argument("--template", default=None,
-                   help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
-    e.add_argument("--instruction", default=None, help="text placed before the demonstrations")
     e.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="score the test set on Ray actors (each loads the index and LM once): auto, local, "
                         "host:port or ray://host:port; the index folder must be on storage every node sees")
@@ -362,12 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "score them once per prompt configuration and pick the best setting of "
                                    "k, candidate labels, label-aware prompts, kNN vote size and temperature, the "
                                    "LM x kNN weight and the calibration. Prints what was chosen and why.")
-    t.add_argument("--index", required=True, help="index folder made by `ragicl index build`")
+    _index_template_args(t, json_help="also write the choice and every trial as JSON to this file")
     t.add_argument("--ks", default="4,8,16", help="demonstrations per prompt to try (default 4,8,16)")
-    t.add_argument("--json", default=None, help="also write the choice and every trial as JSON to this file")
-    t.add_argument("--template", default=None,
-                   help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
-    t.add_argument("--instruction", default=None, help="text placed before the demonstrations")
     _eval_args(t)
     t.set_defaults(func=cmd_tune)
 

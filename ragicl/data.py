@@ -202,6 +202,16 @@ def _read_file(path: Path) -> tuple[list, Any]:
                     "the DataFrame.")
 
 
+def parse_jsonl_line(line: str | bytes, lineno: int, path: Any) -> Any:
+    """One JSONL line parsed, or a :class:`DataError` naming the file, the line and the fix."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"line {lineno} of {path} is not valid JSON ({err.msg} at column "
+                        f"{err.colno}): {line[:80]!r}. Expected one JSON object per line. "
+                        "Fix: repair or remove that line.") from err
+
+
 def _read_jsonl(path: Path) -> tuple[list, Any]:
     rows: list = []
     lines: list[int] = []
@@ -209,12 +219,7 @@ def _read_jsonl(path: Path) -> tuple[list, Any]:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"line {lineno} of {path} is not valid JSON ({err.msg} at column "
-                                f"{err.colno}): {line[:80]!r}. Expected one JSON object per line. "
-                                "Fix: repair or remove that line.") from err
+            rows.append(parse_jsonl_line(line, lineno, path))
             lines.append(lineno)
     return rows, lambda i: f"row {i} (line {lines[i]}) of {path}"
 

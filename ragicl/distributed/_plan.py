@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._exceptions import DataError, require
-from ..data import _read_meta, read_dataset
+from ..data import _read_meta, parse_jsonl_line, read_dataset
 from ..types import Dataset, Example
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -128,12 +128,7 @@ def raw_rows(path: Path, piece: dict) -> tuple[list, list[str]]:
                 lineno += 1
                 if not line.strip():
                     continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"line {lineno} of {path} is not valid JSON ({err.msg} at column "
-                                    f"{err.colno}): {line[:80]!r}. Expected one JSON object per line. "
-                                    "Fix: repair or remove that line.") from err
+                rows.append(parse_jsonl_line(line, lineno, path))
                 where.append(f"row {start + len(where)} (line {lineno}) of {path}")
                 if len(rows) == n:
                     break

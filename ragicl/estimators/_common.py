@@ -10,6 +10,7 @@ baselines and fusion): query normalization, ``fit`` input checks, LM loading and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,3 +94,13 @@ def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int,
     if hasattr(out, "load"):
         out.load()
     return out
+
+
+def ensure_lm_and_retriever(est: Any) -> None:
+    """Set an estimator's ``lm_`` (loaded once; kept across re-fits and unpickling) and ``retriever_``
+    (None for zero-shot) from its parameters: the part of ``_prepare`` both estimators share."""
+    from ..prompt.retrieve import Retriever
+
+    if "lm_" not in est.__dict__:
+        est.lm_ = load_lm(est.lm, device=est.device, batch_size=est.batch_size, show_progress=est.show_progress)
+    est.retriever_ = Retriever(k=est.k, selection=est.selection, seed=est.seed) if est.k else None

@@ -20,11 +20,10 @@ from .._exceptions import DataError, NotFittedError
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_EMBEDDER, DEFAULT_LM
-from ..prompt.retrieve import Retriever
 from ..prompt.step import PromptStep, make_packer
 from ..prompt.template import PromptTemplate
 from ..types import Dataset, Example, PackedPrompt, Prediction, Query
-from ._common import as_examples, dataset_from_xy, fit_source, load_lm, softmax
+from ._common import as_examples, dataset_from_xy, ensure_lm_and_retriever, fit_source, load_lm, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +109,7 @@ class ICLClassifier(EstimatorMixin):
 
     def _prepare(self) -> None:
         """Load the LM and build retriever and packer from the fitted state (also after unpickling)."""
-        if "lm_" not in self.__dict__:
-            self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
-                               show_progress=self.show_progress)
-        self.retriever_ = Retriever(k=self.k, selection=self.selection, seed=self.seed) if self.k else None
+        ensure_lm_and_retriever(self)
         examples = list(self.index_.examples) if self.index_ is not None else []
         packer = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
                              labels=self.classes_)

@@ -58,11 +58,10 @@ from ..evaluation.stats import (
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
-from ..prompt.retrieve import Retriever
 from ..prompt.step import PromptStep, make_packer
 from ..prompt.template import PromptTemplate
 from ..types import Dataset, PackedPrompt, Query
-from ._common import as_examples, fit_source, load_lm
+from ._common import as_examples, ensure_lm_and_retriever, fit_source
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +149,8 @@ class ICLGenerator(EstimatorMixin):
 
     def _prepare(self) -> None:
         """Load the LM and build stop rule, retriever and packer from the fitted state (also after unpickling)."""
-        if "lm_" not in self.__dict__:
-            self.lm_ = load_lm(self.lm, device=self.device, batch_size=self.batch_size,
-                               show_progress=self.show_progress)
+        ensure_lm_and_retriever(self)
         self.stop_ = tuple(s for s in (self.stop if self.stop is not None else _default_stop(self.template_)) if s)
-        self.retriever_ = Retriever(k=self.k, selection=self.selection, seed=self.seed) if self.k else None
         examples = list(self.index_.examples) if self.index_ is not None else []
         self.packer_ = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
                                    answer_tokens=self.max_new_tokens)
