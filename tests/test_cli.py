@@ -218,14 +218,16 @@ def test_demo_runs_the_whole_comparison_small(tmp_path, capsys, monkeypatch, smo
     dataset_path("sst2", "train")
     monkeypatch.chdir(tmp_path)
     code = main(["demo", "--data-dir", str(SHARED_DATASETS), "--n-train", "60", "--n", "6", "--steps", "2",
-                 "--ft-batch-size", "4", "--k", "2", "--max-prompt-tokens", "256",
-                 "--out", str(tmp_path / "runs"), "--index-dir", str(tmp_path / "idx")])
+                 "--ft-batch-size", "4", "--k", "2", "--max-prompt-tokens", "256", "--dev-size", "12",
+                 "--tune-budget", "0", "--out", str(tmp_path / "runs"), "--index-dir", str(tmp_path / "idx")])
     assert code == 0
     out = capsys.readouterr().out
-    for name in ("zero-shot", "random-2", "retrieved-2", "fine-tuned", "(reference", "test set sampled"):
+    for name in ("zero-shot", "random-2", "retrieved-2", "kNN vote k=32", "ragicl best", "fine-tuned",
+                 "(reference", "test set sampled"):
         assert name in out
     data = json.loads((tmp_path / "runs" / "report-sst2.json").read_text())
-    assert data["reference"] == "fine-tuned" and len(data["gaps"]) == 3
+    names = [s["name"] for s in data["systems"]]
+    assert data["reference"] == "fine-tuned" and len(data["gaps"]) == len(names) - 1 == 6
     assert all(0.0 <= g["tv"]["estimate"] <= 1.0 for g in data["gaps"])
 
 
