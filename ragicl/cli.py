@@ -252,7 +252,8 @@ def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
     p.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
                    help="token budget of each whole prompt; demonstrations that do not fit are dropped "
                         "(default 1024)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per LM forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="most prompts per LM forward pass (default: as many as the device's token budget holds)")
     p.add_argument("--seed", type=int, default=0, help="seed of test sampling and random-k (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_best_args(p)

@@ -22,7 +22,9 @@ behind a shared ``--instruction``-token instruction (a template instruction; nea
 Timed in process CPU time (``time.process_time``, which other processes on a loaded machine do not inflate)
 and wall time.
 
-All variants use the same batching (length-sorted, left-padded, ``batch_size``) and report prompts/s,
+ragicl batches by tokens (``--batch-tokens``, default ``auto``: the library default); the hand-written
+baselines batch by count (``--batch-size`` or 8), and ``--before-batch N`` times ragicl batching by count
+(N prompts per pass, the behaviour before token budgets) on the same prompts. All report prompts/s,
 tokens/s (real tokens forwarded), the speed-up of ragicl, agreement with ragicl (argmax and max |Δ log-p|),
 and model-FLOPs utilisation ``2 · params · tokens / time`` against the peak (datasheet on CUDA; on CPU the
 measured matmul ceiling).
@@ -31,7 +33,7 @@ Examples::
 
     python scripts/bench_scoring.py --quick
     python scripts/bench_scoring.py --prompts 32 --budget 256
-    python scripts/bench_scoring.py --device cuda --prompts 512 --budget 1024 --batch-size 32
+    python scripts/bench_scoring.py --device cuda --prompts 512 --budget 1024
     python scripts/bench_scoring.py --shared-prefix --prompts 32 --budget 512 --demos 8
 """
 
@@ -183,7 +185,13 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32, help="number of prompts (SST-2 test queries)")
     parser.add_argument("--budget", type=int, default=256, help="prompt token budget")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="most prompts per ragicl pass (default: no cap, the token budget decides); the "
+                             "hand-written baselines and the shared-prefix case use it or 8")
+    parser.add_argument("--batch-tokens", default="auto", help="ragicl's padded token slots per pass (auto or int)")
+    parser.add_argument("--before-batch", type=int, default=32,
+                        help="also time ragicl batching by count with this many prompts per pass (the "
+                             "behaviour before token budgets; 0: skip)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
     parser.add_argument("--repeat", type=int, default=2, help="round-robin timed repeats (best kept)")
@@ -206,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     from ragicl.lm.hf import TransformersLM
 
     if args.shared_prefix:
+        args.batch_size = args.batch_size or 8
         rows = shared_prefix_case(args, torch.cuda.synchronize if args.device.startswith("cuda") else None)
         bc.print_table(rows, f"Shared-prefix scoring, budget {args.budget}, batch {args.batch_size}, {args.device}"
                              " (CPU s: process CPU time, best of --repeat)")
@@ -213,7 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         bc.save_json(args.json, {"env": info, "args": vars(args), "rows": rows})
         return
     prompts, labels, _, _ = build_prompts(args.prompts, args.budget)
-    lm = TransformersLM(device=args.device, dtype=args.dtype, batch_size=args.batch_size).load()
+    batch_tokens = args.batch_tokens if args.batch_tokens == "auto" else int(args.batch_tokens)
+    lm = TransformersLM(device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                        batch_tokens=batch_tokens).load()
+    print(f"# ragicl token budget per pass: {lm.token_budget} (batch_size cap {lm.batch_size})")
     n_params = sum(p.numel() for p in lm.model.parameters())
     dtype = str(lm.model.dtype).removeprefix("torch.")
     datasheet = None
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                               [len(p) for p in prompts], len(prompts))
     print(f"# useful FLOPs {useful / 1e12:.3f} TFLOP (body, causal attention, head at one position per prompt)")
 
-    base = Baselines(lm, args.batch_size)
+    base = Baselines(lm, args.batch_size or 8)
     lm.score_continuations(prompts[:2], labels)  # warm-up
     prompt_tokens = sum(len(p) for p in prompts)
     variants: dict[str, Callable[[], np.ndarray]] = {
@@ -250,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
         "per label, full logits (OpenICL PPL style)": lambda: base.per_label(prompts, labels, False),
         "per label, logits_to_keep": lambda: base.per_label(prompts, labels, True),
     }
+    if args.before_batch:
+        before = TransformersLM.from_model(lm.model, lm.tokenizer, batch_size=args.before_batch, batch_tokens=None)
+        variants[f"ragicl, count batches of {args.before_batch} (before token budgets)"] = (
+            lambda: before.score_continuations(prompts, labels))
     # round-robin over the variants, best of --repeat: load changes on a shared machine hit all alike
     best: dict[str, float] = {}
     results: dict[str, tuple[np.ndarray, int]] = {}
@@ -277,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                      "MFU % (2·params·tokens)": 100 * flops / secs / ceiling.flops if ceiling else None,
                      **extra})
     bc.print_table(rows, f"Scoring {len(prompts)} prompts x {len(labels)} labels, budget {args.budget}, "
-                         f"batch {args.batch_size}, {args.device}")
+                         f"token budget {lm.token_budget}, {args.device}")
     per_label = rows[2]["seconds"] / rows[0]["seconds"]
     print(f"# ragicl vs per-label (OpenICL PPL): {per_label:.2f}x faster (target ≥ 1.8x: "
           f"{'met' if per_label >= 1.8 else 'missed'}); equal results: argmax agreement "

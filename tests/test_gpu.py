@@ -185,6 +185,29 @@ def test_lm_bfloat16_on_cuda_agrees_with_cpu():
     np.testing.assert_allclose(a, b, atol=0.5)  # bf16 forward vs fp32
 
 
+@pytest.mark.slow
+def test_token_budget_on_cuda_fills_the_gpu_and_scores_like_count_batches():
+    """issue 15 §3: the auto budget comes from free memory (bounded), and 300 mixed-length prompts scored
+    in token-budget batches equal the same prompts in count batches of 4 (bf16 both: same kernels per row
+    up to batch-shape effects, so a tolerance of bf16 resolution on log-probs ~10)."""
+    from ragicl.lm.batching import token_batches
+    from ragicl.lm.hf import TransformersLM
+
+    lm = TransformersLM(device="cuda").load()
+    budget = lm.token_budget
+    assert 8192 <= budget <= 131072 and budget % 1024 == 0
+    tok = lm.tokenizer
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "film", "plot", "actors", "slow", "fun", "the", "a", "and"]
+    prompts = [tok(" ".join(rng.choice(words, size=int(n))) + "\nSentiment:")["input_ids"]
+               for n in rng.integers(1, 300, size=300)]
+    labels = [tok(w, add_special_tokens=False)["input_ids"] for w in (" positive", " negative", " so so")]
+    assert len(token_batches([len(p) for p in prompts], budget)) < len(prompts) / 4  # fewer passes
+    count = TransformersLM.from_model(lm.model, tok, batch_size=4, batch_tokens=None)
+    a, b = lm.score_continuations(prompts, labels), count.score_continuations(prompts, labels)
+    np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * max(1.0, float(np.abs(b).max())))
+
+
 def test_hardware_peak_and_mfu(monkeypatch):
     """The benchmarks' FLOP accounting (scripts/_hardware.py: benchmark support, outside the package)."""
     from pathlib import Path

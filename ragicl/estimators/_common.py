@@ -86,7 +86,7 @@ def fit_source(k: int, data: ExampleIndex | Dataset) -> tuple[ExampleIndex | Non
     raise TypeError(f"fit expects an ExampleIndex or a Dataset, got {type(data).__name__}.")
 
 
-def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int,
+def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int | None,
             show_progress: bool | None) -> LanguageModel:
     """A name becomes a loaded :class:`TransformersLM`; a model object is loaded if it can be, else kept."""
     out = lm if not isinstance(lm, str) else TransformersLM(lm, device=device, batch_size=batch_size,

@@ -66,7 +66,7 @@ class ICLClassifier(EstimatorMixin):
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  k: int = 16, max_prompt_tokens: int | None = 1024, selection: str = "topk",
-                 n_candidates: int | None = None, batch_size: int = 8, device: str = "auto",
+                 n_candidates: int | None = None, batch_size: int | None = None, device: str = "auto",
                  seed: int = 0, show_progress: bool | None = None, embedder: Any = DEFAULT_EMBEDDER) -> None:
         self.lm = lm
         self.template = template

@@ -178,7 +178,7 @@ class FusionClassifier:
                  k: int = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
                  knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
                  label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
-                 smoothing: float = 0.5, batch_size: int = 8, device: str = "auto", seed: int = 0,
+                 smoothing: float = 0.5, batch_size: int | None = None, device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template

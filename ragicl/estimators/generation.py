@@ -107,7 +107,7 @@ class ICLGenerator(EstimatorMixin):
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  k: int = 4, max_prompt_tokens: int | None = 1024, max_new_tokens: int = 256,
                  selection: str = "topk", stop: Sequence[str] | None = None, n_candidates: int | None = None,
-                 batch_size: int = 8, device: str = "auto", seed: int = 0,
+                 batch_size: int | None = None, device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template
@@ -356,7 +356,7 @@ def generation_gap(test: Dataset, system: ICLGenerator, reference: ICLGenerator,
                                               if sample_from == "reference" else
                                               (system, p_prompts, reference, q_prompts))
     drawn = sample_continuations(src.lm_, src_prompts, src.max_new_tokens, n=n_samples, stop=src.stop_,
-                                 seed=seed, batch_size=getattr(src.lm_, "batch_size", 8), show_progress=show_progress)
+                                 seed=seed, batch_size=getattr(src.lm_, "batch_size", None) or 8, show_progress=show_progress)
     samples = [(i, ids, trunc) for i, per in enumerate(drawn) for ids, trunc in per]
     owners = [s[0] for s in samples]
     ys = [s[1] for s in samples]

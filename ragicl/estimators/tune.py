@@ -123,7 +123,7 @@ class FusionTuner:
                  temperatures: Sequence[float | None] = (None, 0.02, 0.05, 0.1),
                  weights: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
                  calibrations: Sequence[str] = ("none", "batch", "prior"), max_full_labels: int = 20,
-                 time_budget: float | None = None, batch_size: int = 8, device: str = "auto", seed: int = 0,
+                 time_budget: float | None = None, batch_size: int | None = None, device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template

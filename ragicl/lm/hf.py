@@ -21,6 +21,7 @@ import numpy as np
 
 from ragicl._exceptions import check_positive_int
 from ragicl.lm import scoring
+from ragicl.lm.batching import auto_batch_tokens, check_batch_tokens, token_batches
 from ragicl.lm.prefix import PrefixScorer, SharePrefix, check_share_prefix
 from ragicl.lm.protocol import LanguageModel, as_id_lists, check_pairs, check_prompts
 from ragicl.models import DEFAULT_LM, load_tokenizer, resolve_lm
@@ -29,8 +30,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LanguageModel", "TransformersLM"]
 
-#: cached prompt tokens per batch_size unit in the continuation pass (bounds KV-cache copies)
+#: prompts per batch when batching by count (``batch_tokens=None``) and ``batch_size`` is not given
+_DEFAULT_ROWS = 8
+#: cached prompt tokens per prompt of ``batch_size`` in the continuation pass, when batching by count
 _ROW_TOKENS = 4096
+#: most bytes of float32 last-position logits one batch may produce (caps the rows of short prompts)
+_LOGIT_BYTES = 2**30
 
 
 class TransformersLM:
@@ -40,6 +45,13 @@ class TransformersLM:
     ``device="auto"`` picks CUDA when available, else CPU; ``dtype="auto"`` is bfloat16 on CUDA (float16
     where bfloat16 is unsupported) and float32 on CPU. Nothing is loaded until :meth:`load` or first use.
 
+    Batches are sized by tokens: length-sorted prompts are grouped while rows × the longest row stays
+    within ``batch_tokens`` padded slots (``"auto"``: from the device's free memory and the model's
+    per-token footprint on CUDA, 4,096 on a CPU; :mod:`ragicl.lm.batching`), so 2,000 short zero-shot
+    prompts take a few passes and long prompts never overflow memory. ``batch_size`` caps the prompts per
+    batch (``None``: no cap); ``batch_tokens=None`` batches by count alone (``batch_size``, default 8).
+    Results are returned in one device-to-host copy per call; inputs reach the GPU from pinned memory.
+
     ``share_prefix`` runs the token prefix shared by a batch's prompts once (batch size 1, KV cache
     repeated over the batch) and only the suffixes per prompt. ``"auto"`` (default) does so when the prefix
     has at least 16 tokens, the batch at least 2 prompts and running the prefix once saves at least 10 % of
@@ -47,7 +59,7 @@ class TransformersLM:
     shared token; ``False`` never. It is skipped for caches where it is not exact (sliding windows the
     sequence does not fit in, chunked or linear attention). Scores equal the plain path up to float rounding.
 
-    >>> lm = TransformersLM("SmolLM2-135M-Instruct", batch_size=4)
+    >>> lm = TransformersLM("SmolLM2-135M-Instruct", batch_tokens=2048)
     >>> ids = lm.tokenizer("Review: great fun!\\nSentiment:")["input_ids"]       # doctest: +SKIP
     >>> labels = [lm.tokenizer(w)["input_ids"] for w in (" positive", " negative")]  # doctest: +SKIP
     >>> lm.score_continuations([ids], labels).shape                              # doctest: +SKIP
@@ -55,16 +67,18 @@ class TransformersLM:
     """
 
     def __init__(self, model: str = DEFAULT_LM, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 8, show_progress: bool | None = None,
-                 share_prefix: SharePrefix = "auto") -> None:
+                 batch_size: int | None = None, show_progress: bool | None = None,
+                 share_prefix: SharePrefix = "auto", batch_tokens: int | str | None = "auto") -> None:
         self.model_name = model
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.show_progress = show_progress
         self.share_prefix = share_prefix
         self._model: Any = None
         self._tokenizer: Any = None
+        self._auto_tokens: int | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -74,12 +88,15 @@ class TransformersLM:
         return cls(model, **kwargs).load()
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, name: str | None = None, batch_size: int = 8,
-                   show_progress: bool | None = None, share_prefix: SharePrefix = "auto") -> TransformersLM:
+    def from_model(cls, model: Any, tokenizer: Any, *, name: str | None = None, batch_size: int | None = None,
+                   show_progress: bool | None = None, share_prefix: SharePrefix = "auto",
+                   batch_tokens: int | str | None = "auto") -> TransformersLM:
         """Wrap an already-loaded ``(model, tokenizer)`` pair (e.g. a model being fine-tuned)."""
         name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         lm = cls(str(name), device=str(next(model.parameters()).device), dtype=str(model.dtype),
-                 batch_size=batch_size, show_progress=show_progress, share_prefix=share_prefix)
+                 batch_size=batch_size, show_progress=show_progress, share_prefix=share_prefix,
+                 batch_tokens=batch_tokens)
+        lm._check_batching()
         check_share_prefix(share_prefix)
         lm._model, lm._tokenizer = model, tokenizer
         model.eval()
@@ -92,7 +109,7 @@ class TransformersLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        check_positive_int("batch_size", self.batch_size)
+        self._check_batching()
         check_share_prefix(self.share_prefix)
         device = self._resolve_device()
         dtype = self._resolve_dtype(device)
@@ -171,11 +188,38 @@ class TransformersLM:
                 return int(value)
         return 0  # pragma: no cover
 
-    def _batches(self, prompts: list[list[int]]) -> list[list[int]]:
-        """Positions of prompts grouped into batches of similar length (longest first)."""
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        size = self.batch_size
-        return [order[i:i + size] for i in range(0, len(order), size)]
+    def _check_batching(self) -> None:
+        if self.batch_size is not None:
+            check_positive_int("batch_size", self.batch_size)
+        check_batch_tokens(self.batch_tokens)
+
+    @property
+    def token_budget(self) -> int | None:
+        """Padded token slots per forward pass (``batch_tokens`` with ``"auto"`` resolved for the loaded
+        model's device), or ``None`` when batching by count."""
+        self._check_batching()
+        if self.batch_tokens != "auto":
+            return self.batch_tokens  # type: ignore[return-value]
+        resolved = self._auto_tokens
+        if resolved is None:
+            resolved = self._auto_tokens = auto_batch_tokens(self.model)
+        return resolved
+
+    def _batches(self, prompts: list[list[int]], extra: int = 0) -> list[list[int]]:
+        """Positions of prompts grouped into batches of similar length (longest first), each within the
+        token budget (``extra`` tokens per row follow in the same pass) and ``batch_size`` rows."""
+        budget = self.token_budget
+        if budget is None:
+            return token_batches([len(p) + extra for p in prompts], None, self.batch_size or _DEFAULT_ROWS)
+        rows = max(1, _LOGIT_BYTES // (4 * self.vocab_size))  # float32 last-position logits of a batch
+        return token_batches([len(p) + extra for p in prompts], budget, min(rows, self.batch_size or rows))
+
+    def _cont_rows(self, width: int) -> int:
+        """(prompt, continuation) rows per continuation pass over a cache of ``width`` tokens per row."""
+        budget = self.token_budget
+        if budget is None:
+            budget = _ROW_TOKENS * (self.batch_size or _DEFAULT_ROWS)
+        return max(1, budget // max(1, width))
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
         return scoring.left_pad(seqs, self._pad_id, scoring.model_device(self.model))
@@ -205,17 +249,20 @@ class TransformersLM:
                 raise ValueError(f"continuation {c} is empty; every continuation needs at least one token id.")
         ids = as_id_lists(prompts, "prompts")
         check_prompts(ids, self.context_length, max(len(c) for c in cont), "the longest continuation")
-        out = np.zeros((len(ids), len(cont)), dtype=np.float32)
-        single = all(len(c) == 1 for c in cont)
-        batches = self._batches(ids)
+        rest_len = max(len(c) for c in cont) - 1
+        batches = self._batches(ids, extra=rest_len)
+        parts = []
         with torch.inference_mode(), self._progress(len(batches), "scoring", show_progress) as bar:
             shared = self._prefix_scorer(ids)
+            prepared = scoring.continuation_inputs(cont, self._pad_id, scoring.model_device(self.model))
             for batch in batches:
                 seqs = [ids[i] for i in batch]
-                scores = (self._score_single(seqs, cont, shared) if single
-                          else self._score_multi(seqs, cont, shared))
-                out[batch] = scores
+                parts.append(self._score_single(seqs, prepared, shared) if rest_len == 0
+                             else self._score_multi(seqs, cont, prepared, shared))
                 bar.update(1)
+            scores = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, len(cont)), np.float32)
+        out = np.zeros((len(ids), len(cont)), dtype=np.float32)
+        out[[i for batch in batches for i in batch]] = scores  # one device-to-host copy per call
         return out
 
     def _prefix_scorer(self, prompts: list[list[int]]) -> PrefixScorer | None:
@@ -235,24 +282,23 @@ class TransformersLM:
                 return got
         return scoring.last_logprobs(self.model, seqs, self._pad_id, use_cache=use_cache)
 
-    def _score_single(self, seqs: list[list[int]], cont: list[list[int]],
-                      shared: PrefixScorer | None = None) -> np.ndarray:
-        import torch
-
+    def _score_single(self, seqs: list[list[int]], prepared: tuple[Any, ...],
+                      shared: PrefixScorer | None = None) -> Any:
+        """``(B, C)`` float32 scores of single-token continuations, left on the model's device."""
         logprobs, _, _ = self._last_logprobs(seqs, shared=shared)
-        index = torch.tensor([c[0] for c in cont], dtype=torch.long, device=logprobs.device)
-        return logprobs[:, index].cpu().numpy()
+        return logprobs[:, prepared[0]]
 
-    def _score_multi(self, seqs: list[list[int]], cont: list[list[int]],
-                     shared: PrefixScorer | None = None) -> np.ndarray:
+    def _score_multi(self, seqs: list[list[int]], cont: list[list[int]], prepared: tuple[Any, ...],
+                     shared: PrefixScorer | None = None) -> Any:
         """Prompt pass with cache (through a shared prefix when worth it), then the continuations on
-        re-indexed copies of that cache, at most ``_ROW_TOKENS * batch_size`` cached tokens per pass
-        (:func:`ragicl.lm.scoring.continuation_scores`), so many labels do not multiply memory."""
-        rest_len = max(len(c) for c in cont) - 1
+        re-indexed copies of that cache, as many (prompt, continuation) rows per pass as the token budget
+        holds (:func:`ragicl.lm.scoring.continuation_scores`), so many labels do not multiply memory.
+        ``(B, C)`` float32 on the model's device."""
+        rest_len = prepared[1].shape[1]
         first = self._last_logprobs(seqs, use_cache=True, shared=shared, extra=rest_len)
-        max_rows = max(1, (_ROW_TOKENS * self.batch_size) // (first[2].shape[1] + rest_len))
-        return scoring.continuation_scores(self.model, seqs, cont, self._pad_id, max_rows=max_rows,
-                                           prompt_pass=first).cpu().numpy()
+        return scoring.continuation_scores(self.model, seqs, cont, self._pad_id,
+                                           max_rows=self._cont_rows(first[2].shape[1] + rest_len),
+                                           prompt_pass=first, prepared=prepared)
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], *,
                             show_progress: bool | None = None) -> np.ndarray:

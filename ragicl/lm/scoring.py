@@ -35,8 +35,8 @@ from .prefix import output_cache, with_cache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["can_select", "concat_scores", "continuation_scores", "last_logits", "last_logprobs", "left_pad", "model_device",
-           "sample_rows", "select_cache", "sequence_logprobs", "teacher_forced", "token_logprobs"]
+__all__ = ["can_select", "concat_scores", "continuation_inputs", "continuation_scores", "last_logits", "last_logprobs", "left_pad", "model_device",
+           "sample_rows", "select_cache", "sequence_logprobs", "teacher_forced", "to_device", "token_logprobs"]
 
 Ids = Sequence[Sequence[int]]
 
@@ -46,18 +46,31 @@ def model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def to_device(tensor: Any, device: Any) -> Any:
+    """``tensor`` (on the host) moved to ``device``; to CUDA through pinned memory without blocking the host,
+    so building the next batch overlaps the GPU's work on this one (a pageable copy would synchronise)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def left_pad(seqs: Ids, pad_id: int, device: Any) -> tuple[Any, Any, Any]:
     """``input_ids``, ``attention_mask`` and ``position_ids`` of ``seqs`` LEFT-padded, on ``device``."""
+    import numpy as np
     import torch
 
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
     for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
+        if len(seq):
+            ids[row, width - len(seq):] = seq
+            mask[row, width - len(seq):] = 1
+    positions = np.maximum(mask.cumsum(-1) - 1, 0)
+    return tuple(to_device(torch.from_numpy(a), device) for a in (ids, mask, positions))  # type: ignore[return-value]
 
 
 def last_logprobs(model: Any, prompts: Ids, pad_id: int, *, use_cache: bool = False) -> tuple[Any, Any, Any]:
@@ -92,13 +105,35 @@ def select_cache(cache: Any, index: Any) -> Any:
     return new
 
 
+def continuation_inputs(continuations: Ids, pad_id: int, device: Any) -> tuple[Any, Any, Any, Any]:
+    """The continuation-side tensors of :func:`continuation_scores`, built once per scoring call: each
+    continuation's first token ``(C,)``, and for the second pass the continuations minus their last token
+    (right-padded), minus their first (the targets) and the mask of real slots, ``(C, longest - 1)``."""
+    import numpy as np
+    import torch
+
+    rest_len = max(len(c) for c in continuations) - 1
+    firsts = np.array([c[0] for c in continuations], dtype=np.int64)
+    feed = np.full((len(continuations), rest_len), pad_id, dtype=np.int64)
+    target = np.zeros((len(continuations), rest_len), dtype=np.int64)
+    real = np.zeros((len(continuations), rest_len), dtype=bool)
+    for c, seq in enumerate(continuations):
+        k = len(seq) - 1
+        feed[c, :k] = seq[:-1]
+        target[c, :k] = seq[1:]
+        real[c, :k] = True
+    return tuple(to_device(torch.from_numpy(a), device) for a in (firsts, feed, target, real))  # type: ignore
+
+
 def continuation_scores(model: Any, prompts: Ids, continuations: Ids, pad_id: int, *,
-                        max_rows: int | None = None, prompt_pass: tuple[Any, Any, Any] | None = None) -> Any:
+                        max_rows: int | None = None, prompt_pass: tuple[Any, Any, Any] | None = None,
+                        prepared: tuple[Any, Any, Any, Any] | None = None) -> Any:
     """Summed log-probability of every continuation after every prompt, float32 ``(B, C)``.
 
     The prompts go through one pass with ``use_cache=True`` (or ``prompt_pass``: the ``(log-probs, cache,
     mask)`` of :func:`last_logprobs` computed elsewhere, e.g. through a shared prefix, whose mask covers
-    prefix + padded suffix: true lengths are the mask sums). Continuations of one token are read off the
+    prefix + padded suffix: true lengths are the mask sums; ``prepared``: the :func:`continuation_inputs`
+    of ``continuations``, built once for many batches). Continuations of one token are read off the
     last position; longer ones are fed (minus their last token, right-padded) on top of per-row copies of
     the prompt cache, ``max_rows`` (prompt, continuation) rows per pass (default: all at once). Right-padded
     slots are masked and come after every real slot, so causality keeps them out. A cache that cannot be
@@ -106,27 +141,17 @@ def continuation_scores(model: Any, prompts: Ids, continuations: Ids, pad_id: in
     """
     import torch
 
-    rest_len = max(len(c) for c in continuations) - 1
     first_lp, cache, prompt_mask = prompt_pass or last_logprobs(model, prompts, pad_id, use_cache=True)
     device = first_lp.device
-    firsts = torch.tensor([c[0] for c in continuations], dtype=torch.long, device=device)
+    firsts, feed, target, real = prepared or continuation_inputs(continuations, pad_id, device)
     scores = first_lp[:, firsts]  # (B, C): log-prob of each continuation's first token
+    rest_len = feed.shape[1]
     if rest_len == 0:
         return scores
     if not can_select(cache):  # pragma: no cover - every layered transformers cache can
         logger.debug("cache type %s cannot be re-indexed; scoring by concatenation", type(cache))
         return concat_scores(model, prompts, continuations, pad_id)
     n_b, n_c = len(prompts), len(continuations)
-    # second pass input: each continuation minus its last token, right-padded; target: minus its first
-    feed = torch.full((n_c, rest_len), pad_id, dtype=torch.long)
-    target = torch.zeros((n_c, rest_len), dtype=torch.long)
-    real = torch.zeros((n_c, rest_len), dtype=torch.bool)
-    for c, seq in enumerate(continuations):
-        k = len(seq) - 1
-        feed[c, :k] = torch.tensor(list(seq[:-1]), dtype=torch.long)
-        target[c, :k] = torch.tensor(list(seq[1:]), dtype=torch.long)
-        real[c, :k] = True
-    feed, target, real = feed.to(device), target.to(device), real.to(device)
     lengths = prompt_mask.sum(-1)  # true prompt lengths: the first continuation position
     step = max_rows or n_b * n_c
     parts = []
@@ -137,8 +162,8 @@ def continuation_scores(model: Any, prompts: Ids, continuations: Ids, pad_id: in
         positions = lengths[b_idx].unsqueeze(1) + torch.arange(rest_len, device=device).unsqueeze(0)
         out = model(input_ids=feed[c_idx], attention_mask=mask, position_ids=positions, use_cache=True,
                     **with_cache(model, select_cache(cache, b_idx)))
-        logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, rest_len, V)
-        picked = logprobs.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1)
+        logits = out.logits.float()  # (rows, rest_len, V): log-probs of the targets only, no full softmax
+        picked = logits.gather(-1, target[c_idx].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         parts.append(picked.masked_fill(~real[c_idx], 0.0).sum(-1))
     return scores + torch.cat(parts).view(n_b, n_c)
 
