@@ -53,6 +53,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def k_value(text: str) -> int | str:
+    """argparse type: demonstrations per prompt, an integer >= 0 or 'max' (as many as the budget holds)."""
+    if text.strip().lower() == "max":
+        return "max"
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 or 'max', got {text!r}") from None
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:

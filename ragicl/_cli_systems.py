@@ -42,14 +42,14 @@ def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, t
     lm = TransformersLM(args.lm, batch_size=args.batch_size, device=args.device)
     common = {"template": template, "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed}
     systems = {"zero-shot": ICLClassifier(lm, k=0, **common).fit(index)}
-    if args.k > 0:  # --k 0: the zero-shot system alone (no "random-0"/"retrieved-0" copies of it)
+    if args.k != 0:  # --k 0: the zero-shot system alone (no "random-0"/"retrieved-0" copies of it)
         systems[f"random-{args.k}"] = ICLClassifier(lm, k=args.k, selection="random", **common).fit(index)
         systems[f"retrieved-{args.k}"] = ICLClassifier(lm, k=args.k, selection=args.selection,
                                                        **common).fit(index)
     if getattr(args, "vote", True):
         for k in VOTE_KS:
             systems[f"kNN vote k={k}"] = KNNVoteClassifier(k=k).fit(index)
-    if getattr(args, "best", False) and args.k > 0:
+    if getattr(args, "best", False) and args.k != 0:
         tuner = FusionTuner(lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
                             dev_size=args.dev_size, ks=(args.k,), time_budget=args.tune_budget,
                             batch_size=args.batch_size, device=args.device, seed=args.seed).fit(index)

@@ -27,6 +27,7 @@ from ._cli_checks import (
     check_output_dir,
     check_output_file,
     check_test_labels,
+    k_value,
     non_negative_int,
     positive_float,
     positive_int,
@@ -200,9 +201,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_lm(args.lm)
     index = ExampleIndex.load(args.index)
     template = _template(args, index.dataset)
-    ks = tuple(int(k) for k in str(args.ks).split(",") if k.strip())
-    if not ks or min(ks) < 0:
-        raise UsageError(f"--ks must be a comma-separated list of non-negative integers, got {args.ks!r}.")
+    try:
+        ks = tuple(k_value(k) for k in str(args.ks).split(",") if k.strip())
+    except argparse.ArgumentTypeError:
+        ks = ()
+    if not ks:
+        raise UsageError(f"--ks must be a comma-separated list of integers >= 0 or 'max' (many-shot), got "
+                         f"{args.ks!r}.")
     tuner = FusionTuner(args.lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
                         dev_size=args.dev_size, ks=ks, time_budget=args.tune_budget, batch_size=args.batch_size,
                         device=args.device, seed=args.seed).fit(index)
@@ -244,8 +249,9 @@ def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
 
     p.add_argument("--lm", default=DEFAULT_LM,
                    help=f"base LM that scores the labels: short name, hub id or folder (default {DEFAULT_LM})")
-    p.add_argument("--k", type=non_negative_int, default=k,
-                   help=f"demonstrations per prompt (default {k}); 0 runs the zero-shot system only")
+    p.add_argument("--k", type=k_value, default=k,
+                   help=f"demonstrations per prompt (default {k}); 0 runs the zero-shot system only; 'max' packs "
+                        "as many as --max-prompt-tokens holds (many-shot)")
     p.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"],
                    help="how the retrieved-k system picks demonstrations: topk (most similar), balanced "
                         "(round-robin over labels), mmr (similar but diverse); default topk")
@@ -369,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "k, candidate labels, label-aware prompts, kNN vote size and temperature, the "
                                    "LM x kNN weight and the calibration. Prints what was chosen and why.")
     _index_template_args(t, json_help="also write the choice and every trial as JSON to this file")
-    t.add_argument("--ks", default="4,8,16", help="demonstrations per prompt to try (default 4,8,16)")
+    t.add_argument("--ks", default="4,8,16", help="demonstrations per prompt to try, integers or 'max' (as many as the budget holds); "
+                        "default 4,8,16")
     _eval_args(t)
     t.set_defaults(func=cmd_tune)
 

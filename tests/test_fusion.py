@@ -174,3 +174,38 @@ def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_l
     # the dev queries came from the training set: each is an indexed example
     dev = index.dataset.sample(16, seed=0)
     assert all(index.position_of(ex.id) is not None for ex in dev.examples)
+
+
+# ----------------------------------------------------------------------------- many-shot (k="max")
+
+
+@pytest.mark.slow
+def test_many_shot_fills_the_budget(trec, smollm_lm):
+    """k='max': as many demonstrations as the token budget holds. Each prompt stays within the budget and
+    no further candidate of the retrieved pool would still fit (or the whole index is in the prompt);
+    FusionClassifier and the tuner accept it too, and a bad k is a clear error."""
+    index, test = trec
+    queries = list(test.examples)[:4]
+    budget = 256
+    icl = ICLClassifier(smollm_lm, TEMPLATE, k="max", max_prompt_tokens=budget).fit(index)
+    packer = icl.packer_
+    shortest = min(len(packer._ids_sep[i]) for i in range(len(index)))
+    assert icl.k_ == min(len(index), packer.budget_ // shortest) == packer.max_demonstrations
+    eight = ICLClassifier(smollm_lm, TEMPLATE, k=8, max_prompt_tokens=budget).fit(index).prompts(queries)
+    for prompt, few in zip(icl.prompts(queries), eight):
+        assert prompt.n_tokens <= budget
+        assert len(prompt.included) > len(few.included)  # many-shot shows more than k=8 at this budget
+        # no excluded candidate is short enough for the room left: the budget, not a count, stopped it
+        room = budget - prompt.n_tokens
+        left = [index.position_of(i) for i in prompt.excluded]
+        assert all(len(packer._ids_sep[p]) > room for p in left) or len(prompt.included) == len(index)
+    fc = FusionClassifier(smollm_lm, TEMPLATE, k="max", max_prompt_tokens=budget, knn_weight=0.0,
+                          label_aware=False).fit(index)
+    assert fc.k_ == icl.k_
+    np.testing.assert_allclose(fc.predict_proba(queries), icl.predict_proba(queries), atol=1e-5)
+    tuner = FusionTuner(smollm_lm, TEMPLATE, max_prompt_tokens=budget, dev_size=8, ks=(2, "max"),
+                        candidates=(None,), label_aware=(False,), knn_ks=(8,), temperatures=(None,),
+                        weights=(0.0, 1.0), calibrations=("none",)).fit(index)
+    assert {t.params["k"] for t in tuner.result_.trials} == {2, "max"}
+    with pytest.raises(ValueError, match="'max'"):
+        ICLClassifier(smollm_lm, TEMPLATE, k="many").fit(index)

@@ -17,6 +17,7 @@ import numpy as np
 from .._exceptions import DataError
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel, TransformersLM
+from ..prompt.step import MANY_SHOT, check_k
 from ..types import Dataset, Example, Query
 
 __all__ = ["as_examples", "dataset_from_xy", "fit_source", "load_lm", "softmax"]
@@ -72,14 +73,13 @@ def softmax(logp: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_source(k: int, data: ExampleIndex | Dataset) -> tuple[ExampleIndex | None, Dataset]:
+def fit_source(k: int | str, data: ExampleIndex | Dataset) -> tuple[ExampleIndex | None, Dataset]:
     """Check ``k`` and split what ``fit`` received into (index or None, dataset) — shared by the ICL systems."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer (0 = zero-shot), got {k!r}.")
+    k = check_k(k)
     if isinstance(data, ExampleIndex):
         return data, data.dataset
     if isinstance(data, Dataset):
-        if k > 0:
+        if k != 0:
             raise ValueError(f"k={k} needs examples to retrieve from: pass an ExampleIndex "
                              "(ExampleIndex.build(dataset)), or use k=0 for zero-shot.")
         return None, data
@@ -99,8 +99,16 @@ def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int | None,
 def ensure_lm_and_retriever(est: Any) -> None:
     """Set an estimator's ``lm_`` (loaded once; kept across re-fits and unpickling) and ``retriever_``
     (None for zero-shot) from its parameters: the part of ``_prepare`` both estimators share."""
-    from ..prompt.retrieve import Retriever
-
     if "lm_" not in est.__dict__:
         est.lm_ = load_lm(est.lm, device=est.device, batch_size=est.batch_size, show_progress=est.show_progress)
-    est.retriever_ = Retriever(k=est.k, selection=est.selection, seed=est.seed) if est.k else None
+    est.retriever_ = make_retriever(est, est.k)
+
+
+def make_retriever(est: Any, k: int | str) -> Any:
+    """The estimator's :class:`~ragicl.prompt.retrieve.Retriever` for ``k`` demonstrations (None for
+    zero-shot; for ``k="max"`` a count-1 placeholder, replaced once the packer resolves ``k``)."""
+    from ..prompt.retrieve import Retriever
+
+    if not k:
+        return None
+    return Retriever(k=1 if k == MANY_SHOT else int(k), selection=est.selection, seed=est.seed)

@@ -20,10 +20,18 @@ from .._exceptions import DataError, NotFittedError
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_EMBEDDER, DEFAULT_LM
-from ..prompt.step import PromptStep, make_packer
+from ..prompt.step import PromptStep, make_packer, resolve_k
 from ..prompt.template import PromptTemplate
 from ..types import Dataset, Example, PackedPrompt, Prediction, Query
-from ._common import as_examples, dataset_from_xy, ensure_lm_and_retriever, fit_source, load_lm, softmax
+from ._common import (
+    as_examples,
+    dataset_from_xy,
+    ensure_lm_and_retriever,
+    fit_source,
+    load_lm,
+    make_retriever,
+    softmax,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +70,10 @@ class ICLClassifier(EstimatorMixin):
 
     _estimator_type = "classifier"
     _FITTED = ("classes_", "input_fields_", "template_")
-    _DERIVED = ("lm_", "packer_", "retriever_", "label_ids_")
+    _DERIVED = ("lm_", "packer_", "retriever_", "label_ids_", "k_")
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
-                 k: int = 16, max_prompt_tokens: int | None = 1024, selection: str = "topk",
+                 k: int | str = 16, max_prompt_tokens: int | None = 1024, selection: str = "topk",
                  n_candidates: int | None = None, batch_size: int | None = None, device: str = "auto",
                  seed: int = 0, show_progress: bool | None = None, embedder: Any = DEFAULT_EMBEDDER) -> None:
         self.lm = lm
@@ -115,6 +123,8 @@ class ICLClassifier(EstimatorMixin):
                              labels=self.classes_)
         self.label_ids_ = [list(packer.answer_ids(label)) for label in self.classes_]
         self.packer_ = packer
+        self.k_ = resolve_k(self.k, packer, len(examples))
+        self.retriever_ = make_retriever(self, self.k_)
 
     def _check_fitted(self) -> None:
         if not self._ensure_prepared():
@@ -127,7 +137,7 @@ class ICLClassifier(EstimatorMixin):
     def prompt_step(self) -> PromptStep:
         """The fitted retrieve-and-pack step (:class:`~ragicl.prompt.step.PromptStep`) behind :meth:`prompts`."""
         self._check_fitted()
-        return PromptStep(self.packer_, self.retriever_, self.index_, self.k, self.n_candidates)
+        return PromptStep(self.packer_, self.retriever_, self.index_, self.k_, self.n_candidates)
 
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:
         """The packed prompts the LM would see for these queries (retrieval + exact packing)."""

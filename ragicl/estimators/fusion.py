@@ -37,6 +37,7 @@ from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
 from ..prompt.retrieve import Retriever
+from ..prompt.step import MANY_SHOT, check_k, resolve_k
 from ..prompt.template import PromptTemplate
 from ..types import Example, Query
 from ._common import as_examples
@@ -175,7 +176,7 @@ class FusionClassifier:
     """
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
-                 k: int = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
+                 k: int | str = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
                  knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
                  label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
                  smoothing: float = 0.5, batch_size: int | None = None, device: str = "auto", seed: int = 0,
@@ -215,10 +216,12 @@ class FusionClassifier:
             raise TypeError(f"FusionClassifier.fit expects an ExampleIndex (the vote needs neighbours), got "
                             f"{type(index).__name__}.")
         self.icl_ = icl if icl is not None else ICLClassifier(
-            self.lm, self.template, k=max(self.k, 1), max_prompt_tokens=self.max_prompt_tokens,
+            self.lm, self.template, k=self.k if self.k == MANY_SHOT else max(check_k(self.k), 1),
+            max_prompt_tokens=self.max_prompt_tokens,
             selection=self.selection, batch_size=self.batch_size, device=self.device, seed=self.seed,
             show_progress=self.show_progress).fit(index)
         self.index_ = index
+        self.k_ = resolve_k(self.k, self.icl_.packer_, len(index))
         self.classes_ = tuple(self.icl_.classes_)
         self.input_fields_ = tuple(self.icl_.input_fields_)
         if self.prior is not None and len(self.prior) != len(self.classes_):
@@ -235,7 +238,7 @@ class FusionClassifier:
         """Score ``queries`` with the LM (candidates only) and collect their neighbours, unmixed."""
         self._check_fitted()
         examples = as_examples(queries, self.input_fields_)
-        depth = max(knn_k or self.knn_k, 2 * self.k, CANDIDATE_POOL)
+        depth = max(knn_k or self.knn_k, 2 * self.k_, CANDIDATE_POOL)
         positions, labels, scores = neighbours(self.index_, examples, depth)
         n_labels = len(self.classes_)
         ranked = knn_distribution(labels, scores, n_labels, k=CANDIDATE_POOL, temperature=CANDIDATE_TEMPERATURE,
@@ -245,11 +248,11 @@ class FusionClassifier:
         return FusionParts(lm_logp, labels, scores, n_labels, mask)
 
     def _prompt_positions(self, examples: list[Example], nearest: np.ndarray) -> list[list[int]]:
-        if self.k == 0:
+        if self.k_ == 0:
             return [[] for _ in examples]
         if self.selection == "topk":  # the vote's own neighbours, nearest first: no second search
             return [[int(p) for p in row if p >= 0] for row in nearest]
-        retrieved = self.icl_.retriever_.retrieve(self.index_, examples, n_candidates=2 * self.k)
+        retrieved = self.icl_.retriever_.retrieve(self.index_, examples, n_candidates=2 * self.k_)
         return [list(r.positions) for r in retrieved]
 
     def _lm_logp(self, examples: list[Example], nearest: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -257,9 +260,9 @@ class FusionClassifier:
         pools = self._prompt_positions(examples, nearest)
         label_of = self.index_.label_ids
         out = np.full(mask.shape, -np.inf, dtype=np.float64)
-        if self.label_aware and self.k > 0:
-            pools = [label_aware_order(pool, label_of, np.flatnonzero(m), self.k) for pool, m in zip(pools, mask)]
-        prompts = icl.packer_.pack_batch(examples, pools, max_examples=self.k)
+        if self.label_aware and self.k_ > 0:
+            pools = [label_aware_order(pool, label_of, np.flatnonzero(m), self.k_) for pool, m in zip(pools, mask)]
+        prompts = icl.packer_.pack_batch(examples, pools, max_examples=self.k_)
         if mask.all():  # every label for every query: one batched call
             out[:] = icl.label_logprobs(prompts, show_progress=self.show_progress)
             return out

@@ -58,10 +58,10 @@ from ..evaluation.stats import (
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
-from ..prompt.step import PromptStep, make_packer
+from ..prompt.step import PromptStep, make_packer, resolve_k
 from ..prompt.template import PromptTemplate
 from ..types import Dataset, PackedPrompt, Query
-from ._common import as_examples, ensure_lm_and_retriever, fit_source
+from ._common import as_examples, ensure_lm_and_retriever, fit_source, make_retriever
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +102,10 @@ class ICLGenerator(EstimatorMixin):
     ['Tom has 3 + 4 = <<3+4=7>>7 apples.\\n#### 7']
     """
 
-    _DERIVED = ("lm_", "packer_", "retriever_", "stop_")
+    _DERIVED = ("lm_", "packer_", "retriever_", "stop_", "k_")
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
-                 k: int = 4, max_prompt_tokens: int | None = 1024, max_new_tokens: int = 256,
+                 k: int | str = 4, max_prompt_tokens: int | None = 1024, max_new_tokens: int = 256,
                  selection: str = "topk", stop: Sequence[str] | None = None, n_candidates: int | None = None,
                  batch_size: int | None = None, device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
@@ -154,6 +154,8 @@ class ICLGenerator(EstimatorMixin):
         examples = list(self.index_.examples) if self.index_ is not None else []
         self.packer_ = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
                                    answer_tokens=self.max_new_tokens)
+        self.k_ = resolve_k(self.k, self.packer_, len(examples))
+        self.retriever_ = make_retriever(self, self.k_)
 
     def _check_fitted(self) -> None:
         if not self._ensure_prepared():
@@ -162,7 +164,7 @@ class ICLGenerator(EstimatorMixin):
     def prompt_step(self) -> PromptStep:
         """The fitted retrieve-and-pack step (:class:`~ragicl.prompt.step.PromptStep`) behind :meth:`prompts`."""
         self._check_fitted()
-        return PromptStep(self.packer_, self.retriever_, self.index_, self.k, self.n_candidates)
+        return PromptStep(self.packer_, self.retriever_, self.index_, self.k_, self.n_candidates)
 
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:
         """The packed prompts the LM would see for these queries (retrieval + exact packing)."""

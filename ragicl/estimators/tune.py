@@ -33,6 +33,7 @@ from .._exceptions import DataError, check_positive_int
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
+from ..prompt.step import MANY_SHOT, check_k
 from ..prompt.template import PromptTemplate
 from .classifier import ICLClassifier
 from .fusion import FusionClassifier, FusionParts, combine
@@ -108,7 +109,8 @@ class FusionTuner:
     lm, template, max_prompt_tokens, selection, batch_size, device, show_progress : the LM side, as
         :class:`ICLClassifier`.
     dev_size : dev queries drawn (seeded) from the indexed training examples.
-    ks : demonstrations per prompt to try (``0`` = zero-shot LM side).
+    ks : demonstrations per prompt to try (``0`` = zero-shot LM side, ``"max"`` = as many as the token budget
+        holds: many-shot).
     candidates : candidate-label counts to try (``None`` = every label; dropped for tasks with more than
         ``max_full_labels`` labels, where scoring every label is what candidates avoid).
     label_aware : label-aware prompt orders to try.
@@ -118,7 +120,7 @@ class FusionTuner:
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  max_prompt_tokens: int | None = 1024, selection: str = "topk", dev_size: int = 200,
-                 ks: Sequence[int] = (8, 16, 4), candidates: Sequence[int | None] = (None, 4, 8, 16),
+                 ks: Sequence[int | str] = (8, 16, 4), candidates: Sequence[int | None] = (None, 4, 8, 16),
                  label_aware: Sequence[bool] = (False, True), knn_ks: Sequence[int] = (8, 16, 32, 64, 128),
                  temperatures: Sequence[float | None] = (None, 0.02, 0.05, 0.1),
                  weights: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
@@ -154,7 +156,7 @@ class FusionTuner:
         for k, cand, aware in itertools.product(self.ks, cands, self.label_aware):
             if aware and k == 0:
                 continue
-            configs.append({"k": int(k), "candidates": cand, "label_aware": bool(aware)})
+            configs.append({"k": k if k == MANY_SHOT else int(k), "candidates": cand, "label_aware": bool(aware)})
         return configs
 
     def fit(self, index: ExampleIndex) -> FusionTuner:
@@ -172,11 +174,13 @@ class FusionTuner:
         t0 = time.perf_counter()
         dev = index.dataset.sample(min(self.dev_size, len(index)), seed=self.seed)
         y = np.array([labels.index(ex.label) for ex in dev.examples], dtype=np.int64)
-        icl = ICLClassifier(self.lm, self.template, k=max(max(self.ks), 1),
+        ks = [check_k(k) for k in self.ks]
+        ints = [k for k in ks if k != MANY_SHOT]
+        icl = ICLClassifier(self.lm, self.template, k=MANY_SHOT if MANY_SHOT in ks else max(max(ints), 1),
                             max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
                             batch_size=self.batch_size, device=self.device, seed=self.seed,
                             show_progress=self.show_progress).fit(index)
-        depth = max(max(self.knn_ks), 2 * max(self.ks))
+        depth = max(max(self.knn_ks), 2 * icl.k_)
         trials: list[Trial] = []
         skipped: list[dict[str, Any]] = []
         priors: dict[tuple, np.ndarray] = {}

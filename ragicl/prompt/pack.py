@@ -189,6 +189,13 @@ class Packer(FitChecks):
         return budget
 
     # ---------------------------------------------------------------------------------------- packing
+    @property
+    def max_demonstrations(self) -> int:
+        """The most demonstrations one prompt could hold: the budget over the shortest demonstration (at
+        least 1; an upper bound, what ``k="max"`` retrieves and lets the budget cut)."""
+        self._require_fitted()
+        return max(1, self.budget_ // max(1, self._min_len))
+
     def answer_ids(self, label: str) -> list[int]:
         """Token ids of ``template.answer(label)`` (no special tokens): the continuation the LM scores."""
         ids = self._answer_cache.get(label) if hasattr(self, "_answer_cache") else None

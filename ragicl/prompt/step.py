@@ -6,7 +6,8 @@ Every ICL system in ragicl builds its prompts here: :class:`~ragicl.ICLClassifie
 :class:`~ragicl.prompt.pack.Packer` for an LM (its tokenizer and context length), a template and the indexed
 examples; :class:`PromptStep` pairs that packer with a :class:`~ragicl.prompt.retrieve.Retriever`, the index
 and ``k``: retrieve ``n_candidates`` (default ``2k``) per query, then pack at most ``k`` that fit the budget.
-With ``k=0`` (or no retriever/index) the prompts are zero-shot and nothing is retrieved or embedded.
+With ``k=0`` (or no retriever/index) the prompts are zero-shot and nothing is retrieved or embedded. The
+estimators accept ``k="max"`` (many-shot: as many as the budget holds), resolved by :func:`resolve_k`.
 
 >>> from ragicl.data import from_records
 >>> from ragicl.index.core import ExampleIndex
@@ -27,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .._exceptions import BudgetError
 from ..types import Example, PackedPrompt
 from .pack import Packer
@@ -36,7 +39,30 @@ from .template import PromptTemplate
 if TYPE_CHECKING:
     from ..index.core import ExampleIndex
 
-__all__ = ["PromptStep", "make_packer"]
+__all__ = ["MANY_SHOT", "PromptStep", "check_k", "make_packer", "resolve_k"]
+
+#: ``k`` meaning "as many demonstrations as the token budget holds" (many-shot)
+MANY_SHOT = "max"
+
+
+def check_k(k: Any) -> int | str:
+    """``k`` if it is a non-negative int or ``"max"``; else a ValueError saying what is expected."""
+    if k == MANY_SHOT:
+        return k
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be a non-negative integer (0 = zero-shot) or 'max' (as many demonstrations "
+                         f"as the token budget holds), got {k!r}.")
+    return int(k)
+
+
+def resolve_k(k: int | str, packer: Packer, n_examples: int) -> int:
+    """The demonstration cap behind ``k``: ``k`` itself, or for ``"max"`` the most that could fit the
+    packer's budget (:attr:`Packer.max_demonstrations`, at most ``n_examples``): retrieval hands that many
+    most-relevant candidates (times two) to the packer, whose budget then decides how many go in."""
+    k = check_k(k)
+    if k == MANY_SHOT:
+        return max(1, min(n_examples, packer.max_demonstrations))
+    return int(k)
 
 
 def make_packer(lm: Any, template: PromptTemplate, examples: Sequence[Example] = (), *,
