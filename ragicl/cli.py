@@ -1,8 +1,9 @@
 """ragicl: retrieval in-context learning vs fine-tuning, from your shell.
 
-    ragicl index build DATA [--out indexes/NAME] [--embedder ...] [--factory Flat]
+    ragicl index build DATA... [--out indexes/NAME] [--embedder ...] [--factory Flat] [--ray auto|ADDRESS]
     ragicl finetune --train DATA --out DIR [--epochs 10 | --steps N] [--mode full|attention|value|lora] [--objective labels|gold]
-    ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16] [--n 200] [--json out.json]
+    ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16|max] [--n 200] [--json out.json] [--ray auto]
+    ragicl tune --index indexes/NAME [--ks 4,8,16,max] [--tune-budget S]   # pick "ragicl best" on training dev data
     ragicl demo            # the main job: the whole comparison on SST-2 with the default models
 
 Every command logs progress to stderr and prints its result (a summary or a table) to stdout. A user error
@@ -43,6 +44,8 @@ EPILOG = """examples:
   ragicl finetune --train ../shared/datasets/sst2/train.jsonl --out runs/ft-sst2 --steps 100
   ragicl eval --index indexes/sst2 --test ../shared/datasets/sst2/test.jsonl --n 200 --k 8 \\
       --finetuned runs/ft-sst2 --json runs/report.json
+  ragicl index build 'data/shards/*.parquet' --out indexes/big --ray auto    # distributed, on Ray
+  ragicl eval --index indexes/big --test test.jsonl --k max --ray auto          # many-shot, fanned out
   ragicl demo
 
 Data files are .jsonl/.json/.csv/.parquet with one labeled example per row; a meta.json beside them names

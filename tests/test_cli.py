@@ -158,6 +158,15 @@ def test_eval_k0_is_zero_shot_only(tiny_sst2, hash_index, capsys, smollm_path):
     assert "--k 0: zero-shot only" in out
 
 
+def test_eval_many_shot_k_max(tiny_sst2, hash_index, capsys, smollm_path):
+    assert main(["eval", "--index", str(hash_index), "--test", str(tiny_sst2), "--n", "2", "--k", "max",
+                 "--max-prompt-tokens", "128", "--lm", smollm_path, "--device", "cpu", "--no-best",
+                 "--no-vote"]) == 0
+    out = capsys.readouterr().out
+    assert "retrieved-max" in out and "random-max" in out
+    _argparse_fails(["eval", "--index", str(hash_index), "--test", str(tiny_sst2), "--k", "lots"], capsys, "--k")
+
+
 def test_finetune_user_errors_before_training(tmp_path, tiny_sst2, capsys, smollm_path):
     base = ["finetune", "--train", str(tiny_sst2), "--lm", smollm_path]
     a_file = tmp_path / "a-file"
