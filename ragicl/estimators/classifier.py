@@ -120,6 +120,7 @@ class ICLClassifier(EstimatorMixin):
         ensure_lm_and_retriever(self)
         examples = list(self.index_.examples) if self.index_ is not None else []
         packer = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
+                             index=self.index_,
                              labels=self.classes_)
         self.label_ids_ = [list(packer.answer_ids(label)) for label in self.classes_]
         self.packer_ = packer

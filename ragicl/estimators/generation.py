@@ -153,6 +153,7 @@ class ICLGenerator(EstimatorMixin):
         self.stop_ = tuple(s for s in (self.stop if self.stop is not None else _default_stop(self.template_)) if s)
         examples = list(self.index_.examples) if self.index_ is not None else []
         self.packer_ = make_packer(self.lm_, self.template_, examples, max_prompt_tokens=self.max_prompt_tokens,
+                                   index=self.index_,
                                    answer_tokens=self.max_new_tokens)
         self.k_ = resolve_k(self.k, self.packer_, len(examples))
         self.retriever_ = make_retriever(self, self.k_)

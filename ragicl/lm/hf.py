@@ -407,7 +407,7 @@ class TransformersLM:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if stops:
             kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
-        batches = self._batches(ids)
+        batches = self._batches(ids, extra=max_new_tokens)  # the budget covers the generated tokens too
         with torch.inference_mode(), _seeded(seed), \
                 self._progress(len(batches), "generating", show_progress) as bar:
             for batch in batches:

@@ -24,6 +24,8 @@ estimators accept ``k="max"`` (many-shot: as many as the budget holds), resolved
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,14 +69,38 @@ def resolve_k(k: int | str, packer: Packer, n_examples: int) -> int:
 
 def make_packer(lm: Any, template: PromptTemplate, examples: Sequence[Example] = (), *,
                 max_prompt_tokens: int | None, answer_tokens: int | None = None,
-                labels: Sequence[str] | None = None) -> Packer:
+                labels: Sequence[str] | None = None, index: ExampleIndex | None = None) -> Packer:
     """A fitted :class:`Packer` for ``lm`` (an object with ``.tokenizer`` and ``.context_length``, e.g. a
     loaded :class:`~ragicl.lm.hf.TransformersLM`), ``template`` and the demonstrations ``examples``.
 
     ``answer_tokens`` keeps room for generation (``max_new_tokens``); for classification leave it None and
-    pass ``labels``, whose longest answer sets it."""
-    return Packer(lm.tokenizer, template, max_prompt_tokens=max_prompt_tokens,
-                  context_length=lm.context_length, answer_tokens=answer_tokens).fit(list(examples), labels=labels)
+    pass ``labels``, whose longest answer sets it. With ``index`` (whose ``examples`` these are), the fitted
+    packer is kept for the index's lifetime and handed to every later call with the same tokenizer, template
+    and budget: fitting tokenizes every indexed example, so the systems of one evaluation (zero-shot aside)
+    share one fit instead of repeating it (seconds at 10⁴ examples, minutes at 10⁶)."""
+    def fit() -> Packer:
+        return Packer(lm.tokenizer, template, max_prompt_tokens=max_prompt_tokens, context_length=lm.context_length,
+                      answer_tokens=answer_tokens).fit(list(examples), labels=labels)
+
+    if index is None:
+        return fit()
+    owned = index.examples
+    key = (id(lm.tokenizer), id(owned), template, max_prompt_tokens, lm.context_length, answer_tokens,
+           None if labels is None else tuple(labels))
+    with _PACKERS_LOCK:
+        per_index = _PACKERS.setdefault(index, {})
+        hit = per_index.get(key)
+    if hit is not None and hit[0] is lm.tokenizer and hit[1] is owned and len(owned) == len(examples):
+        return hit[2]
+    packer = fit()
+    with _PACKERS_LOCK:
+        per_index[key] = (lm.tokenizer, owned, packer)  # the references pin the ids the key uses
+    return packer
+
+
+#: fitted packers per index (weak: dropped with the index), keyed by tokenizer, examples, template, budget
+_PACKERS: weakref.WeakKeyDictionary[Any, dict[tuple, tuple[Any, Any, Packer]]] = weakref.WeakKeyDictionary()
+_PACKERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
