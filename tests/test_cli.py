@@ -133,7 +133,7 @@ def test_eval_user_errors(tmp_path, tiny_sst2, hash_index, capsys, monkeypatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base = ["eval", "--index", str(hash_index), "--test", str(tiny_sst2), "--lm", smollm_path]
     _argparse_fails(base + ["--n", "-5"], capsys, "--n", "positive integer")
-    _argparse_fails(base + ["--k", "-1"], capsys, "--k", "0 or more")
+    _argparse_fails(base + ["--k", "-1"], capsys, "--k", "integer >= 0 or 'max'")
     _argparse_fails(base + ["--max-prompt-tokens", "0"], capsys, "--max-prompt-tokens", "positive integer")
     _argparse_fails(base + ["--batch-size", "0"], capsys, "positive integer")
     a_file = tmp_path / "a-file"
