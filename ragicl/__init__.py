@@ -25,6 +25,7 @@ from .estimators.fusion import FusionClassifier
 from .estimators.generation import GenerationReport, ICLGenerator, generation_gap
 from .estimators.tune import FusionTuner, TuneResult
 from .evaluation.compare import Gap, Report, SystemResult, compare
+from .evaluation.predictions import Predictions, load_predictions, save_predictions
 from .index.core import ExampleIndex
 from .index.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .lm.hf import LanguageModel, TransformersLM
@@ -61,6 +62,7 @@ __all__ = [
     "PackedPrompt",
     "Packer",
     "Prediction",
+    "Predictions",
     "PreparedQuery",
     "PromptTemplate",
     "RagiclError",
@@ -77,6 +79,8 @@ __all__ = [
     "__version__",
     "compare",
     "generation_gap",
+    "load_predictions",
     "read_dataset",
+    "save_predictions",
     "train_reference",
 ]

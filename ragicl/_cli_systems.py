@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 logger = logging.getLogger("ragicl.cli")
 
 VOTE_KS = (8, 32)
+_REUSED = "reused from "
 
 
 def add_best_args(p: argparse.ArgumentParser) -> None:
@@ -32,35 +34,48 @@ def add_best_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, template: Any,
-                  notes: list[str]) -> dict[str, Any]:
-    """Fitted systems in table order; appends what tuning chose to ``notes``."""
+                  notes: list[str], reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fitted systems in table order; appends what tuning chose to ``notes``.
+
+    A name in ``reuse`` (saved predictions, :class:`PredictionsLog`) takes that object instead of being
+    fitted: a reused "ragicl best" is not tuned again.
+    """
     from .estimators.baselines import KNNVoteClassifier
     from .estimators.classifier import ICLClassifier
     from .estimators.tune import FusionTuner
     from .lm.hf import TransformersLM
 
+    reuse = reuse or {}
     lm = TransformersLM(args.lm, batch_size=args.batch_size, device=args.device)
     common = {"template": template, "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed}
-    systems = {"zero-shot": ICLClassifier(lm, k=0, **common).fit(index)}
+    systems: dict[str, Any] = {}
+
+    def put(name: str, make: Callable[[], Any]) -> None:
+        systems[name] = reuse[name] if name in reuse else make()
+
+    put("zero-shot", lambda: ICLClassifier(lm, k=0, **common).fit(index))
     if args.k != 0:  # --k 0: the zero-shot system alone (no "random-0"/"retrieved-0" copies of it)
-        systems[f"random-{args.k}"] = ICLClassifier(lm, k=args.k, selection="random", **common).fit(index)
-        systems[f"retrieved-{args.k}"] = ICLClassifier(lm, k=args.k, selection=args.selection,
-                                                       **common).fit(index)
+        put(f"random-{args.k}", lambda: ICLClassifier(lm, k=args.k, selection="random", **common).fit(index))
+        put(f"retrieved-{args.k}", lambda: ICLClassifier(lm, k=args.k, selection=args.selection,
+                                                         **common).fit(index))
     if getattr(args, "vote", True):
         for k in VOTE_KS:
-            systems[f"kNN vote k={k}"] = KNNVoteClassifier(k=k).fit(index)
+            put(f"kNN vote k={k}", lambda k=k: KNNVoteClassifier(k=k).fit(index))
     if getattr(args, "best", False) and args.k != 0:
-        tuner = FusionTuner(lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
-                            dev_size=args.dev_size, ks=(args.k,), time_budget=args.tune_budget,
-                            batch_size=args.batch_size, device=args.device, seed=args.seed).fit(index)
-        res = tuner.result_
-        logger.info("ragicl best:\n%s", res.table())
-        systems["ragicl best"] = tuner.best_estimator_
-        notes.append(f"ragicl best = {_describe(res.params)}; chosen on {res.n_dev} dev queries from the "
-                     f"training set in {res.seconds:.0f} s ({res.reason})")
+        def tuned() -> Any:
+            tuner = FusionTuner(lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
+                                dev_size=args.dev_size, ks=(args.k,), time_budget=args.tune_budget,
+                                batch_size=args.batch_size, device=args.device, seed=args.seed).fit(index)
+            res = tuner.result_
+            logger.info("ragicl best:\n%s", res.table())
+            notes.append(f"ragicl best = {_describe(res.params)}; chosen on {res.n_dev} dev queries from the "
+                         f"training set in {res.seconds:.0f} s ({res.reason})")
+            return tuner.best_estimator_
+
+        put("ragicl best", tuned)
     if finetuned:
-        systems["fine-tuned"] = ICLClassifier(finetuned, k=0, batch_size=args.batch_size, device=args.device,
-                                              **common).fit(index)
+        put("fine-tuned", lambda: ICLClassifier(finetuned, k=0, batch_size=args.batch_size, device=args.device,
+                                                **common).fit(index))
     return systems
 
 
@@ -75,3 +90,70 @@ def _describe(params: Any) -> str:
     if p.get("calibration", "none") != "none":
         parts.append(f"{p['calibration']} calibration")
     return ", ".join(parts)
+
+
+class PredictionsLog:
+    """``eval --predictions FILE``: reuse the systems FILE holds for this very run; save each new one at once.
+
+    The file identifies the run by the test sample (its fingerprint), the index, the LM and the prompt
+    settings; the fine-tuned system also by its checkpoint (path and training record). A file of another
+    run is an error (nothing is overwritten); systems missing from it are scored and added one by one, so an
+    interrupted evaluation resumes and a reference trained later joins without re-scoring the rest.
+    """
+
+    def __init__(self, path: str, args: argparse.Namespace, index: Any, test: Any) -> None:
+        self.path = path
+        self.args = args
+        self.index = index
+        self.test = test
+        self.record: Any = None
+        self.sources: dict[str, str] = {}
+
+    def settings(self) -> dict[str, Any]:
+        m, a = self.index.manifest, self.args
+        return {"index": m.get("dataset_fingerprint"), "embedder": m.get("embedder"), "factory": m.get("factory"),
+                "lm": a.lm, "k": str(a.k), "selection": a.selection, "template": a.template,
+                "instruction": a.instruction, "max_prompt_tokens": a.max_prompt_tokens, "seed": a.seed,
+                "dev_size": getattr(a, "dev_size", None), "tune_budget": getattr(a, "tune_budget", None)}
+
+    def start(self, notes: list[str]) -> dict[str, Any]:
+        """The saved systems this run reuses (name → a ``predict_proba`` stand-in); extends ``notes``."""
+        from pathlib import Path
+
+        from .evaluation.predictions import Predictions, load_predictions, reusable_systems
+
+        if self.args.finetuned:
+            self.sources["fine-tuned"] = _checkpoint_source(self.args.finetuned)
+        self.record = Predictions.for_test(self.test, self.settings())
+        if not Path(self.path).exists():
+            return {}
+        saved = load_predictions(self.path)
+        reuse = reusable_systems(saved, self.record, self.sources, self.path)
+        for name, system in reuse.items():
+            self.record = self.record.with_system(name, system.probs, system.recorded_seconds,
+                                                  self.sources.get(name, ""))
+        notes.extend(n for n in saved.notes if n not in notes)
+        if reuse:
+            logger.info("--predictions %s: reusing %s", self.path, ", ".join(reuse))
+            notes.append(f"{_REUSED}{self.path}: {', '.join(reuse)} (scored in an earlier run)")
+        return reuse
+
+    def add(self, result: Any, notes: list[str]) -> None:
+        """Save ``result`` (a :class:`~ragicl.evaluation.compare.SystemResult`) now, atomically."""
+        from .evaluation.predictions import save_predictions
+
+        self.record = self.record.with_system(result.name, result.probs, result.seconds,
+                                              self.sources.get(result.name, "")).with_notes(
+            [n for n in notes if not n.startswith(_REUSED)])
+        save_predictions(self.path, self.record)
+
+
+def _checkpoint_source(folder: str) -> str:
+    """The fine-tuned checkpoint's resolved path and a hash of its training record (a retrained folder differs)."""
+    import hashlib
+    from pathlib import Path
+
+    p = Path(folder).resolve()
+    meta = p / "ragicl_finetune.json"
+    digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "no-record"
+    return f"{p}#{digest}"

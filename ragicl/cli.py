@@ -2,7 +2,7 @@
 
     ragicl index build DATA... [--out indexes/NAME] [--embedder ...] [--factory Flat] [--ray auto|ADDRESS]
     ragicl finetune --train DATA --out DIR [--epochs 10 | --steps N] [--mode full|attention|value|lora] [--objective labels|gold]
-    ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16|max] [--n 200] [--json out.json] [--ray auto]
+    ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16|max] [--n 200] [--json out.json] [--predictions p.json] [--ray auto]
     ragicl tune --index indexes/NAME [--ks 4,8,16,max] [--tune-budget S]   # pick "ragicl best" on training dev data
     ragicl demo            # the main job: the whole comparison on SST-2 with the default models
 
@@ -34,7 +34,7 @@ from ._cli_checks import (
     positive_int,
     report_error,
 )
-from ._cli_systems import add_best_args, build_systems
+from ._cli_systems import PredictionsLog, add_best_args, build_systems
 from ._exceptions import RagiclError
 
 logger = logging.getLogger("ragicl")
@@ -164,6 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "--ray auto, or drop --workers.")
     if args.json:
         check_output_file(args.json, "--json")
+    if args.predictions:
+        check_output_file(args.predictions, "--predictions")
     if args.finetuned:
         check_input_path(args.finetuned, "--finetuned", "a fine-tuned checkpoint folder made by "
                          "`ragicl finetune`")
@@ -178,13 +180,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test = test.sample(args.n, seed=args.seed)
     if args.k == 0:
         notes.append("--k 0: zero-shot only (no demonstrations)")
+    log = PredictionsLog(args.predictions, args, index, test) if args.predictions else None
+    reuse = log.start(notes) if log else {}
     if args.ray:
         from .distributed._cli import eval_systems
 
-        systems = eval_systems(args, index, template, notes)
+        systems = {n: reuse.get(n, s) for n, s in eval_systems(args, index, template, notes).items()}
     else:
-        systems = build_systems(args, index, args.finetuned, template, notes)
-    report = compare(test, systems, reference="fine-tuned" if args.finetuned else None, notes=notes)
+        systems = build_systems(args, index, args.finetuned, template, notes, reuse)
+    report = compare(test, systems, reference="fine-tuned" if args.finetuned else None, notes=notes,
+                     on_result=(lambda r: log.add(r, notes)) if log else None)
     print(report.table())
     if args.json:
         report.to_json(args.json)
@@ -363,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test", required=True, help="test dataset file with the same labels as the index")
     e.add_argument("--finetuned", default=None, help="fine-tuned checkpoint folder (the gap reference)")
     e.add_argument("--n", type=positive_int, default=None, help="sample this many test examples (default all)")
+    e.add_argument("--predictions", default=None, metavar="FILE",
+                   help="save every system's per-query label distributions to FILE (JSON) as each finishes; a "
+                        "rerun with the same FILE and settings reuses the systems it holds (resume an "
+                        "interrupted run, or add --finetuned later without re-scoring the rest)")
     e.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="score the test set on Ray actors (each loads the index and LM once): auto, local, "
                         "host:port or ray://host:port; the index folder must be on storage every node sees")

@@ -5,7 +5,9 @@ For each dataset: ``ragicl index build`` on its training set (skipped when the i
 ``ragicl eval --n N --k K --json ...``, which scores zero-shot, random-k, retrieved-k, the kNN votes (k = 8
 and 32) and "ragicl best" (tuned on dev queries drawn from the training set, never the test set), and a
 fine-tuned reference when ``--finetuned-root`` holds ``<root>/<dataset>``. Then one Markdown table of every
-report, with the share of the zero-shot → best-plain gap and the best-vs-vote margins.
+report, with the share of the zero-shot → best-plain gap and the best-vs-vote margins. Every system's
+per-query distributions go to ``<out>/<dataset>.predictions.json``: a rerun resumes from it, and a rerun
+with a reference trained later scores only the reference.
 
     python scripts/run_best.py --datasets trec,sst2,agnews --n 200 --k 8 --out runs/best
 """
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
         cmd = ["eval", "--index", str(index), "--test", str(data / "test.jsonl"), "--n", str(args.n),
                "--k", str(args.k), "--tune-budget", str(args.tune_budget), "--dev-size", str(args.dev_size),
-               "--json", str(out / f"{name}.json")]
+               "--json", str(out / f"{name}.json"), "--predictions", str(out / f"{name}.predictions.json")]
         if args.finetuned_root and (Path(args.finetuned_root) / name).exists():
             cmd += ["--finetuned", str(Path(args.finetuned_root) / name)]
         rc = ragicl(cmd)

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -229,7 +229,8 @@ def reference_training(name: str, system: object) -> dict | None:
 
 def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
             reference: str | None = "fine-tuned", n_boot: int = 2000, seed: int = 0,
-            notes: Sequence[str] = ()) -> Report:
+            notes: Sequence[str] = (),
+            on_result: Callable[[SystemResult], None] | None = None) -> Report:
     """Run every system on ``test`` and measure accuracy, macro-F1 and the TV gap to ``reference``.
 
     ``systems`` maps a display name to a fitted classifier; all must share the same ``classes_`` (the
@@ -237,6 +238,10 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
     reference must be one of ``systems``. When the reference scores with a fine-tuned checkpoint, its
     training record is attached (``Report.reference_training``) and a reference that did not converge
     is flagged in the notes (table, Markdown and JSON).
+
+    ``on_result`` is called with each system's result as soon as it is scored (``ragicl eval
+    --predictions`` saves it there). A system with a ``recorded_seconds`` attribute (a saved system of
+    :mod:`ragicl.evaluation.predictions`) reports that time instead of the time of the call.
     """
     if len(test) == 0:
         raise DataError("the test set is empty; pass a dataset with at least one labeled example.")
@@ -261,10 +266,15 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
         t0 = time.perf_counter()
         probs = np.asarray(sys_.predict_proba(list(test.examples)), dtype=np.float64)
         seconds = time.perf_counter() - t0
+        recorded = getattr(sys_, "recorded_seconds", None)
+        if recorded is not None:
+            seconds = float(recorded)
         pred = probs.argmax(1)
         correct = (pred == y).astype(np.float64)
         results.append(SystemResult(name, len(test), bootstrap_ci(correct, n_boot=n_boot, seed=seed),
                                     macro_f1(y, pred, len(labels)), seconds, probs))
+        if on_result is not None:
+            on_result(results[-1])
         logger.info("%s: accuracy %.3f in %.1f s", name, accuracy(y, pred), seconds)
     gaps: list[Gap] = []
     if reference is not None:
