@@ -42,7 +42,6 @@ def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, t
     """
     from .estimators.baselines import KNNVoteClassifier
     from .estimators.classifier import ICLClassifier
-    from .estimators.tune import FusionTuner
     from .lm.hf import TransformersLM
 
     reuse = reuse or {}
@@ -62,21 +61,28 @@ def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, t
         for k in VOTE_KS:
             put(f"kNN vote k={k}", lambda k=k: KNNVoteClassifier(k=k).fit(index))
     if getattr(args, "best", False) and args.k != 0:
-        def tuned() -> Any:
-            tuner = FusionTuner(lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
-                                dev_size=args.dev_size, ks=(args.k,), time_budget=args.tune_budget,
-                                batch_size=args.batch_size, device=args.device, seed=args.seed).fit(index)
-            res = tuner.result_
-            logger.info("ragicl best:\n%s", res.table())
-            notes.append(f"ragicl best = {_describe(res.params)}; chosen on {res.n_dev} dev queries from the "
-                         f"training set in {res.seconds:.0f} s ({res.reason})")
-            return tuner.best_estimator_
-
-        put("ragicl best", tuned)
+        put("ragicl best", lambda: tune_best(args, index, template, notes, lm))
     if finetuned:
         put("fine-tuned", lambda: ICLClassifier(finetuned, k=0, batch_size=args.batch_size, device=args.device,
                                                 **common).fit(index))
     return systems
+
+
+def tune_best(args: argparse.Namespace, index: Any, template: Any, notes: list[str], lm: Any = None) -> Any:
+    """'ragicl best': the FusionClassifier that FusionTuner chooses on dev queries from the index's training
+    examples (in this process); what it chose and why is logged and appended to ``notes``."""
+    from .estimators.tune import FusionTuner
+    from .lm.hf import TransformersLM
+
+    lm = lm if lm is not None else TransformersLM(args.lm, batch_size=args.batch_size, device=args.device)
+    tuner = FusionTuner(lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
+                        dev_size=args.dev_size, ks=(args.k,), time_budget=args.tune_budget,
+                        batch_size=args.batch_size, device=args.device, seed=args.seed).fit(index)
+    res = tuner.result_
+    logger.info("ragicl best:\n%s", res.table())
+    notes.append(f"ragicl best = {_describe(res.params)}; chosen on {res.n_dev} dev queries from the "
+                 f"training set in {res.seconds:.0f} s ({res.reason})")
+    return tuner.best_estimator_
 
 
 def _describe(params: Any) -> str:

@@ -412,6 +412,31 @@ def test_distributed_predict_equals_local_predict(ray_cluster, built, smollm_pat
     assert np.array_equal(np.asarray(got.labels)[clear], np.asarray(got.classes)[want.argmax(1)][clear])
 
 
+def test_distributed_fusion_equals_local_fusion(ray_cluster, built, smollm_path):
+    """"ragicl best" on Ray: actors return the unmixed parts, the driver mixes them over the whole test set,
+    so batch calibration (the prior is the mean over every query) matches one process."""
+    from ragicl import FusionClassifier, PromptTemplate
+    from ragicl.estimators.fusion import combine
+
+    test = read_dataset(make_rows(11, seed=5))
+    kw = {"k": 2, "max_prompt_tokens": 160, "knn_k": 16, "knn_weight": 0.4, "candidates": 2,
+          "calibration": "batch", "template": PromptTemplate(example="Text: {text}\nLabel: {label}")}
+    local = FusionClassifier(smollm_path, **kw).fit(load_index(built.path))
+    want = local.predict_proba(list(test.examples))
+    got = predict_distributed(built.path, test, lm=smollm_path, workers=2, batch_size=3, estimator="fusion", **kw)
+    assert got.classes == ("neg", "neu", "pos") and got.probs.shape == (11, 3)
+    np.testing.assert_allclose(got.probs, want, atol=2e-3, rtol=0)  # the LM's batch noise, as above
+    # the check can fail: calibrating each actor batch of 3 on its own gives other distributions
+    parts = local.parts(list(test.examples))
+    chunked = np.concatenate([combine(type(parts)(parts.lm_logp[i:i + 3], parts.neighbor_labels[i:i + 3],
+                                                  parts.neighbor_scores[i:i + 3], 3, parts.candidates[i:i + 3]),
+                                      knn_k=16, knn_temperature=local.knn_temperature, knn_weight=0.4,
+                                      calibration="batch") for i in range(0, 11, 3)])
+    assert np.abs(chunked - want).max() > 10 * 2e-3
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        predict_distributed(built.path, test, lm=smollm_path, estimator="vote")
+
+
 @pytest.mark.slow
 def test_distributed_build_with_the_real_minilm(ray_cluster, inputs, minilm, tmp_path):
     index = build_distributed(inputs, tmp_path / "idx", embedder="all-MiniLM-L6-v2", shard_size=150,
@@ -542,13 +567,19 @@ def test_cli_eval_with_ray_fans_the_lm_systems_out(built, tmp_path, capsys, monk
     report = tmp_path / "r.json"
     code = main(["eval", "--index", str(built.path), "--test", str(test), "--ray", "local", "--workers", "3",
                  "--k", "2", "--lm", smollm_path, "--batch-size", "4", "--max-prompt-tokens", "200", "--json",
-                 str(report)])
+                 str(report), "--dev-size", "6", "--tune-budget", "0"])
     assert code == 0, capsys.readouterr().err
-    names = [s["name"] for s in json.loads(report.read_text())["systems"]]
-    assert names == ["zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32"]
-    assert [c[:2] for c in calls] == [(str(built.path), 9)] * 3
-    for (_, _, kw), (k, selection) in zip(calls, [(0, None), (2, "random"), (2, "topk")]):
+    data = json.loads(report.read_text())
+    names = [s["name"] for s in data["systems"]]
+    assert names == ["zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32", "ragicl best"]
+    assert [c[:2] for c in calls] == [(str(built.path), 9)] * 4
+    for (_, _, kw), (k, selection) in zip(calls, [(0, None), (2, "random"), (2, "topk"), (2, "topk")]):
         assert kw["lm"] == smollm_path and kw["address"] == "local" and kw["workers"] == 3
         assert kw["lm_batch_size"] == 4 and kw["max_prompt_tokens"] == 200 and kw["k"] == k
         assert kw.get("selection") == selection and isinstance(kw["template"], PromptTemplate)
-    assert "'ragicl best' not run" in capsys.readouterr().out
+    # "ragicl best": tuned here on 6 dev queries, then fanned out as a fusion with the chosen setting
+    best = calls[3][2]
+    assert best["estimator"] == "fusion" and "batch_size" not in best and "device" not in best
+    chosen = next(n for n in data["notes"] if n.startswith("ragicl best = "))
+    assert f"vote k={best['knn_k']}" in chosen and f"weight {best['knn_weight']:.2f}" in chosen
+    assert "estimator" not in calls[0][2]

@@ -55,7 +55,8 @@ def index_build(args: argparse.Namespace, out: str) -> int:
 
 def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: list[str]) -> dict[str, Any]:
     """``eval --ray``: the LM-scored systems as :class:`~ragicl.distributed.DistributedClassifier` (Ray actors
-    load the index and the LM once each and score the test set in batches); kNN votes stay local (no LM)."""
+    load the index and the LM once each and score the test set in batches); kNN votes stay local (no LM);
+    "ragicl best" is tuned in this process on dev queries, then scored on the actors as a fusion."""
     from .._cli_systems import VOTE_KS
     from ..estimators.baselines import KNNVoteClassifier
 
@@ -71,9 +72,14 @@ def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: lis
     if args.vote:
         for k in VOTE_KS:
             systems[f"kNN vote k={k}"] = KNNVoteClassifier(k=k).fit(index)
-    if args.best and args.k > 0:
-        notes.append("--ray: 'ragicl best' not run (its tuning scores dev queries in this process); "
-                     "run `ragicl tune` for it")
+    if args.best and args.k > 0:  # tuned here on dev queries (few), then the test set fans out like the rest
+        from .._cli_systems import tune_best
+
+        params = tune_best(args, index, template, notes).get_params()
+        for local in ("lm", "device", "show_progress", "batch_size"):
+            params.pop(local)
+        systems["ragicl best"] = DistributedClassifier(args.index, args.lm, estimator="fusion",
+                                                       **{**kw, **params}).fit()
     if args.finetuned:
         systems["fine-tuned"] = DistributedClassifier(args.index, args.finetuned, k=0, **kw).fit()
     notes.append(f"--ray {args.ray}: LM scoring fanned out over Ray actors")

@@ -35,25 +35,42 @@ def load_index(path: str | os.PathLike, **kwargs: Any) -> Any:
     return ExampleIndex.load(path, **kwargs)
 
 
+#: what an actor runs: "icl" (:class:`~ragicl.ICLClassifier`) or "fusion" (:class:`~ragicl.FusionClassifier`:
+#: the actors return its unmixed parts and the driver mixes them over the whole test set, so a batch
+#: calibration sees every query, as in one process)
+ESTIMATORS = ("icl", "fusion")
+
+
 class _Predictor:
     """Ray Data actor: one index and one LM per actor, then label probabilities batch after batch."""
 
-    def __init__(self, index_path: str, lm: Any, classifier_kwargs: dict, device: str) -> None:
+    def __init__(self, index_path: str, lm: Any, classifier_kwargs: dict, device: str,
+                 estimator: str = "icl") -> None:
         from ..estimators.classifier import ICLClassifier
+        from ..estimators.fusion import FusionClassifier
 
         index = load_index(index_path, device=device)
-        self.clf = ICLClassifier(lm, device=device, **classifier_kwargs).fit(index)
+        cls = FusionClassifier if estimator == "fusion" else ICLClassifier
+        self.estimator = estimator
+        self.clf = cls(lm, device=device, **classifier_kwargs).fit(index)
 
     def __call__(self, batch: dict) -> dict:
         from .._exceptions import RagiclError
 
         examples = [Example.from_json(json.loads(s)) for s in batch["example"]]
         rows = np.asarray(batch["row"], np.int64)
+        n, n_labels = len(rows), len(self.clf.classes_)
         try:
-            probs, error = np.asarray(self.clf.predict_proba(examples), np.float64), ""
-        except RagiclError as err:  # returned as data (e.g. a query over the token budget)
-            probs, error = np.full((len(rows), len(self.clf.classes_)), np.nan), _ray.error_text(err)
-        return {"row": rows, "probs": probs, "error": np.asarray([error] * len(rows), dtype=object)}
+            if self.estimator == "fusion":
+                parts = self.clf.parts(examples)
+                out = {"lm_logp": parts.lm_logp, "neighbor_labels": parts.neighbor_labels,
+                       "neighbor_scores": parts.neighbor_scores, "candidates": parts.candidates}
+            else:
+                out = {"probs": np.asarray(self.clf.predict_proba(examples), np.float64)}
+            error = ""
+        except RagiclError as err:  # returned as data (e.g. a query over the token budget); raised by the driver
+            out, error = {"probs": np.full((n, n_labels), np.nan)}, _ray.error_text(err)
+        return {"row": rows, **out, "error": np.asarray([error] * n, dtype=object)}
 
 
 @dataclass(frozen=True)
@@ -79,9 +96,9 @@ def _queries(test: Dataset | Sequence[Example | Mapping | str] | str | os.PathLi
 
 def predict_distributed(index: str | os.PathLike, test: Any, *, lm: Any = DEFAULT_LM,
                         address: str | None = "auto", workers: int | None = None,
-                        num_gpus: int | None = None, batch_size: int = 32,
+                        num_gpus: int | None = None, batch_size: int = 32, estimator: str = "icl",
                         **classifier_kwargs: Any) -> BatchPrediction:
-    """Run an :class:`~ragicl.ICLClassifier` over ``test`` on a Ray cluster.
+    """Run an :class:`~ragicl.ICLClassifier` (or a :class:`~ragicl.FusionClassifier`) over ``test`` on Ray.
 
     Args:
         index: path of a saved index (flat or sharded) on storage every node sees.
@@ -91,12 +108,18 @@ def predict_distributed(index: str | os.PathLike, test: Any, *, lm: Any = DEFAUL
         workers: actors; default one per GPU, else half the CPUs (at least 1).
         num_gpus: GPUs per actor; default 1 when the cluster has GPUs.
         batch_size: queries per actor call.
-        classifier_kwargs: ``ICLClassifier`` arguments (``k``, ``template``, ``max_prompt_tokens``,
-            ``selection``, ``n_candidates``, ``seed``, ``batch_size`` is ``lm_batch_size`` here).
+        estimator: ``"icl"`` or ``"fusion"``; for ``"fusion"`` the actors return each query's unmixed parts
+            (LM label log-probabilities over its candidates, neighbour labels and scores) and the driver
+            mixes them over the whole test set with :func:`ragicl.estimators.fusion.combine`.
+        classifier_kwargs: arguments of that classifier (``k``, ``template``, ``max_prompt_tokens``,
+            ``selection``, ``seed``, for fusion also ``knn_k``, ``knn_weight``, ``calibration``, ``prior``, ...;
+            ``batch_size`` is ``lm_batch_size`` here).
 
-    Returns the labels and probabilities in the order of ``test`` (equal to a local
-    ``ICLClassifier.predict_proba`` up to the LM's batch-composition noise, ~1e-4).
+    Returns the labels and probabilities in the order of ``test`` (equal to a local ``predict_proba`` up to
+    the LM's batch-composition noise, ~1e-4).
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
     ray = _ray.ray_module()
     batch_size = check_positive_int("batch_size", batch_size)
     index = Path(index)
@@ -123,21 +146,38 @@ def predict_distributed(index: str | os.PathLike, test: Any, *, lm: Any = DEFAUL
                         num_cpus=1.0 if cpus >= workers + 1 else max(0.1, 0.9 * cpus / workers),
                         num_gpus=num_gpus or None,
                         fn_constructor_kwargs={"index_path": str(index.resolve()), "lm": lm,
-                                               "classifier_kwargs": kwargs,
+                                               "classifier_kwargs": kwargs, "estimator": estimator,
                                                "device": "cuda" if num_gpus else "cpu"})
-    rows, probs = [], []
+    keys = ("lm_logp", "neighbor_labels", "neighbor_scores", "candidates") if estimator == "fusion" else ("probs",)
+    rows: list[np.ndarray] = []
+    columns: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for error, row in zip(batch["error"], batch["row"]):
             if error:
                 _ray.raise_error_text(str(error), f"query {int(row)}")
         rows.append(batch["row"])
-        probs.append(batch["probs"])
+        for key in keys:
+            columns[key].append(batch[key])
     order = np.concatenate(rows)
-    out = np.concatenate(probs)[np.argsort(order, kind="stable")]
     if len(order) != len(examples) or not np.array_equal(np.sort(order), np.arange(len(examples))):
         raise RuntimeError(f"distributed predict returned {len(order)} rows for {len(examples)} queries.")
+    at = np.argsort(order, kind="stable")
+    got = {key: np.concatenate(parts)[at] for key, parts in columns.items()}
     classes = tuple(manifest["labels"])
+    out = _mix(got, len(classes), kwargs) if estimator == "fusion" else got["probs"]
     return BatchPrediction(classes, tuple(classes[i] for i in out.argmax(1)), out)
+
+
+def _mix(got: dict[str, np.ndarray], n_labels: int, kwargs: dict) -> np.ndarray:
+    """The fused distribution from the actors' parts, with the classifier's own mixing defaults."""
+    from ..estimators.fusion import FusionClassifier, FusionParts, _check_weight, combine
+
+    clf = FusionClassifier(**{k: v for k, v in kwargs.items() if k in FusionClassifier().get_params()})
+    prior = None if clf.prior is None else np.asarray(clf.prior, dtype=np.float64)
+    parts = FusionParts(got["lm_logp"], got["neighbor_labels"], got["neighbor_scores"], n_labels,
+                        got["candidates"].astype(bool))
+    return combine(parts, knn_k=clf.knn_k, knn_temperature=clf.knn_temperature, knn_weight=_check_weight(clf.knn_weight),
+                   calibration=clf.calibration, prior=prior, smoothing=clf.smoothing)
 
 
 def _flat_manifest(path: Path) -> dict:
