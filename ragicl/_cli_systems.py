@@ -159,7 +159,9 @@ def _checkpoint_source(folder: str) -> str:
     import hashlib
     from pathlib import Path
 
+    from .training.checkpoint import META_FILE
+
     p = Path(folder).resolve()
-    meta = p / "ragicl_finetune.json"
+    meta = p / META_FILE
     digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "no-record"
     return f"{p}#{digest}"

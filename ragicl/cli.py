@@ -185,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.ray:
         from .distributed._cli import eval_systems
 
-        systems = {n: reuse.get(n, s) for n, s in eval_systems(args, index, template, notes).items()}
+        systems = eval_systems(args, index, template, notes, reuse)
     else:
         systems = build_systems(args, index, args.finetuned, template, notes, reuse)
     report = compare(test, systems, reference="fine-tuned" if args.finetuned else None, notes=notes,

@@ -567,7 +567,7 @@ def test_cli_eval_with_ray_fans_the_lm_systems_out(built, tmp_path, capsys, monk
     report = tmp_path / "r.json"
     code = main(["eval", "--index", str(built.path), "--test", str(test), "--ray", "local", "--workers", "3",
                  "--k", "2", "--lm", smollm_path, "--batch-size", "4", "--max-prompt-tokens", "200", "--json",
-                 str(report), "--dev-size", "6", "--tune-budget", "0"])
+                 str(report), "--dev-size", "6", "--tune-budget", "0", "--predictions", str(tmp_path / "p.json")])
     assert code == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     names = [s["name"] for s in data["systems"]]
@@ -583,3 +583,14 @@ def test_cli_eval_with_ray_fans_the_lm_systems_out(built, tmp_path, capsys, monk
     chosen = next(n for n in data["notes"] if n.startswith("ragicl best = "))
     assert f"vote k={best['knn_k']}" in chosen and f"weight {best['knn_weight']:.2f}" in chosen
     assert "estimator" not in calls[0][2]
+    # the same run again with its saved predictions: nothing is scored on Ray and "ragicl best" is not re-tuned
+    import ragicl._cli_systems as cli_systems
+
+    def no_tuning(*a, **k):
+        raise AssertionError("tuned again")
+
+    monkeypatch.setattr(cli_systems, "tune_best", no_tuning)
+    assert main(["eval", "--index", str(built.path), "--test", str(test), "--ray", "local", "--workers", "3",
+                 "--k", "2", "--lm", smollm_path, "--batch-size", "4", "--max-prompt-tokens", "200", "--json",
+                 str(report), "--dev-size", "6", "--tune-budget", "0", "--predictions", str(tmp_path / "p.json")]) == 0
+    assert len(calls) == 4 and [s["name"] for s in json.loads(report.read_text())["systems"]] == names

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,12 @@ def index_build(args: argparse.Namespace, out: str) -> int:
     return 0
 
 
-def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: list[str]) -> dict[str, Any]:
+def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: list[str],
+                 reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``eval --ray``: the LM-scored systems as :class:`~ragicl.distributed.DistributedClassifier` (Ray actors
     load the index and the LM once each and score the test set in batches); kNN votes stay local (no LM);
-    "ragicl best" is tuned in this process on dev queries, then scored on the actors as a fusion."""
+    "ragicl best" is tuned in this process on dev queries, then scored on the actors as a fusion. A name in
+    ``reuse`` (saved predictions) takes that object instead (a reused "ragicl best" is not tuned again)."""
     from .._cli_systems import VOTE_KS
     from ..estimators.baselines import KNNVoteClassifier
 
@@ -72,7 +75,10 @@ def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: lis
     if args.vote:
         for k in VOTE_KS:
             systems[f"kNN vote k={k}"] = KNNVoteClassifier(k=k).fit(index)
-    if args.best and args.k > 0:  # tuned here on dev queries (few), then the test set fans out like the rest
+    reuse = reuse or {}
+    if args.best and args.k > 0 and "ragicl best" in reuse:
+        systems["ragicl best"] = reuse["ragicl best"]
+    elif args.best and args.k > 0:  # tuned here on dev queries (few), then the test set fans out like the rest
         from .._cli_systems import tune_best
 
         params = tune_best(args, index, template, notes).get_params()
@@ -83,4 +89,4 @@ def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: lis
     if args.finetuned:
         systems["fine-tuned"] = DistributedClassifier(args.index, args.finetuned, k=0, **kw).fit()
     notes.append(f"--ray {args.ray}: LM scoring fanned out over Ray actors")
-    return systems
+    return {name: reuse.get(name, system) for name, system in systems.items()}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,11 @@ class Predictions:
         if probs.shape != (len(self.ids), len(self.labels)):
             raise ValueError(f"{name}: expected label distributions of shape ({len(self.ids)}, "
                              f"{len(self.labels)}), got {probs.shape}.")
-        return Predictions(self.dataset, self.labels, self.ids, self.gold, {**self.probs, name: probs},
-                           {**self.seconds, name: float(seconds)}, self.settings,
-                           {**self.sources, name: source}, self.notes)
+        return replace(self, probs={**self.probs, name: probs}, seconds={**self.seconds, name: float(seconds)},
+                       sources={**self.sources, name: source})
 
     def with_notes(self, notes: Sequence[str]) -> Predictions:
-        return Predictions(self.dataset, self.labels, self.ids, self.gold, self.probs, self.seconds,
-                           self.settings, self.sources, tuple(notes))
+        return replace(self, notes=tuple(notes))
 
     def mismatch(self, other: Predictions) -> str | None:
         """Why the saved systems of ``self`` cannot stand in for a run described by ``other``, or None."""
