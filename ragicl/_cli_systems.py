@@ -30,7 +30,8 @@ def add_best_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-size", type=positive_int, default=150,
                    help="dev queries drawn from the index's training examples to tune 'ragicl best' (default 150)")
     p.add_argument("--tune-budget", type=non_negative_int, default=600,
-                   help="seconds for tuning prompt configurations; the first always runs (default 600)")
+                   help="seconds for tuning 'ragicl best' (default 600); on a slow machine fewer dev queries are "
+                        "used (at least 50) so the budget holds")
 
 
 def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, template: Any,

@@ -209,3 +209,71 @@ def test_many_shot_fills_the_budget(trec, smollm_lm):
     assert {t.params["k"] for t in tuner.result_.trials} == {2, "max"}
     with pytest.raises(ValueError, match="'max'"):
         ICLClassifier(smollm_lm, TEMPLATE, k="many").fit(index)
+
+
+# ----------------------------------------------------------------------------- the time budget
+
+
+class _Clock:
+    """A simulated clock: deterministic time for the budget logic on any machine."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _TimedLM:
+    """The real LM, on a simulated clock that advances ``cost`` seconds per prompt scored."""
+
+    def __init__(self, lm, clock: _Clock, cost: float) -> None:
+        self.lm, self.clock, self.cost, self.prompts_scored = lm, clock, cost, 0
+
+    def __getattr__(self, name):
+        return getattr(self.lm, name)
+
+    def score_continuations(self, prompts, continuations, *, show_progress=None):
+        self.clock.t += self.cost * len(prompts)
+        self.prompts_scored += len(prompts)
+        return self.lm.score_continuations(prompts, continuations, show_progress=show_progress)
+
+
+@pytest.mark.slow
+def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smollm_lm, monkeypatch):
+    """At 1 s per dev query a 70 s budget lets the first configuration score a 16-query probe and then as
+    many as fit half the budget (35 of the 60 requested); the second configuration (same prompt size, 35 s
+    estimated) fits exactly, the other two would overrun and are listed as not tried. The whole search then
+    took 70 simulated seconds: the budget holds instead of the first configuration running past it."""
+    from ragicl.estimators import tune
+
+    clock = _Clock()
+    monkeypatch.setattr(tune, "_now", clock)
+    lm = _TimedLM(smollm_lm, clock, cost=1.0)
+    grid = dict(ks=(2,), candidates=(None, 2), label_aware=(False, True), knn_ks=(4, 8), temperatures=(None,),
+                weights=(0.0, 0.5, 1.0), calibrations=("none", "batch"))
+    index = trec[0]
+    tuner = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=70, min_dev_size=10, **grid).fit(index)
+    res = tuner.result_
+    assert (res.n_dev, res.n_dev_requested, lm.prompts_scored, res.seconds) == (35, 60, 70, 70.0)
+    assert [dict(s) for s in res.skipped] == [{"k": 2, "candidates": 2, "label_aware": False},
+                                              {"k": 2, "candidates": 2, "label_aware": True}]
+    assert {(t.params["candidates"], t.params["label_aware"]) for t in res.trials} == {(None, False), (None, True)}
+    assert "35 held-out training examples (of 60 requested: the time budget)" in res.reason
+    assert res.to_json()["n_dev_requested"] == 60 and res.to_json()["n_dev"] == 35
+    # the probe and the rest are scored in two calls; joined, they equal one call over the same 35 queries
+    dev = list(index.dataset.sample(60, seed=0).examples)[:35]
+    fc = FusionClassifier(smollm_lm, TEMPLATE, k=2, candidates=None, label_aware=False).fit(index)
+    one, two = fc.parts(dev, knn_k=8), tune._concat(fc.parts(dev[:16], knn_k=8), fc.parts(dev[16:], knn_k=8))
+    np.testing.assert_allclose(two.lm_logp, one.lm_logp, atol=1e-4)  # batch composition: float noise only
+    for name in ("neighbor_labels", "neighbor_scores", "candidates"):
+        np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
+
+    # too small a budget for the floor: the probe alone runs, the dev set is the probe, nothing else is tried
+    clock.t = 0.0
+    tiny = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=10, min_dev_size=10, **grid).fit(index).result_
+    assert tiny.n_dev == 16 and len(tiny.skipped) == 3
+    with pytest.raises(ValueError, match="time_budget"):
+        FusionTuner(lm, TEMPLATE, time_budget=-1).fit(index)
+    with pytest.raises(ValueError, match="min_dev_size"):
+        FusionTuner(lm, TEMPLATE, min_dev_size=0).fit(index)

@@ -9,7 +9,11 @@ winner is the best dev accuracy, ties broken by dev log-loss and then by the che
 plain systems it must beat (retrieved-k: weight 0, no candidates, no calibration; the kNN vote: weight 1)
 are rows of the same grid, so the report shows them side by side.
 
-``time_budget`` (seconds) bounds the LM configurations tried; those not reached are listed in the result.
+``time_budget`` (seconds) bounds the whole search. The first configuration scores a probe of the dev
+queries to measure the LM's rate on this machine, then only as many more as fit half the budget (never fewer
+than ``min_dev_size``): on a slow machine the dev set shrinks rather than the budget overrunning. Every later
+configuration starts only if its estimated cost (the measured rate, scaled by its prompt size) fits what is
+left; those not tried are listed in the result.
 
 >>> from ragicl import ExampleIndex, FusionTuner, read_dataset
 >>> index = ExampleIndex.build(read_dataset("../shared/datasets/trec/train.jsonl"))  # doctest: +SKIP
@@ -40,6 +44,9 @@ from .fusion import FusionClassifier, FusionParts, combine
 
 logger = logging.getLogger(__name__)
 
+PROBE = 16  # dev queries scored first under a time budget, to measure the LM's rate on this machine
+_now = time.perf_counter  # the clock of the time budget (tests substitute a simulated one)
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -64,11 +71,14 @@ class TuneResult:
     trials: tuple[Trial, ...] = field(repr=False)
     skipped: tuple[Mapping[str, Any], ...] = ()
     prior: tuple[float, ...] | None = None
+    n_dev_requested: int | None = None
 
     @property
     def reason(self) -> str:
         best_plain = max(self.baselines.items(), key=lambda kv: kv[1]) if self.baselines else ("-", math.nan)
-        return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples "
+        shrunk = ("" if not self.n_dev_requested or self.n_dev_requested == self.n_dev
+                  else f" (of {self.n_dev_requested} requested: the time budget)")
+        return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples{shrunk} "
                 f"(best plain system: {best_plain[0]} {best_plain[1]:.3f}); ties broken by log-loss "
                 f"{self.dev_log_loss:.3f}, then by cost")
 
@@ -86,6 +96,7 @@ class TuneResult:
     def to_json(self) -> dict[str, Any]:
         return {"params": dict(self.params), "dev_accuracy": self.dev_accuracy,
                 "dev_log_loss": self.dev_log_loss, "baselines": dict(self.baselines), "n_dev": self.n_dev,
+                "n_dev_requested": self.n_dev_requested or self.n_dev,
                 "seconds": self.seconds, "reason": self.reason, "prior": None if self.prior is None else
                 list(self.prior), "skipped": [dict(s) for s in self.skipped],
                 "trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
@@ -115,7 +126,10 @@ class FusionTuner:
         ``max_full_labels`` labels, where scoring every label is what candidates avoid).
     label_aware : label-aware prompt orders to try.
     knn_ks, temperatures, weights, calibrations : the mixing grid (free: no LM call).
-    time_budget : seconds for the LM configurations (None = all); the first is always run.
+    time_budget : seconds for the whole search (None = every configuration on every dev query). The first
+        configuration always runs, on as many dev queries as half the budget allows at the LM's measured rate
+        (at least ``min_dev_size``); later ones run while their estimated cost fits what is left.
+    min_dev_size : the fewest dev queries a time budget may shrink the dev set to.
     """
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
@@ -125,7 +139,8 @@ class FusionTuner:
                  temperatures: Sequence[float | None] = (None, 0.02, 0.05, 0.1),
                  weights: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
                  calibrations: Sequence[str] = ("none", "batch", "prior"), max_full_labels: int = 20,
-                 time_budget: float | None = None, batch_size: int | None = None, device: str = "auto", seed: int = 0,
+                 time_budget: float | None = None, min_dev_size: int = 50, batch_size: int | None = None,
+                 device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template
@@ -141,6 +156,7 @@ class FusionTuner:
         self.calibrations = calibrations
         self.max_full_labels = max_full_labels
         self.time_budget = time_budget
+        self.min_dev_size = min_dev_size
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -164,6 +180,10 @@ class FusionTuner:
         if not isinstance(index, ExampleIndex):
             raise TypeError(f"FusionTuner.fit expects an ExampleIndex, got {type(index).__name__}.")
         check_positive_int("dev_size", self.dev_size)
+        check_positive_int("min_dev_size", self.min_dev_size)
+        if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and self.time_budget >= 0):
+            raise ValueError(f"time_budget must be a number of seconds >= 0 or None (no limit), got "
+                             f"{self.time_budget!r}.")
         for name in ("ks", "knn_ks", "weights", "calibrations", "temperatures", "label_aware", "candidates"):
             if not len(getattr(self, name)):
                 raise ValueError(f"{name} is empty: give at least one value to try.")
@@ -171,8 +191,9 @@ class FusionTuner:
         if len(index) < 2 or not labels:
             raise DataError(f"tuning needs a labeled classification index with at least 2 examples; got "
                             f"{len(index)} examples and labels {list(labels)}.")
-        t0 = time.perf_counter()
+        t0 = _now()
         dev = index.dataset.sample(min(self.dev_size, len(index)), seed=self.seed)
+        n_requested, dev_examples = len(dev), list(dev.examples)
         y = np.array([labels.index(ex.label) for ex in dev.examples], dtype=np.int64)
         ks = [check_k(k) for k in self.ks]
         ints = [k for k in ks if k != MANY_SHOT]
@@ -185,20 +206,29 @@ class FusionTuner:
         skipped: list[dict[str, Any]] = []
         priors: dict[tuple, np.ndarray] = {}
         configs = self._lm_configs(len(labels))
+        rate: tuple[float, int] | None = None  # (seconds per dev query, prompt size) of the first configuration
         for i, cfg in enumerate(configs):
-            spent = time.perf_counter() - t0
-            if i > 0 and self.time_budget is not None and spent > self.time_budget:
-                skipped.extend(configs[i:])
-                logger.info("time budget %.0f s spent (%.0f s): %d configurations not tried",
-                            self.time_budget, spent, len(configs) - i)
-                break
             fc = FusionClassifier(self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens,
                                   selection=self.selection, batch_size=self.batch_size, device=self.device,
                                   seed=self.seed, show_progress=self.show_progress, **cfg)
             fc.fit(index, icl=icl)
-            t_lm = time.perf_counter()
-            parts = fc.parts(list(dev.examples), knn_k=depth)
-            lm_seconds = time.perf_counter() - t_lm
+            if i > 0 and self.time_budget is not None and rate is not None:
+                spent = _now() - t0
+                estimate = rate[0] * len(y) * (fc.k_ + 1) / (rate[1] + 1)
+                if spent + estimate > self.time_budget:
+                    skipped.append(cfg)
+                    logger.info("time budget %.0f s: %.0f s spent, %s would take about %.0f s: not tried",
+                                self.time_budget, spent, cfg, estimate)
+                    continue
+            t_lm = _now()
+            if i == 0 and self.time_budget is not None:
+                parts, n = self._score_within_budget(fc, dev_examples, depth, t0)
+                y = y[:n]
+            else:
+                parts = fc.parts(dev_examples[:len(y)], knn_k=depth)
+            lm_seconds = _now() - t_lm
+            if i == 0:
+                rate = (lm_seconds / max(len(y), 1), fc.k_)
             logger.info("tune: %s scored %d dev queries in %.1f s", cfg, len(y), lm_seconds)
             prior = _softmax_rows(parts.lm_logp).mean(0)
             priors[_key(cfg)] = prior
@@ -207,8 +237,9 @@ class FusionTuner:
         prior = priors[_key(best.params)] if best.params.get("calibration") == "prior" else None
         result = TuneResult(params=dict(best.params), dev_accuracy=best.accuracy, dev_log_loss=best.log_loss,
                             baselines=_baselines(trials, self.ks), n_dev=len(y),
-                            seconds=time.perf_counter() - t0, trials=tuple(trials), skipped=tuple(skipped),
-                            prior=None if prior is None else tuple(float(p) for p in prior))
+                            seconds=_now() - t0, trials=tuple(trials), skipped=tuple(skipped),
+                            prior=None if prior is None else tuple(float(p) for p in prior),
+                            n_dev_requested=n_requested)
         self.result_ = result
         self.best_estimator_ = FusionClassifier(
             self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
@@ -216,6 +247,27 @@ class FusionTuner:
             prior=result.prior, **result.params).fit(index, icl=icl)
         logger.info("tune: %s", result.reason)
         return self
+
+    def _score_within_budget(self, fc: FusionClassifier, dev: list, depth: int, t0: float
+                             ) -> tuple[FusionParts, int]:
+        """The first configuration under a time budget: a probe of :data:`PROBE` dev queries measures the LM's
+        rate, then as many more as fit half the budget (at least ``min_dev_size`` in all). Returns the parts
+        and how many dev queries (a prefix of ``dev``, itself a seeded random sample) they cover."""
+        floor = min(self.min_dev_size, len(dev))
+        n_probe = min(PROBE, len(dev))
+        t_probe = _now()
+        head = fc.parts(dev[:n_probe], knn_k=depth)
+        per_query = (_now() - t_probe) / n_probe
+        room = self.time_budget / 2 - (_now() - t0)
+        n = n_probe + (max(0, int(room / per_query)) if per_query > 0 else len(dev))
+        n = min(len(dev), max(floor, n))
+        if n < len(dev):
+            logger.warning("tuning: %.2f s per dev query on this machine; the %.0f s budget allows %d of the %d "
+                           "dev queries (about %.0f s would score them all for one configuration)",
+                           per_query, self.time_budget, n, len(dev), per_query * len(dev))
+        if n <= n_probe:
+            return head, n_probe
+        return _concat(head, fc.parts(dev[n_probe:n], knn_k=depth)), n
 
     def _mix_trials(self, parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prior: np.ndarray,
                     lm_seconds: float) -> list[Trial]:
@@ -237,6 +289,18 @@ class FusionTuner:
 
     def _plain_key(self) -> tuple:
         return (self.candidates[0] if self.candidates else None, self.label_aware[0])
+
+
+def _concat(a: FusionParts, b: FusionParts) -> FusionParts:
+    width = max(a.neighbor_labels.shape[1], b.neighbor_labels.shape[1])
+
+    def pad(x: np.ndarray, fill: float) -> np.ndarray:
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill)
+
+    return FusionParts(np.concatenate([a.lm_logp, b.lm_logp]),
+                       np.concatenate([pad(a.neighbor_labels, -1), pad(b.neighbor_labels, -1)]),
+                       np.concatenate([pad(a.neighbor_scores, -np.inf), pad(b.neighbor_scores, -np.inf)]),
+                       a.n_labels, np.concatenate([a.candidates, b.candidates]))
 
 
 def _key(cfg: Mapping[str, Any]) -> tuple:
