@@ -96,6 +96,8 @@ def _describe(params: Any) -> str:
         parts.append("label-aware prompt")
     if p.get("calibration", "none") != "none":
         parts.append(f"{p['calibration']} calibration")
+    if p.get("output_temperature", 1.0) != 1.0:
+        parts.append(f"output temperature {p['output_temperature']:.3g}")
     return ", ".join(parts)
 
 

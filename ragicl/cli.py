@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many dev evaluations without a lower dev loss (default 3); the best "
                         "weights are restored")
     f.add_argument("--eval-every", type=positive_int, default=None,
-                   help="steps between dev evaluations (default: once per epoch, at most every 200 steps)")
+                   help="steps between dev evaluations (default: four per epoch, at most every 200 steps)")
     f.add_argument("--checkpoint-every", type=non_negative_int, default=None,
                    help="steps between resumable checkpoints in OUT/checkpoint (default: at each dev "
                         "evaluation; 0 disables). A rerun with the same data and settings resumes from it")

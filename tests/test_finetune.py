@@ -420,7 +420,9 @@ def test_converged_run_scores_its_real_dev_split(smollm_lm, data, tmp_path):
     cfg = TrainConfig(mode="value", epochs=2, batch_size=3, lr=1e-4, dev_fraction=0.25, seed=1)
     res = finetune(smollm_lm, prompts, targets, label_ids, config=cfg, out=tmp_path / "ft", show_progress=False)
     _, dev = split_dev(8, 0.25, 1000, 1, targets)
-    assert res.steps == 4 and len(res.history) == 2  # 6 training examples, 2 steps per epoch
+    # 6 training examples, 2 steps per epoch; the default cadence (a quarter epoch, at least 1 step) evaluates
+    # after every step
+    assert res.steps == 4 and [h["step"] for h in res.history] == [1, 2, 3, 4]
     dev_loss = label_loss(res.lm, [prompts[i] for i in dev], [targets[i] for i in dev], label_ids)
     assert res.dev_loss == pytest.approx(dev_loss, rel=1e-4)
     meta = json.loads((tmp_path / "ft" / "ragicl_finetune.json").read_text())

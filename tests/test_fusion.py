@@ -68,6 +68,30 @@ def test_calibration_and_combine():
     np.testing.assert_allclose(combine(parts, knn_k=3, knn_temperature=None, knn_weight=1.0), vote)
 
 
+def test_sharpen_keeps_the_argmax_and_zeros_and_fits_the_temperature_by_log_loss():
+    from ragicl.estimators.fusion import sharpen
+    from ragicl.estimators.tune import _log_loss, best_output_temperature
+
+    p = np.array([[0.5, 0.3, 0.2], [0.1, 0.0, 0.9], [1 / 3, 1 / 3, 1 / 3]])
+    np.testing.assert_array_equal(sharpen(p, 1.0), p)
+    s = sharpen(p, 0.5)  # squares, renormalized, by hand
+    np.testing.assert_allclose(s[0], np.array([0.25, 0.09, 0.04]) / 0.38, rtol=1e-12)
+    assert s[1, 1] == 0.0 and np.allclose(s.sum(1), 1.0) and np.allclose(s[2], 1 / 3)
+    assert np.array_equal(sharpen(p, 0.1).argmax(1), p.argmax(1)) and np.allclose(sharpen(p, 8.0).sum(1), 1.0)
+    # under-confident but right: sharpening lowers the log-loss; confidently wrong half the time: softening does
+    right = np.array([[0.6, 0.4]] * 4)
+    t, loss = best_output_temperature(right, np.zeros(4, dtype=int))
+    assert t < 1.0 and loss < _log_loss(right, np.zeros(4, dtype=int))
+    wrong = np.array([[0.99, 0.01]] * 4)
+    t, loss = best_output_temperature(wrong, np.array([0, 1, 0, 1]))
+    assert t > 1.0 and loss == min(_log_loss(sharpen(wrong, u), np.array([0, 1, 0, 1])) for u in (t, 1.0))
+    # a tie (every temperature gives the same loss: uniform rows) keeps 1
+    assert best_output_temperature(np.full((3, 2), 0.5), np.array([0, 1, 0]))[0] == 1.0
+    with pytest.raises(ValueError, match="output_temperature"):
+        FusionClassifier(output_temperature=0).fit(ExampleIndex.build(read_dataset(
+            [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]), embedder=HashEmbedder(8), device="cpu"))
+
+
 def test_label_aware_order_leads_with_each_candidate_label():
     label_of = np.array([0, 0, 1, 0, 2, 1])
     assert label_aware_order([0, 1, 3, 2, 4, 5], label_of, [1, 2], k=8) == [2, 4, 0, 1, 3, 5]
@@ -163,12 +187,23 @@ def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_l
     res = tuner.result_
     assert res.n_dev == 16 and len(res.trials) > 0
     best = min(res.trials, key=_rank_key)
-    assert dict(res.params) == dict(best.params) and res.dev_accuracy == best.accuracy
+    chosen = {k: v for k, v in res.params.items() if k != "output_temperature"}
+    assert chosen == dict(best.params) and res.dev_accuracy == best.accuracy
     assert res.dev_accuracy >= max(res.baselines.values())  # the plain systems are rows of the same grid
     assert "retrieved-2" in res.baselines and "kNN vote k=8" in res.baselines
     assert (res.prior is not None) == (res.params["calibration"] == "prior")
     est = tuner.best_estimator_
     assert est.knn_weight == res.params["knn_weight"] and est.k == 2
+    # the output temperature was fitted for the chosen setting on dev log-loss: the best of its grid, never
+    # worse than leaving the mixture as it is, and it changes no dev prediction
+    t = res.params["output_temperature"]
+    assert est.output_temperature == t and t in tuner.output_temperatures
+    assert res.dev_log_loss_sharpened <= res.dev_log_loss + 1e-12
+    dev = list(index.dataset.sample(16, seed=0).examples)
+    parts = est.parts(dev)
+    sharp, flat = est.mix(parts), est.set_params(output_temperature=1.0).mix(parts)
+    assert np.array_equal(sharp.argmax(1), flat.argmax(1))
+    est.set_params(output_temperature=t)
     assert est.predict_proba(list(test.examples)).shape == (len(test), len(index.labels))
     assert "chosen:" in res.table() and res.to_json()["params"] == dict(res.params)
     # the dev queries came from the training set: each is an indexed example
@@ -250,8 +285,8 @@ def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smoll
     clock = _Clock()
     monkeypatch.setattr(tune, "_now", clock)
     lm = _TimedLM(smollm_lm, clock, cost=1.0)
-    grid = dict(ks=(2,), candidates=(None, 2), label_aware=(False, True), knn_ks=(4, 8), temperatures=(None,),
-                weights=(0.0, 0.5, 1.0), calibrations=("none", "batch"))
+    grid = {"ks": (2,), "candidates": (None, 2), "label_aware": (False, True), "knn_ks": (4, 8),
+            "temperatures": (None,), "weights": (0.0, 0.5, 1.0), "calibrations": ("none", "batch")}
     index = trec[0]
     tuner = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=70, min_dev_size=10, **grid).fit(index)
     res = tuner.result_

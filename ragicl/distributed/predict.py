@@ -170,14 +170,12 @@ def predict_distributed(index: str | os.PathLike, test: Any, *, lm: Any = DEFAUL
 
 def _mix(got: dict[str, np.ndarray], n_labels: int, kwargs: dict) -> np.ndarray:
     """The fused distribution from the actors' parts, with the classifier's own mixing defaults."""
-    from ..estimators.fusion import FusionClassifier, FusionParts, _check_weight, combine
+    from ..estimators.fusion import FusionClassifier, FusionParts
 
     clf = FusionClassifier(**{k: v for k, v in kwargs.items() if k in FusionClassifier().get_params()})
-    prior = None if clf.prior is None else np.asarray(clf.prior, dtype=np.float64)
     parts = FusionParts(got["lm_logp"], got["neighbor_labels"], got["neighbor_scores"], n_labels,
                         got["candidates"].astype(bool))
-    return combine(parts, knn_k=clf.knn_k, knn_temperature=clf.knn_temperature, knn_weight=_check_weight(clf.knn_weight),
-                   calibration=clf.calibration, prior=prior, smoothing=clf.smoothing)
+    return clf.mix(parts)
 
 
 def _flat_manifest(path: Path) -> dict:

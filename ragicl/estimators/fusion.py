@@ -14,9 +14,13 @@ uses both. For each query it retrieves ``knn_k`` neighbours (far more than fit i
    the mean LM distribution over the predicted batch (batch calibration, Zhou et al. 2024), ``"prior"`` by
    one estimated on dev data (:func:`ragicl.estimators.tune` estimates it), ``"none"`` leaves it;
 5. mixes: ``p = (1 − w) · p_LM + w · p_kNN`` (``knn_weight = w``; 0 is plain retrieval ICL over the candidates,
-   1 is the kNN vote alone).
+   1 is the kNN vote alone);
+6. optionally **sharpens** the mixture, ``p ∝ p^(1/T)`` (``output_temperature = T``; 1 leaves it): a mixture of
+   two distributions is less confident than either, and temperature scaling fitted on dev log-loss (Guo et
+   al. 2017) restores calibrated confidence without changing any prediction.
 
-The weight, the neighbour count, the temperature, the candidate count and the calibration are chosen on dev
+The weight, the neighbour count, the temperature, the candidate count, the calibration and the output
+temperature are chosen on dev
 data held out from the training set by :func:`ragicl.estimators.tune` (``ragicl tune`` on the command line).
 
 All the arithmetic after the LM is in :func:`combine`, a pure function of :class:`FusionParts`, so tuning
@@ -135,15 +139,34 @@ def calibrate(p_lm: np.ndarray, mode: str, prior: np.ndarray | None = None) -> n
     return np.divide(q, total, out=np.array(p_lm, dtype=np.float64), where=total > 0)
 
 
+def sharpen(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows of ``p`` raised to ``1 / temperature`` and renormalized (zeros stay zero; 1 returns ``p``).
+
+    Monotone within a row, so the most probable label never changes.
+
+    >>> sharpen(np.array([[0.6, 0.4, 0.0]]), 0.5).round(3).tolist()
+    [[0.692, 0.308, 0.0]]
+    """
+    if temperature == 1.0:
+        return p
+    logp = np.log(np.where(p > 0, p, 1.0))
+    z = np.where(p > 0, logp / temperature, -np.inf)
+    z = z - np.max(z, axis=1, keepdims=True)
+    e = np.where(p > 0, np.exp(z), 0.0)
+    return e / e.sum(1, keepdims=True)
+
+
 def combine(parts: FusionParts, *, knn_k: int, knn_temperature: float | None, knn_weight: float,
-            calibration: str = "none", prior: np.ndarray | None = None, smoothing: float = 0.5) -> np.ndarray:
-    """The fused ``(n, L)`` distribution: ``(1 − w)·calibrated p_LM + w·p_kNN``."""
+            calibration: str = "none", prior: np.ndarray | None = None, smoothing: float = 0.5,
+            output_temperature: float = 1.0) -> np.ndarray:
+    """The fused ``(n, L)`` distribution: ``(1 − w)·calibrated p_LM + w·p_kNN``, sharpened by
+    ``output_temperature``."""
     p_knn = knn_distribution(parts.neighbor_labels, parts.neighbor_scores, parts.n_labels, k=knn_k,
                              temperature=knn_temperature, smoothing=smoothing)
     if knn_weight >= 1.0:
-        return p_knn
+        return sharpen(p_knn, output_temperature)
     p_lm = calibrate(_softmax_masked(parts.lm_logp), calibration, prior)
-    return (1.0 - knn_weight) * p_lm + knn_weight * p_knn
+    return sharpen((1.0 - knn_weight) * p_lm + knn_weight * p_knn, output_temperature)
 
 
 def _check_weight(w: float) -> float:
@@ -166,6 +189,8 @@ class FusionClassifier:
     label_aware : put the nearest example of every candidate label in the prompt first.
     calibration : ``"none"``, ``"batch"`` or ``"prior"`` (needs ``prior``, set by :func:`ragicl.estimators.tune`).
     prior : label prior for ``calibration="prior"`` (a sequence over the index's labels).
+    output_temperature : ``T`` of the final sharpening ``p ∝ p^(1/T)`` (1 = none; the tuner fits it on dev
+        log-loss). It never changes a prediction, only how confident the distribution is.
 
     Example
     -------
@@ -179,7 +204,7 @@ class FusionClassifier:
                  k: int | str = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
                  knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
                  label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
-                 smoothing: float = 0.5, batch_size: int | None = None, device: str = "auto", seed: int = 0,
+                 smoothing: float = 0.5, output_temperature: float = 1.0, batch_size: int | None = None, device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template
@@ -194,6 +219,7 @@ class FusionClassifier:
         self.calibration = calibration
         self.prior = prior
         self.smoothing = smoothing
+        self.output_temperature = output_temperature
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -208,6 +234,9 @@ class FusionClassifier:
             raise ValueError(f"knn_temperature must be > 0 or None (plain vote), got {self.knn_temperature!r}.")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}.")
+        t = self.output_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < float(t) < np.inf):
+            raise ValueError(f"output_temperature must be a number > 0 (1 = unchanged, < 1 sharper), got {t!r}.")
 
     def fit(self, index: ExampleIndex, *, icl: ICLClassifier | None = None) -> FusionClassifier:
         """Prepare the LM side and the vote over ``index`` (``icl``: reuse an already fitted LM side)."""
@@ -277,11 +306,16 @@ class FusionClassifier:
     # ------------------------------------------------------------------ predict
     def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
         """``(n, L)`` fused label distribution over ``classes_``."""
-        parts = self.parts(queries)
+        return self.mix(self.parts(queries))
+
+    def mix(self, parts: FusionParts) -> np.ndarray:
+        """The fused distribution of already collected :meth:`parts` under this classifier's settings
+        (batch calibration uses exactly the rows given: mix a whole test set at once)."""
+        self._check_params()
         prior = None if self.prior is None else np.asarray(self.prior, dtype=np.float64)
         return combine(parts, knn_k=self.knn_k, knn_temperature=self.knn_temperature,
                        knn_weight=_check_weight(self.knn_weight), calibration=self.calibration, prior=prior,
-                       smoothing=self.smoothing)
+                       smoothing=self.smoothing, output_temperature=float(self.output_temperature))
 
     def predict(self, queries: Sequence[Query] | Query) -> list[str]:
         return [self.classes_[i] for i in self.predict_proba(queries).argmax(1)]
@@ -303,7 +337,7 @@ class FusionClassifier:
 
 
 _PARAMS = ("lm", "template", "k", "max_prompt_tokens", "selection", "knn_k", "knn_temperature", "knn_weight",
-           "candidates", "label_aware", "calibration", "prior", "smoothing", "batch_size", "device", "seed",
+           "candidates", "label_aware", "calibration", "prior", "smoothing", "output_temperature", "batch_size", "device", "seed",
            "show_progress")
 
 

@@ -40,10 +40,11 @@ from ..models import DEFAULT_LM
 from ..prompt.step import MANY_SHOT, check_k
 from ..prompt.template import PromptTemplate
 from .classifier import ICLClassifier
-from .fusion import FusionClassifier, FusionParts, combine
+from .fusion import FusionClassifier, FusionParts, combine, sharpen
 
 logger = logging.getLogger(__name__)
 
+OUTPUT_TEMPERATURES = tuple(float(2.0 ** (-e / 4)) for e in range(-4, 17))  # 2 … 1/16, quarter octaves, 1 exact
 PROBE = 16  # dev queries scored first under a time budget, to measure the LM's rate on this machine
 _now = time.perf_counter  # the clock of the time budget (tests substitute a simulated one)
 
@@ -72,6 +73,7 @@ class TuneResult:
     skipped: tuple[Mapping[str, Any], ...] = ()
     prior: tuple[float, ...] | None = None
     n_dev_requested: int | None = None
+    dev_log_loss_sharpened: float | None = None
 
     @property
     def reason(self) -> str:
@@ -80,7 +82,14 @@ class TuneResult:
                   else f" (of {self.n_dev_requested} requested: the time budget)")
         return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples{shrunk} "
                 f"(best plain system: {best_plain[0]} {best_plain[1]:.3f}); ties broken by log-loss "
-                f"{self.dev_log_loss:.3f}, then by cost")
+                f"{self.dev_log_loss:.3f}, then by cost" + self._sharpened())
+
+    def _sharpened(self) -> str:
+        t = self.params.get("output_temperature", 1.0)
+        if self.dev_log_loss_sharpened is None or t == 1.0:
+            return ""
+        return f"; output temperature {t:.3g} fitted on dev log-loss ({self.dev_log_loss:.3f} -> " \
+               f"{self.dev_log_loss_sharpened:.3f})"
 
     def table(self, top: int = 10) -> str:
         """The chosen setting, the plain systems and the best ``top`` trials, as text."""
@@ -97,6 +106,7 @@ class TuneResult:
         return {"params": dict(self.params), "dev_accuracy": self.dev_accuracy,
                 "dev_log_loss": self.dev_log_loss, "baselines": dict(self.baselines), "n_dev": self.n_dev,
                 "n_dev_requested": self.n_dev_requested or self.n_dev,
+                "dev_log_loss_sharpened": self.dev_log_loss_sharpened,
                 "seconds": self.seconds, "reason": self.reason, "prior": None if self.prior is None else
                 list(self.prior), "skipped": [dict(s) for s in self.skipped],
                 "trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
@@ -130,6 +140,8 @@ class FusionTuner:
         configuration always runs, on as many dev queries as half the budget allows at the LM's measured rate
         (at least ``min_dev_size``); later ones run while their estimated cost fits what is left.
     min_dev_size : the fewest dev queries a time budget may shrink the dev set to.
+    output_temperatures : the sharpening temperatures tried for the chosen setting, by dev log-loss (``(1.0,)``
+        = none). It changes no prediction; it makes the fused distribution as confident as it is accurate.
     """
 
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
@@ -139,7 +151,8 @@ class FusionTuner:
                  temperatures: Sequence[float | None] = (None, 0.02, 0.05, 0.1),
                  weights: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
                  calibrations: Sequence[str] = ("none", "batch", "prior"), max_full_labels: int = 20,
-                 time_budget: float | None = None, min_dev_size: int = 50, batch_size: int | None = None,
+                 time_budget: float | None = None, min_dev_size: int = 50,
+                 output_temperatures: Sequence[float] = OUTPUT_TEMPERATURES, batch_size: int | None = None,
                  device: str = "auto", seed: int = 0,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
@@ -157,6 +170,7 @@ class FusionTuner:
         self.max_full_labels = max_full_labels
         self.time_budget = time_budget
         self.min_dev_size = min_dev_size
+        self.output_temperatures = output_temperatures
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -184,9 +198,13 @@ class FusionTuner:
         if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and self.time_budget >= 0):
             raise ValueError(f"time_budget must be a number of seconds >= 0 or None (no limit), got "
                              f"{self.time_budget!r}.")
-        for name in ("ks", "knn_ks", "weights", "calibrations", "temperatures", "label_aware", "candidates"):
+        for name in ("ks", "knn_ks", "weights", "calibrations", "temperatures", "label_aware", "candidates",
+                     "output_temperatures"):
             if not len(getattr(self, name)):
                 raise ValueError(f"{name} is empty: give at least one value to try.")
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < math.inf
+                   for t in self.output_temperatures):
+            raise ValueError(f"output_temperatures must be numbers > 0, got {list(self.output_temperatures)}.")
         labels = tuple(index.labels)
         if len(index) < 2 or not labels:
             raise DataError(f"tuning needs a labeled classification index with at least 2 examples; got "
@@ -205,6 +223,7 @@ class FusionTuner:
         trials: list[Trial] = []
         skipped: list[dict[str, Any]] = []
         priors: dict[tuple, np.ndarray] = {}
+        scored: dict[tuple, FusionParts] = {}
         configs = self._lm_configs(len(labels))
         rate: tuple[float, int] | None = None  # (seconds per dev query, prompt size) of the first configuration
         for i, cfg in enumerate(configs):
@@ -232,10 +251,16 @@ class FusionTuner:
             logger.info("tune: %s scored %d dev queries in %.1f s", cfg, len(y), lm_seconds)
             prior = _softmax_rows(parts.lm_logp).mean(0)
             priors[_key(cfg)] = prior
+            scored[_key(cfg)] = parts
             trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds))
         best = min(trials, key=_rank_key)
         prior = priors[_key(best.params)] if best.params.get("calibration") == "prior" else None
-        result = TuneResult(params=dict(best.params), dev_accuracy=best.accuracy, dev_log_loss=best.log_loss,
+        mixed = combine(scored[_key(best.params)], knn_k=best.params["knn_k"],
+                        knn_temperature=best.params["knn_temperature"], knn_weight=best.params["knn_weight"],
+                        calibration=best.params["calibration"], prior=priors[_key(best.params)])
+        temperature, sharpened = best_output_temperature(mixed, y, self.output_temperatures)
+        result = TuneResult(params={**best.params, "output_temperature": temperature}, dev_accuracy=best.accuracy,
+                            dev_log_loss=best.log_loss, dev_log_loss_sharpened=sharpened,
                             baselines=_baselines(trials, self.ks), n_dev=len(y),
                             seconds=_now() - t0, trials=tuple(trials), skipped=tuple(skipped),
                             prior=None if prior is None else tuple(float(p) for p in prior),
@@ -301,6 +326,21 @@ def _concat(a: FusionParts, b: FusionParts) -> FusionParts:
                        np.concatenate([pad(a.neighbor_labels, -1), pad(b.neighbor_labels, -1)]),
                        np.concatenate([pad(a.neighbor_scores, -np.inf), pad(b.neighbor_scores, -np.inf)]),
                        a.n_labels, np.concatenate([a.candidates, b.candidates]))
+
+
+def best_output_temperature(p: np.ndarray, y: np.ndarray, temperatures: Sequence[float] = OUTPUT_TEMPERATURES
+                            ) -> tuple[float, float]:
+    """The temperature in ``temperatures`` whose sharpened ``p`` has the lowest log-loss on labels ``y``, and
+    that log-loss; ties go to the temperature nearest 1 (the least change).
+
+    >>> import numpy as np
+    >>> p = np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])  # right, right, right but unsure
+    >>> best_output_temperature(p, np.array([0, 1, 0]), (1.0, 0.5, 0.25))[0]
+    0.25
+    """
+    losses = [(_log_loss(sharpen(p, float(t)), y), abs(math.log(float(t))), float(t)) for t in temperatures]
+    loss, _, t = min(losses, key=lambda v: (round(v[0], 12), v[1]))
+    return t, loss
 
 
 def _key(cfg: Mapping[str, Any]) -> tuple:

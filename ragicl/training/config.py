@@ -46,6 +46,20 @@ MODES: dict[str, tuple[str, ...]] = {
 OBJECTIVES = ("labels", "gold")
 #: the most passes over the training set when training to convergence (early stopping usually ends sooner)
 DEFAULT_EPOCHS = 10.0
+EVALS_PER_EPOCH = 4  # dev evaluations per epoch by default
+MAX_EVAL_EVERY = 200  # ... but at least every this many steps on large training sets
+
+
+def default_eval_every(steps_per_epoch: int) -> int:
+    """Steps between dev evaluations when ``eval_every`` is None: a quarter epoch, at most 200 steps.
+
+    Four evaluations per epoch find the lowest dev loss to within a quarter epoch, and with ``patience`` 3 a
+    run stops within about an epoch of it (once per epoch, a model best after its first epoch trained four).
+
+    >>> [default_eval_every(n) for n in (1, 2, 169, 390, 10_000)]
+    [1, 1, 43, 98, 200]
+    """
+    return max(1, min(math.ceil(steps_per_epoch / EVALS_PER_EPOCH), MAX_EVAL_EVERY))
 #: dev split share when training to convergence and ``dev_fraction`` is not given
 DEFAULT_DEV_FRACTION = 0.1
 
@@ -83,7 +97,8 @@ class TrainConfig:
     dev_fraction: share of the training data held out as the dev split (None: 0.1 when training to
     convergence, 0 for a fixed-step run); at most ``max_dev_examples`` examples are held out.
     patience: evaluations without a dev-loss improvement larger than ``min_delta`` before stopping.
-    eval_every: steps between dev evaluations (None: once per epoch, at most every 200 steps).
+    eval_every: steps between dev evaluations (None: :func:`default_eval_every`, four times per epoch, at most
+        every 200 steps).
     checkpoint_every: steps between resumable checkpoints in the output folder (None: at every
     evaluation, or every 200 steps without a dev split; 0 disables).
     resume: continue from a checkpoint with the same settings and data found in the output folder.

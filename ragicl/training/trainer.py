@@ -26,7 +26,7 @@ from typing import Any
 from .._exceptions import require
 from ..lm.hf import LanguageModel, TransformersLM
 from . import checkpoint as ck
-from .config import MODES, TrainConfig
+from .config import MODES, TrainConfig, default_eval_every
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
     per_step = min(cfg.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / per_step)
     total = cfg.steps if cfg.fast else max(1, math.ceil(cfg.resolved_epochs * steps_per_epoch))
-    eval_every = cfg.eval_every or min(steps_per_epoch, 200)
+    eval_every = cfg.eval_every or default_eval_every(steps_per_epoch)
     ckpt_every = cfg.checkpoint_every if cfg.checkpoint_every is not None else (eval_every if dev_idx else 200)
     ckpt_every = ckpt_every if out is not None else 0
     fingerprint = ck.data_fingerprint(fingerprint, kind, n, cfg.to_json())
