@@ -69,6 +69,20 @@ def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, t
     return systems
 
 
+def system_names(args: argparse.Namespace) -> list[str]:
+    """The rows ``ragicl eval`` produces for ``args``, in table order (what ``--rescore`` may name)."""
+    names = ["zero-shot"]
+    if args.k != 0:
+        names += [f"random-{args.k}", f"retrieved-{args.k}"]
+    if getattr(args, "vote", True):
+        names += [f"kNN vote k={k}" for k in VOTE_KS]
+    if getattr(args, "best", False) and args.k != 0:
+        names.append("ragicl best")
+    if getattr(args, "finetuned", None):
+        names.append("fine-tuned")
+    return names
+
+
 def tune_best(args: argparse.Namespace, index: Any, template: Any, notes: list[str], lm: Any = None) -> Any:
     """'ragicl best': the FusionClassifier that FusionTuner chooses on dev queries from the index's training
     examples (in this process); what it chose and why is logged and appended to ``notes``."""
@@ -138,6 +152,11 @@ class PredictionsLog:
             return {}
         saved = load_predictions(self.path)
         reuse = reusable_systems(saved, self.record, self.sources, self.path)
+        redo = [name for name in (getattr(self.args, "rescore", None) or []) if name in reuse]
+        for name in redo:
+            del reuse[name]
+        if redo:
+            logger.info("--rescore: scoring %s again (saved in %s)", ", ".join(redo), self.path)
         for name, system in reuse.items():
             self.record = self.record.with_system(name, system.probs, system.recorded_seconds,
                                                   self.sources.get(name, ""))

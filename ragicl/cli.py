@@ -34,7 +34,7 @@ from ._cli_checks import (
     positive_int,
     report_error,
 )
-from ._cli_systems import PredictionsLog, add_best_args, build_systems
+from ._cli_systems import PredictionsLog, add_best_args, build_systems, system_names
 from ._exceptions import RagiclError
 
 logger = logging.getLogger("ragicl")
@@ -166,6 +166,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.predictions:
         check_output_file(args.predictions, "--predictions")
+    if args.rescore:
+        if not args.predictions:
+            raise UsageError(f"--rescore {args.rescore[0]!r} applies to --predictions FILE (systems saved there are "
+                             "reused unless named); received it without. Fix: add --predictions FILE, or drop "
+                             "--rescore.")
+        unknown = [n for n in args.rescore if n not in system_names(args)]
+        if unknown:
+            raise UsageError(f"--rescore {unknown[0]!r} is not a system of this run; expected one of "
+                             f"{system_names(args)} (quote names with spaces: --rescore 'ragicl best').")
     if args.finetuned:
         check_input_path(args.finetuned, "--finetuned", "a fine-tuned checkpoint folder made by "
                          "`ragicl finetune`")
@@ -372,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save every system's per-query label distributions to FILE (JSON) as each finishes; a "
                         "rerun with the same FILE and settings reuses the systems it holds (resume an "
                         "interrupted run, or add --finetuned later without re-scoring the rest)")
+    e.add_argument("--rescore", action="append", default=None, metavar="SYSTEM",
+                   help="with --predictions: score this system again even if FILE holds it (e.g. 'ragicl best' "
+                        "after a change to the tuner); repeat for several")
     e.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="score the test set on Ray actors (each loads the index and LM once): auto, local, "
                         "host:port or ray://host:port; the index folder must be on storage every node sees")

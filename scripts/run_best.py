@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetuned-root", default=None)
     p.add_argument("--out", default="runs/best")
     p.add_argument("--index-root", default="indexes")
+    p.add_argument("--rescore", action="append", default=[], metavar="SYSTEM",
+                   help="score this system again though the saved predictions hold it (ragicl eval --rescore)")
     args = p.parse_args(argv)
     from ragicl.cli import main as ragicl
 
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = ["eval", "--index", str(index), "--test", str(data / "test.jsonl"), "--n", str(args.n),
                "--k", str(args.k), "--tune-budget", str(args.tune_budget), "--dev-size", str(args.dev_size),
                "--json", str(out / f"{name}.json"), "--predictions", str(out / f"{name}.predictions.json")]
+        for system in args.rescore:
+            cmd += ["--rescore", system]
         if args.finetuned_root and (Path(args.finetuned_root) / name).exists():
             cmd += ["--finetuned", str(Path(args.finetuned_root) / name)]
         rc = ragicl(cmd)

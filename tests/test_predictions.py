@@ -132,7 +132,7 @@ def test_eval_resumes_and_adds_a_reference_without_rescoring(tiny, tmp_path, cap
     data = json.loads(report.read_text())
     gaps = {g["system"]: g for g in data["gaps"]}
     assert gaps["zero-shot"]["agreement"] == 1.0
-    probs = load_predictions(preds).probs
+    probs, probs_seconds = load_predictions(preds).probs, load_predictions(preds).seconds
     # same model and prompts scored in another batch: equal up to float32 rounding of log-probabilities
     assert np.abs(probs["zero-shot"] - probs["fine-tuned"]).max() < 1e-4
     assert gaps["zero-shot"]["tv"]["estimate"] < 1e-4
@@ -143,3 +143,15 @@ def test_eval_resumes_and_adds_a_reference_without_rescoring(tiny, tmp_path, cap
     err = capsys.readouterr().err
     assert "holds predictions of another evaluation" in err and "k: saved '2', now '3'" in err
     assert preds.read_bytes() == before
+
+    # 5. --rescore scores a saved system again (e.g. after a change to its code) and keeps the rest
+    assert main([*cmd, "--finetuned", smollm_path, "--rescore", "retrieved-2"]) == 0
+    capsys.readouterr()
+    assert lm_calls == [4, 4]
+    again = load_predictions(preds)
+    assert sorted(again.probs) == sorted(probs) and again.seconds["zero-shot"] == probs_seconds["zero-shot"]
+    np.testing.assert_allclose(again.probs["retrieved-2"], probs["retrieved-2"], atol=1e-4)  # same prompts
+    for argv, why in (([*cmd, "--rescore", "ragicl best"], "not a system of this run"),  # --no-best
+                      ([*cmd[:-2], "--rescore", "zero-shot"], "applies to --predictions")):
+        assert main(argv) == 2
+        assert why in capsys.readouterr().err
