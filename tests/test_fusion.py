@@ -276,10 +276,10 @@ class _TimedLM:
 
 @pytest.mark.slow
 def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smollm_lm, monkeypatch):
-    """At 1 s per dev query a 70 s budget lets the first configuration score a 16-query probe and then as
-    many as fit half the budget (35 of the 60 requested); the second configuration (same prompt size, 35 s
-    estimated) fits exactly, the other two would overrun and are listed as not tried. The whole search then
-    took 70 simulated seconds: the budget holds instead of the first configuration running past it."""
+    """On a simulated clock at 1 s per dev query: with 130 s the first configuration scores all 60 dev
+    queries (a 16-query probe, then the rest), the second (same prompt size, 60 s estimated) fits, the other
+    two would overrun and are listed as not tried. With 40 s the dev set shrinks to what fits (probe + 24),
+    and nothing else is tried: the search ends at the budget instead of running past it."""
     from ragicl.estimators import tune
 
     clock = _Clock()
@@ -288,14 +288,20 @@ def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smoll
     grid = {"ks": (2,), "candidates": (None, 2), "label_aware": (False, True), "knn_ks": (4, 8),
             "temperatures": (None,), "weights": (0.0, 0.5, 1.0), "calibrations": ("none", "batch")}
     index = trec[0]
-    tuner = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=70, min_dev_size=10, **grid).fit(index)
-    res = tuner.result_
-    assert (res.n_dev, res.n_dev_requested, lm.prompts_scored, res.seconds) == (35, 60, 70, 70.0)
+    res = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=130, min_dev_size=10, **grid).fit(index).result_
+    assert (res.n_dev, res.n_dev_requested, lm.prompts_scored, res.seconds) == (60, 60, 120, 120.0)
     assert [dict(s) for s in res.skipped] == [{"k": 2, "candidates": 2, "label_aware": False},
                                               {"k": 2, "candidates": 2, "label_aware": True}]
     assert {(t.params["candidates"], t.params["label_aware"]) for t in res.trials} == {(None, False), (None, True)}
-    assert "35 held-out training examples (of 60 requested: the time budget)" in res.reason
-    assert res.to_json()["n_dev_requested"] == 60 and res.to_json()["n_dev"] == 35
+    assert "requested" not in res.reason
+
+    clock.t, lm.prompts_scored = 0.0, 0
+    res = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=40, min_dev_size=10, **grid).fit(index).result_
+    assert (res.n_dev, res.n_dev_requested, lm.prompts_scored, res.seconds) == (40, 60, 40, 40.0)
+    assert len(res.skipped) == 3
+    assert "40 held-out training examples (of 60 requested: the time budget)" in res.reason
+    assert res.to_json()["n_dev_requested"] == 60 and res.to_json()["n_dev"] == 40
+
     # the probe and the rest are scored in two calls; joined, they equal one call over the same 35 queries
     dev = list(index.dataset.sample(60, seed=0).examples)[:35]
     fc = FusionClassifier(smollm_lm, TEMPLATE, k=2, candidates=None, label_aware=False).fit(index)
@@ -304,10 +310,10 @@ def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smoll
     for name in ("neighbor_labels", "neighbor_scores", "candidates"):
         np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
 
-    # too small a budget for the floor: the probe alone runs, the dev set is the probe, nothing else is tried
+    # too small a budget for the floor: the probe and the floor run (here 20 > 16), nothing else is tried
     clock.t = 0.0
-    tiny = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=10, min_dev_size=10, **grid).fit(index).result_
-    assert tiny.n_dev == 16 and len(tiny.skipped) == 3
+    tiny = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=10, min_dev_size=20, **grid).fit(index).result_
+    assert tiny.n_dev == 20 and len(tiny.skipped) == 3
     with pytest.raises(ValueError, match="time_budget"):
         FusionTuner(lm, TEMPLATE, time_budget=-1).fit(index)
     with pytest.raises(ValueError, match="min_dev_size"):

@@ -144,13 +144,17 @@ def test_eval_resumes_and_adds_a_reference_without_rescoring(tiny, tmp_path, cap
     assert "holds predictions of another evaluation" in err and "k: saved '2', now '3'" in err
     assert preds.read_bytes() == before
 
-    # 5. --rescore scores a saved system again (e.g. after a change to its code) and keeps the rest
+    # 5. --rescore scores a saved system again (e.g. after a change to its code) and keeps the rest; a saved
+    #    note about the old one (as "ragicl best = <choice>") is dropped with it
+    held = load_predictions(preds)
+    save_predictions(preds, held.with_notes([*held.notes, "retrieved-2 = an old choice"]))
     assert main([*cmd, "--finetuned", smollm_path, "--rescore", "retrieved-2"]) == 0
     capsys.readouterr()
     assert lm_calls == [4, 4]
     again = load_predictions(preds)
     assert sorted(again.probs) == sorted(probs) and again.seconds["zero-shot"] == probs_seconds["zero-shot"]
     np.testing.assert_allclose(again.probs["retrieved-2"], probs["retrieved-2"], atol=1e-4)  # same prompts
+    assert "retrieved-2 = an old choice" not in again.notes and again.notes
     for argv, why in (([*cmd, "--rescore", "ragicl best"], "not a system of this run"),  # --no-best
                       ([*cmd[:-2], "--rescore", "zero-shot"], "applies to --predictions")):
         assert main(argv) == 2

@@ -10,10 +10,11 @@ plain systems it must beat (retrieved-k: weight 0, no candidates, no calibration
 are rows of the same grid, so the report shows them side by side.
 
 ``time_budget`` (seconds) bounds the whole search. The first configuration scores a probe of the dev
-queries to measure the LM's rate on this machine, then only as many more as fit half the budget (never fewer
-than ``min_dev_size``): on a slow machine the dev set shrinks rather than the budget overrunning. Every later
-configuration starts only if its estimated cost (the measured rate, scaled by its prompt size) fits what is
-left; those not tried are listed in the result.
+queries to measure the LM's rate on this machine, then the rest of the dev set, or only as many as fit the
+budget (never fewer than ``min_dev_size``) where the whole set would not: on a slow machine the dev set
+shrinks rather than the budget overrunning. The dev set comes first because the free mixing grid (about a
+thousand settings) is chosen on it; every later prompt configuration starts only if its estimated cost (the
+measured rate, scaled by its prompt size) fits what is left; those not tried are listed in the result.
 
 >>> from ragicl import ExampleIndex, FusionTuner, read_dataset
 >>> index = ExampleIndex.build(read_dataset("../shared/datasets/trec/train.jsonl"))  # doctest: +SKIP
@@ -40,7 +41,7 @@ from ..models import DEFAULT_LM
 from ..prompt.step import MANY_SHOT, check_k
 from ..prompt.template import PromptTemplate
 from .classifier import ICLClassifier
-from .fusion import FusionClassifier, FusionParts, combine, sharpen
+from .fusion import FusionClassifier, FusionParts, _softmax_masked, combine, sharpen
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,8 @@ class FusionTuner:
     label_aware : label-aware prompt orders to try.
     knn_ks, temperatures, weights, calibrations : the mixing grid (free: no LM call).
     time_budget : seconds for the whole search (None = every configuration on every dev query). The first
-        configuration always runs, on as many dev queries as half the budget allows at the LM's measured rate
-        (at least ``min_dev_size``); later ones run while their estimated cost fits what is left.
+        configuration always runs, on every dev query or as many as the budget allows at the LM's measured
+        rate (at least ``min_dev_size``); later ones run while their estimated cost fits what is left.
     min_dev_size : the fewest dev queries a time budget may shrink the dev set to.
     output_temperatures : the sharpening temperatures tried for the chosen setting, by dev log-loss (``(1.0,)``
         = none). It changes no prediction; it makes the fused distribution as confident as it is accurate.
@@ -249,7 +250,7 @@ class FusionTuner:
             if i == 0:
                 rate = (lm_seconds / max(len(y), 1), fc.k_)
             logger.info("tune: %s scored %d dev queries in %.1f s", cfg, len(y), lm_seconds)
-            prior = _softmax_rows(parts.lm_logp).mean(0)
+            prior = _softmax_masked(parts.lm_logp).mean(0)
             priors[_key(cfg)] = prior
             scored[_key(cfg)] = parts
             trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds))
@@ -276,14 +277,14 @@ class FusionTuner:
     def _score_within_budget(self, fc: FusionClassifier, dev: list, depth: int, t0: float
                              ) -> tuple[FusionParts, int]:
         """The first configuration under a time budget: a probe of :data:`PROBE` dev queries measures the LM's
-        rate, then as many more as fit half the budget (at least ``min_dev_size`` in all). Returns the parts
+        rate, then as many more as fit the budget (at least ``min_dev_size`` in all). Returns the parts
         and how many dev queries (a prefix of ``dev``, itself a seeded random sample) they cover."""
         floor = min(self.min_dev_size, len(dev))
         n_probe = min(PROBE, len(dev))
         t_probe = _now()
         head = fc.parts(dev[:n_probe], knn_k=depth)
         per_query = (_now() - t_probe) / n_probe
-        room = self.time_budget / 2 - (_now() - t0)
+        room = self.time_budget - (_now() - t0)
         n = n_probe + (max(0, int(room / per_query)) if per_query > 0 else len(dev))
         n = min(len(dev), max(floor, n))
         if n < len(dev):
@@ -345,13 +346,6 @@ def best_output_temperature(p: np.ndarray, y: np.ndarray, temperatures: Sequence
 
 def _key(cfg: Mapping[str, Any]) -> tuple:
     return (cfg["k"], cfg["candidates"], cfg["label_aware"])
-
-
-def _softmax_rows(logp: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(logp)
-    m = np.max(np.where(finite, logp, -np.inf), axis=1, keepdims=True)
-    e = np.where(finite, np.exp(logp - m), 0.0)
-    return e / e.sum(1, keepdims=True)
 
 
 def _accuracy(p: np.ndarray, y: np.ndarray) -> float:
