@@ -53,6 +53,12 @@ def test_another_run_is_refused_and_sources_decide_reuse(tmp_path):
         reusable_systems(base, Predictions.for_test(_toy(), {"k": "4"}), {}, "p.json")
     with pytest.raises(DataError, match="different test sample"):
         reusable_systems(base, Predictions.for_test(_toy(4), {"k": "8"}), {}, "p.json")
+    # a setting of "ragicl best" alone (its tuning budget) re-tunes it and reuses the rest
+    tuned = Predictions.for_test(_toy(), {"k": "8", "tune_budget": 300, "dev_size": 200}) \
+        .with_system("a", np.full((3, 2), 0.5), 1.0).with_system("ragicl best", np.full((3, 2), 0.5), 3.0)
+    now = Predictions.for_test(_toy(), {"k": "8", "tune_budget": 900, "dev_size": 200})
+    assert set(reusable_systems(tuned, now, {}, "p.json")) == {"a"}
+    assert set(reusable_systems(tuned, tuned, {}, "p.json")) == {"a", "ragicl best"}
     with pytest.raises(ValueError, match="cover 3 queries, asked for 2"):
         SavedSystem("a", ("neg", "pos"), np.ones((3, 2)), 0.0).predict_proba([1, 2])
 

@@ -32,6 +32,9 @@ from .._exceptions import DataError
 from ..types import Dataset
 
 FORMAT = "ragicl-predictions/1"
+#: settings that decide one system's output only: a change scores that system again and reuses the rest
+SYSTEM_SETTINGS: Mapping[str, tuple[str, ...]] = {"ragicl best": ("dev_size", "tune_budget")}
+_OWN = frozenset(k for keys in SYSTEM_SETTINGS.values() for k in keys)
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,16 @@ class Predictions:
         return replace(self, notes=tuple(notes))
 
     def mismatch(self, other: Predictions) -> str | None:
-        """Why the saved systems of ``self`` cannot stand in for a run described by ``other``, or None."""
+        """Why the saved systems of ``self`` cannot stand in for a run described by ``other``, or None.
+
+        Settings of one system alone (:data:`SYSTEM_SETTINGS`) are not compared here: a difference there
+        only keeps that system from being reused (:func:`reusable_systems`)."""
         if self.labels != other.labels:
             return f"labels {list(self.labels)} vs {list(other.labels)}"
         if (self.ids, self.gold) != (other.ids, other.gold):
             return (f"a different test sample ({len(self.ids)} saved queries vs {len(other.ids)} now, or the "
                     "same count with other ids or labels)")
-        diff = sorted(k for k in {*self.settings, *other.settings}
+        diff = sorted(k for k in {*self.settings, *other.settings} - _OWN
                       if self.settings.get(k) != other.settings.get(k))
         if diff:
             return "settings " + ", ".join(f"{k}: saved {self.settings.get(k)!r}, now {other.settings.get(k)!r}"
@@ -152,11 +158,16 @@ def reusable_systems(saved: Predictions, current: Predictions, sources: Mapping[
     """The saved systems a run described by ``current`` can reuse; a clear error when the file is another run's.
 
     ``sources`` maps a system name to what identifies its model now (e.g. the ``--finetuned`` path); a
-    saved system whose source differs is scored again rather than reused.
+    saved system whose source differs is scored again rather than reused, as is one whose own settings
+    (:data:`SYSTEM_SETTINGS`, e.g. the tuning budget of "ragicl best") differ.
     """
     why = saved.mismatch(current)
     if why is not None:
         raise DataError(f"{path} holds predictions of another evaluation ({why}). Pass a new --predictions "
                         "path, or delete the file to score every system again.")
+
+    def same_own(name: str) -> bool:
+        return all(saved.settings.get(k) == current.settings.get(k) for k in SYSTEM_SETTINGS.get(name, ()))
+
     return {name: SavedSystem(name, saved.labels, saved.probs[name], saved.seconds.get(name, 0.0))
-            for name in saved.probs if saved.sources.get(name, "") == sources.get(name, "")}
+            for name in saved.probs if saved.sources.get(name, "") == sources.get(name, "") and same_own(name)}
