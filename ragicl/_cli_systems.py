@@ -160,7 +160,8 @@ class PredictionsLog:
         for name, system in reuse.items():
             self.record = self.record.with_system(name, system.probs, system.recorded_seconds,
                                                   self.sources.get(name, ""))
-        notes.extend(n for n in saved.notes if n not in notes and not any(n.startswith(f"{r} ") for r in redo))
+        stale = [name for name in saved.probs if name not in reuse]  # scored again: their old notes go
+        notes.extend(n for n in saved.notes if n not in notes and not any(n.startswith(f"{r} ") for r in stale))
         if reuse:
             logger.info("--predictions %s: reusing %s", self.path, ", ".join(reuse))
             notes.append(f"{_REUSED}{self.path}: {', '.join(reuse)} (scored in an earlier run)")
