@@ -149,11 +149,8 @@ def sharpen(p: np.ndarray, temperature: float) -> np.ndarray:
     """
     if temperature == 1.0:
         return p
-    logp = np.log(np.where(p > 0, p, 1.0))
-    z = np.where(p > 0, logp / temperature, -np.inf)
-    z = z - np.max(z, axis=1, keepdims=True)
-    e = np.where(p > 0, np.exp(z), 0.0)
-    return e / e.sum(1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return _softmax_masked(np.log(p) / temperature)
 
 
 def combine(parts: FusionParts, *, knn_k: int, knn_temperature: float | None, knn_weight: float,
@@ -204,8 +201,8 @@ class FusionClassifier:
                  k: int | str = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
                  knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
                  label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
-                 smoothing: float = 0.5, output_temperature: float = 1.0, batch_size: int | None = None, device: str = "auto", seed: int = 0,
-                 show_progress: bool | None = None) -> None:
+                 smoothing: float = 0.5, output_temperature: float = 1.0, batch_size: int | None = None,
+                 device: str = "auto", seed: int = 0, show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template
         self.k = k
@@ -337,8 +334,8 @@ class FusionClassifier:
 
 
 _PARAMS = ("lm", "template", "k", "max_prompt_tokens", "selection", "knn_k", "knn_temperature", "knn_weight",
-           "candidates", "label_aware", "calibration", "prior", "smoothing", "output_temperature", "batch_size", "device", "seed",
-           "show_progress")
+           "candidates", "label_aware", "calibration", "prior", "smoothing", "output_temperature", "batch_size",
+           "device", "seed", "show_progress")
 
 
 def neighbours(index: ExampleIndex, examples: Sequence[Example], k: int

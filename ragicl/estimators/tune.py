@@ -291,8 +291,8 @@ class FusionTuner:
             logger.warning("tuning: %.2f s per dev query on this machine; the %.0f s budget allows %d of the %d "
                            "dev queries (about %.0f s would score them all for one configuration)",
                            per_query, self.time_budget, n, len(dev), per_query * len(dev))
-        if n <= n_probe:
-            return head, n_probe
+        if n == n_probe:  # n >= n_probe always: the probe is never thrown away
+            return head, n
         return _concat(head, fc.parts(dev[n_probe:n], knn_k=depth)), n
 
     def _mix_trials(self, parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prior: np.ndarray,

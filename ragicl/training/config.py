@@ -46,6 +46,8 @@ MODES: dict[str, tuple[str, ...]] = {
 OBJECTIVES = ("labels", "gold")
 #: the most passes over the training set when training to convergence (early stopping usually ends sooner)
 DEFAULT_EPOCHS = 10.0
+#: dev split share when training to convergence and ``dev_fraction`` is not given
+DEFAULT_DEV_FRACTION = 0.1
 EVALS_PER_EPOCH = 4  # dev evaluations per epoch by default
 MAX_EVAL_EVERY = 200  # ... but at least every this many steps on large training sets
 
@@ -60,8 +62,6 @@ def default_eval_every(steps_per_epoch: int) -> int:
     [1, 1, 43, 98, 200]
     """
     return max(1, min(math.ceil(steps_per_epoch / EVALS_PER_EPOCH), MAX_EVAL_EVERY))
-#: dev split share when training to convergence and ``dev_fraction`` is not given
-DEFAULT_DEV_FRACTION = 0.1
 
 
 class TrainConfigError(RagiclError, ValueError):
