@@ -140,6 +140,7 @@ def classification_eval(ids: list[list[int]], tgt: list[int], labels: list[list[
         import torch
 
         chunk = max(1, _MAX_ROWS // (1 if _single_token(labels) else len(labels)))
+        idx = sorted(idx, key=lambda i: len(ids[i]))  # passes of similar lengths: little padding, same sums
         total = correct = 0.0
         for start in range(0, len(idx), chunk):
             part = idx[start:start + chunk]
@@ -188,7 +189,8 @@ def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets:
                        eval_fn=classification_eval(ids, tgt, labels), strata=tgt,
                        rows_per_example=rows_per_example(labels, cfg.objective), max_rows=_MAX_ROWS, out=out,
                        inplace=inplace, show_progress=show_progress, on_step=on_step,
-                       fingerprint=data_fingerprint(ids, tgt, labels), meta_extra={"n_labels": len(labels)})
+                       fingerprint=data_fingerprint(ids, tgt, labels), meta_extra={"n_labels": len(labels)},
+                       lengths=[len(p) for p in ids])
 
 
 def finetune_lm(lm: str | LanguageModel, prompts: Sequence[Sequence[int]],
@@ -218,10 +220,12 @@ def finetune_lm(lm: str | LanguageModel, prompts: Sequence[Sequence[int]],
         return total / count
 
     def eval_fn(model: Any, idx: list[int], pad_id: int) -> tuple[float, None]:
+        idx = sorted(idx, key=lambda i: len(ids[i]) + len(outs[i]))  # little padding, same sums
         parts = [nll(model, idx[s:s + _MAX_ROWS], pad_id) for s in range(0, len(idx), _MAX_ROWS)]
         return float(sum(float(t) for t, _ in parts)) / sum(c for _, c in parts), None
 
     return train_model(lm, len(ids), loss_fn, config=cfg, kind="generation",
                        longest=max(len(p) + len(o) for p, o in zip(ids, outs)), eval_fn=eval_fn,
                        max_rows=_MAX_ROWS, out=out, inplace=inplace, show_progress=show_progress,
-                       on_step=on_step, fingerprint=data_fingerprint(ids, outs))
+                       on_step=on_step, fingerprint=data_fingerprint(ids, outs),
+                       lengths=[len(p) + len(o) for p, o in zip(ids, outs)])
