@@ -130,7 +130,16 @@ def test_end_points_equal_the_plain_systems(trec, smollm_lm):
     fc = FusionClassifier(smollm_lm, TEMPLATE, k=2, knn_k=8, knn_temperature=None, knn_weight=1.0,
                           candidates=None, label_aware=False).fit(index)
     vote = KNNVoteClassifier(k=8, smoothing=0.5).fit(index).predict_proba(queries)
+    calls: list[int] = []
+    real_scoring = fc.icl_.label_logprobs
+    fc.icl_.label_logprobs = lambda *a, **k: calls.append(1) or real_scoring(*a, **k)  # type: ignore[method-assign]
     np.testing.assert_allclose(fc.predict_proba(queries), vote, rtol=1e-12)
+    assert calls == []  # the vote alone: the LM is not run
+    fc.set_params(knn_weight=0.5)
+    fc.predict_proba(queries[:1])
+    assert calls  # the spy does see LM calls where the LM has weight
+    del fc.icl_.label_logprobs
+    fc.set_params(knn_weight=1.0)
     icl = ICLClassifier(smollm_lm, TEMPLATE, k=2).fit(index)
     fc.set_params(knn_weight=0.0)
     got, ref = fc.predict_proba(queries), icl.predict_proba(queries)

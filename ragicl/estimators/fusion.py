@@ -260,8 +260,12 @@ class FusionClassifier:
             raise NotFittedError("this FusionClassifier is not fitted yet: call fit(index) first.")
 
     # ------------------------------------------------------------------ parts
-    def parts(self, queries: Sequence[Query] | Query, *, knn_k: int | None = None) -> FusionParts:
-        """Score ``queries`` with the LM (candidates only) and collect their neighbours, unmixed."""
+    def parts(self, queries: Sequence[Query] | Query, *, knn_k: int | None = None, score_lm: bool = True
+              ) -> FusionParts:
+        """Score ``queries`` with the LM (candidates only) and collect their neighbours, unmixed.
+
+        ``score_lm=False`` skips the LM (its log-probabilities are left uniform over the candidates): for a
+        mix that gives the LM no weight."""
         self._check_fitted()
         examples = as_examples(queries, self.input_fields_)
         depth = max(knn_k or self.knn_k, 2 * self.k_, CANDIDATE_POOL)
@@ -270,7 +274,10 @@ class FusionClassifier:
         ranked = knn_distribution(labels, scores, n_labels, k=CANDIDATE_POOL, temperature=CANDIDATE_TEMPERATURE,
                                   smoothing=0.0)
         mask = candidate_labels(ranked, self.candidates)
-        lm_logp = self._lm_logp(examples, positions, mask)
+        if score_lm:
+            lm_logp = self._lm_logp(examples, positions, mask)
+        else:
+            lm_logp = np.where(mask, 0.0, -np.inf)
         return FusionParts(lm_logp, labels, scores, n_labels, mask)
 
     def _prompt_positions(self, examples: list[Example], nearest: np.ndarray) -> list[list[int]]:
@@ -302,8 +309,10 @@ class FusionClassifier:
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
-        """``(n, L)`` fused label distribution over ``classes_``."""
-        return self.mix(self.parts(queries))
+        """``(n, L)`` fused label distribution over ``classes_`` (the LM is not run at ``knn_weight=1``: the
+        vote alone)."""
+        self._check_params()
+        return self.mix(self.parts(queries, score_lm=_check_weight(self.knn_weight) < 1.0))
 
     def mix(self, parts: FusionParts) -> np.ndarray:
         """The fused distribution of already collected :meth:`parts` under this classifier's settings
