@@ -36,13 +36,14 @@ SETTINGS = {"one pass": 1e9, "overhead 256": 256.0, "overhead 128": 128.0, "over
             "overhead 16": 16.0, "overhead 0": 0.0}
 
 
-def _padded_tokens(lengths: list[list[int]], overhead: float, max_rows: int = 256) -> float:
-    """Mean padded prompt tokens per step over the given batches' prompt lengths."""
+def _padded_tokens(calls: list[tuple[list[int], int, int]], overhead: float) -> float:
+    """Mean padded prompt tokens per step (per prompt row) over the recorded ``plan_passes`` calls
+    (lengths, max_rows, rows_per_example), planned again with ``overhead``."""
     total = 0
-    for batch in lengths:
-        for part in trainer.plan_passes(batch, max_rows, overhead):
+    for batch, max_rows, rows in calls:
+        for part in trainer.plan_passes(batch, max_rows, overhead, rows):
             total += len(part) * max(batch[i] for i in part)
-    return total / len(lengths)
+    return total / len(calls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets.split(","):
         train = read_dataset(Path(args.data_dir) / name / "train.jsonl", name=name).sample(2000, seed=0)
         template = _template(name, train)
-        seen: list[list[int]] = []  # the prompt lengths of each step's batch (the same batches in every run)
+        # each step's (prompt lengths, max_rows, rows_per_example): the same batches in every run
+        seen: list[tuple[list[int], int, int]] = []
         original = trainer.plan_passes
 
-        def spy(lengths, *a, **k):  # type: ignore[no-untyped-def]
-            seen.append(list(lengths))
-            return original(lengths, *a, **k)
+        def spy(lengths, max_rows, overhead, rows_per_example=1, seen=seen, original=original):  # type: ignore[no-untyped-def]
+            seen.append((list(lengths), max_rows, rows_per_example))
+            return original(lengths, max_rows, overhead, rows_per_example)
 
         times: dict[str, list[tuple[float, float]]] = {s: [] for s in SETTINGS}
         for _ in range(args.rounds):
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                            (time.process_time() - cpu0) / res.steps))
                 trainer.plan_passes = original
         batches = seen[:args.steps]
-        real = sum(map(sum, batches)) / len(batches)
+        real = sum(sum(lengths) for lengths, _, _ in batches) / len(batches)
         base = statistics.median(w for w, _ in times["one pass"])
         print(f"\n{name}: {args.steps} steps x batch {args.batch_size}, {args.rounds} rounds; "
               f"{real:.0f} real prompt tokens per step")

@@ -25,7 +25,7 @@ def _splits(order):
     n = len(order)
     for mask in itertools.product((0, 1), repeat=max(0, n - 1)):
         cuts = [0] + [i + 1 for i, m in enumerate(mask) if m] + [n]
-        yield [order[a:b] for a, b in zip(cuts, cuts[1:])]
+        yield [order[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def test_plan_passes_covers_the_batch_within_max_rows_at_the_least_cost():

@@ -7,8 +7,7 @@ dev split). The loop: AdamW, ``transformers.get_linear_schedule_with_warmup`` (l
 then linear decay to 0 at the last step), gradient clipping, seeded shuffling, mixed precision on CUDA,
 micro-batching under ``max_rows`` rows per forward pass (with example ``lengths`` given, each step's
 batch is cut into passes of similar lengths, :func:`plan_passes`, so little compute goes to padding), dev
-evaluation with early stopping and the best
-weights restored, and resumable checkpoints (:mod:`ragicl.training.checkpoint`). Settings come from a
+evaluation with early stopping and the best weights restored, and resumable checkpoints (:mod:`ragicl.training.checkpoint`). Settings come from a
 :class:`ragicl.training.config.TrainConfig`.
 """
 
@@ -179,8 +178,8 @@ def plan_passes(lengths: Sequence[int], max_rows: int, overhead: float, rows_per
     Each pass is padded to its longest example, so the batch is ordered by length and cut where the padded
     tokens saved outweigh ``overhead`` (the cost of one more pass, in tokens of one row); a pass holds at
     most ``max_rows`` rows (``rows_per_example`` per example). The cut is optimal (dynamic programming over
-    the sorted lengths; a huge ``overhead`` gives the fewest passes ``max_rows`` allows). The loss of a batch is the same whichever way it is cut: the passes' mean losses
-    are weighted by their sizes.
+    the sorted lengths; a huge ``overhead`` gives the fewest passes ``max_rows`` allows). The loss of a batch
+    is the same whichever way it is cut: the passes' mean losses are weighted by their sizes.
 
     >>> plan_passes([30, 5, 6, 31], max_rows=16, overhead=8)
     [[1, 2], [0, 3]]
