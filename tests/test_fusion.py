@@ -135,6 +135,9 @@ def test_end_points_equal_the_plain_systems(trec, smollm_lm):
     fc.icl_.label_logprobs = lambda *a, **k: calls.append(1) or real_scoring(*a, **k)  # type: ignore[method-assign]
     np.testing.assert_allclose(fc.predict_proba(queries), vote, rtol=1e-12)
     assert calls == []  # the vote alone: the LM is not run
+    skipped = fc.parts(queries, score_lm=False).lm_logp  # uniform log-probabilities over the candidates
+    np.testing.assert_allclose(np.logaddexp.reduce(skipped, axis=1), 0.0, atol=1e-12)
+    assert calls == []
     fc.set_params(knn_weight=0.5)
     fc.predict_proba(queries[:1])
     assert calls  # the spy does see LM calls where the LM has weight

@@ -277,7 +277,7 @@ class FusionClassifier:
         if score_lm:
             lm_logp = self._lm_logp(examples, positions, mask)
         else:
-            lm_logp = np.where(mask, 0.0, -np.inf)
+            lm_logp = np.where(mask, -np.log(np.maximum(mask.sum(axis=1, keepdims=True), 1)), -np.inf)
         return FusionParts(lm_logp, labels, scores, n_labels, mask)
 
     def _prompt_positions(self, examples: list[Example], nearest: np.ndarray) -> list[list[int]]:
@@ -312,7 +312,7 @@ class FusionClassifier:
         """``(n, L)`` fused label distribution over ``classes_`` (the LM is not run at ``knn_weight=1``: the
         vote alone)."""
         self._check_params()
-        return self.mix(self.parts(queries, score_lm=_check_weight(self.knn_weight) < 1.0))
+        return self.mix(self.parts(queries, score_lm=float(self.knn_weight) < 1.0))
 
     def mix(self, parts: FusionParts) -> np.ndarray:
         """The fused distribution of already collected :meth:`parts` under this classifier's settings

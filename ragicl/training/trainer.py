@@ -7,8 +7,8 @@ dev split). The loop: AdamW, ``transformers.get_linear_schedule_with_warmup`` (l
 then linear decay to 0 at the last step), gradient clipping, seeded shuffling, mixed precision on CUDA,
 micro-batching under ``max_rows`` rows per forward pass (with example ``lengths`` given, each step's
 batch is cut into passes of similar lengths, :func:`plan_passes`, so little compute goes to padding), dev
-evaluation with early stopping and the best weights restored, and resumable checkpoints (:mod:`ragicl.training.checkpoint`). Settings come from a
-:class:`ragicl.training.config.TrainConfig`.
+evaluation with early stopping and the best weights restored, and resumable checkpoints
+(:mod:`ragicl.training.checkpoint`). Settings come from a :class:`ragicl.training.config.TrainConfig`.
 """
 
 from __future__ import annotations
