@@ -223,6 +223,28 @@ def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_l
     assert all(index.position_of(ex.id) is not None for ex in dev.examples)
 
 
+def test_many_label_tasks_keep_the_vote_alone_in_the_grid(trec, smollm_lm):
+    """Above ``max_full_labels`` every prompt configuration has candidate labels; the vote alone (weight 1)
+    must still be a row of the grid, once, and the kNN votes must be reported as the plain systems."""
+    index = trec[0]
+    n_labels = len(index.labels)
+    tuner = FusionTuner(smollm_lm, TEMPLATE, dev_size=12, ks=(2,), candidates=(None, 2, 3), label_aware=(False,),
+                        knn_ks=(8, 32), temperatures=(None,), weights=(0.0, 1.0), calibrations=("none",),
+                        max_full_labels=n_labels - 1).fit(index)
+    res = tuner.result_
+    assert {t.params["candidates"] for t in res.trials} == {2, 3}  # every label is never scored
+    votes = [t for t in res.trials if t.params["knn_weight"] == 1.0]
+    assert sorted(t.params["knn_k"] for t in votes) == [8, 32]  # one copy per vote setting
+    assert set(res.baselines) == {"kNN vote k=8", "kNN vote k=32"}
+    assert res.dev_accuracy >= max(res.baselines.values())
+    assert "best plain system: kNN vote" in res.reason and "nan" not in res.reason
+    # each vote row is the vote itself: KNNVoteClassifier's majority over the same neighbours
+    dev = list(index.dataset.sample(12, seed=0).examples)
+    for t in votes:
+        knn = KNNVoteClassifier(k=t.params["knn_k"]).fit(index)
+        assert t.accuracy == pytest.approx(np.mean([p == ex.label for p, ex in zip(knn.predict(dev), dev)]))
+
+
 # ----------------------------------------------------------------------------- many-shot (k="max")
 
 

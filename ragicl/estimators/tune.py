@@ -6,8 +6,9 @@ example sees its own label). The test set is never touched. For each prompt conf
 labels, label-aware order) it scores the dev queries with the LM once; every mixing setting (vote size,
 temperature, LM × kNN weight, calibration) is then evaluated on those scores without another LM call. The
 winner is the best dev accuracy, ties broken by dev log-loss and then by the cheaper configuration; the
-plain systems it must beat (retrieved-k: weight 0, no candidates, no calibration; the kNN vote: weight 1)
-are rows of the same grid, so the report shows them side by side.
+plain systems it must beat are rows of the same grid, so the report shows them side by side: the kNN vote
+(weight 1) on every task, and retrieved-k (weight 0, no candidates, no calibration) on tasks with at most
+``max_full_labels`` labels (above that, scoring every label is what the candidate sets avoid).
 
 ``time_budget`` (seconds) bounds the whole search. The first configuration scores a probe of the dev
 queries to measure the LM's rate on this machine, then the rest of the dev set, or only as many as fit the
@@ -78,11 +79,12 @@ class TuneResult:
 
     @property
     def reason(self) -> str:
-        best_plain = max(self.baselines.items(), key=lambda kv: kv[1]) if self.baselines else ("-", math.nan)
+        plain = (f"best plain system: {max(self.baselines.items(), key=lambda kv: kv[1])[0]} "
+                 f"{max(self.baselines.values()):.3f}" if self.baselines else "no plain system in the grid")
         shrunk = ("" if not self.n_dev_requested or self.n_dev_requested == self.n_dev
                   else f" (of {self.n_dev_requested} requested: the time budget)")
         return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples{shrunk} "
-                f"(best plain system: {best_plain[0]} {best_plain[1]:.3f}); ties broken by log-loss "
+                f"({plain}); ties broken by log-loss "
                 f"{self.dev_log_loss:.3f}, then by cost" + self._sharpened())
 
     def _sharpened(self) -> str:
@@ -95,7 +97,7 @@ class TuneResult:
     def table(self, top: int = 10) -> str:
         """The chosen setting, the plain systems and the best ``top`` trials, as text."""
         lines = [f"chosen: {dict(self.params)}", self.reason, "", "dev accuracy of the plain systems:"]
-        lines += [f"  {name:<24}{acc:.3f}" for name, acc in self.baselines.items()]
+        lines += [f"  {name:<24}{acc:.3f}" for name, acc in self.baselines.items()] or ["  (none in the grid)"]
         lines += ["", f"best {top} of {len(self.trials)} settings (accuracy, log-loss, LM s):"]
         for t in sorted(self.trials, key=_rank_key)[:top]:
             lines.append(f"  {t.accuracy:.3f}  {t.log_loss:.3f}  {t.lm_seconds:7.1f}  {dict(t.params)}")
@@ -227,6 +229,7 @@ class FusionTuner:
         scored: dict[tuple, FusionParts] = {}
         configs = self._lm_configs(len(labels))
         rate: tuple[float, int] | None = None  # (seconds per dev query, prompt size) of the first configuration
+        scored_before = False
         for i, cfg in enumerate(configs):
             fc = FusionClassifier(self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens,
                                   selection=self.selection, batch_size=self.batch_size, device=self.device,
@@ -253,7 +256,10 @@ class FusionTuner:
             prior = _softmax_masked(parts.lm_logp).mean(0)
             priors[_key(cfg)] = prior
             scored[_key(cfg)] = parts
-            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds))
+            # the vote alone does not depend on the prompt: it is kept once, with the first configuration
+            # (which is always scored, whatever the grid: on many-label tasks it has candidates)
+            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds, keep_vote=not scored_before))
+            scored_before = True
         best = min(trials, key=_rank_key)
         prior = priors[_key(best.params)] if best.params.get("calibration") == "prior" else None
         mixed = combine(scored[_key(best.params)], knn_k=best.params["knn_k"],
@@ -296,7 +302,7 @@ class FusionTuner:
         return _concat(head, fc.parts(dev[n_probe:n], knn_k=depth)), n
 
     def _mix_trials(self, parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prior: np.ndarray,
-                    lm_seconds: float) -> list[Trial]:
+                    lm_seconds: float, *, keep_vote: bool) -> list[Trial]:
         out = []
         for knn_k, temp, w, cal in itertools.product(self.knn_ks, self.temperatures, self.weights,
                                                      self.calibrations):
@@ -304,18 +310,14 @@ class FusionTuner:
                 continue
             if float(w) <= 0.0 and (knn_k, temp) != (self.knn_ks[0], self.temperatures[0]):
                 continue  # the LM alone: the vote's settings are moot
-            if float(w) >= 1.0 and (cfg["candidates"], cfg["label_aware"]) != self._plain_key():
-                continue  # the vote alone does not depend on the prompt: keep one copy
+            if float(w) >= 1.0 and not keep_vote:
+                continue  # the vote alone does not depend on the prompt: one copy is kept
             p = combine(parts, knn_k=int(knn_k), knn_temperature=temp, knn_weight=float(w), calibration=cal,
                         prior=prior)
             params = {**cfg, "knn_k": int(knn_k), "knn_temperature": temp, "knn_weight": float(w),
                       "calibration": cal}
             out.append(Trial(params, _accuracy(p, y), _log_loss(p, y), lm_seconds))
         return out
-
-    def _plain_key(self) -> tuple:
-        return (self.candidates[0] if self.candidates else None, self.label_aware[0])
-
 
 def _concat(a: FusionParts, b: FusionParts) -> FusionParts:
     width = max(a.neighbor_labels.shape[1], b.neighbor_labels.shape[1])
