@@ -319,6 +319,7 @@ class FusionTuner:
             out.append(Trial(params, _accuracy(p, y), _log_loss(p, y), lm_seconds))
         return out
 
+
 def _concat(a: FusionParts, b: FusionParts) -> FusionParts:
     width = max(a.neighbor_labels.shape[1], b.neighbor_labels.shape[1])
 
