@@ -79,8 +79,8 @@ class TuneResult:
 
     @property
     def reason(self) -> str:
-        plain = (f"best plain system: {max(self.baselines.items(), key=lambda kv: kv[1])[0]} "
-                 f"{max(self.baselines.values()):.3f}" if self.baselines else "no plain system in the grid")
+        plain = ("best plain system: {} {:.3f}".format(*max(self.baselines.items(), key=lambda kv: kv[1]))
+                 if self.baselines else "no plain system in the grid")
         shrunk = ("" if not self.n_dev_requested or self.n_dev_requested == self.n_dev
                   else f" (of {self.n_dev_requested} requested: the time budget)")
         return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples{shrunk} "
@@ -229,7 +229,6 @@ class FusionTuner:
         scored: dict[tuple, FusionParts] = {}
         configs = self._lm_configs(len(labels))
         rate: tuple[float, int] | None = None  # (seconds per dev query, prompt size) of the first configuration
-        scored_before = False
         for i, cfg in enumerate(configs):
             fc = FusionClassifier(self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens,
                                   selection=self.selection, batch_size=self.batch_size, device=self.device,
@@ -257,9 +256,8 @@ class FusionTuner:
             priors[_key(cfg)] = prior
             scored[_key(cfg)] = parts
             # the vote alone does not depend on the prompt: it is kept once, with the first configuration
-            # (which is always scored, whatever the grid: on many-label tasks it has candidates)
-            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds, keep_vote=not scored_before))
-            scored_before = True
+            # scored (always the first of the grid; on many-label tasks it has candidates)
+            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds, keep_vote=len(scored) == 1))
         best = min(trials, key=_rank_key)
         prior = priors[_key(best.params)] if best.params.get("calibration") == "prior" else None
         mixed = combine(scored[_key(best.params)], knn_k=best.params["knn_k"],
