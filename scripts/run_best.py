@@ -10,6 +10,7 @@ per-query distributions go to ``<out>/<dataset>.predictions.json``: a rerun resu
 with a reference trained later scores only the reference.
 
     python scripts/run_best.py --datasets trec,sst2,agnews --n 200 --k 8 --out runs/best
+    python scripts/run_best.py --datasets banking77 --n 500 --ray local --workers 2   # test queries on every core
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetuned-root", default=None)
     p.add_argument("--out", default="runs/best")
     p.add_argument("--index-root", default="indexes")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="score the test queries on Ray actors (ragicl eval --ray), e.g. 'local' to use every core")
+    p.add_argument("--workers", type=int, default=None, help="with --ray: scoring actors (ragicl eval --workers)")
     p.add_argument("--rescore", action="append", default=[], metavar="SYSTEM",
                    help="score this system again though the saved predictions hold it (ragicl eval --rescore)")
     args = p.parse_args(argv)
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                "--json", str(out / f"{name}.json"), "--predictions", str(out / f"{name}.predictions.json")]
         for system in args.rescore:
             cmd += ["--rescore", system]
+        if args.ray:
+            cmd += ["--ray", args.ray] + (["--workers", str(args.workers)] if args.workers else [])
         if args.finetuned_root and (Path(args.finetuned_root) / name).exists():
             cmd += ["--finetuned", str(Path(args.finetuned_root) / name)]
         rc = ragicl(cmd)
