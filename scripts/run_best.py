@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         for system in args.rescore:
             cmd += ["--rescore", system]
         if args.ray:
-            cmd += ["--ray", args.ray] + (["--workers", str(args.workers)] if args.workers else [])
+            cmd += ["--ray", args.ray]
+        if args.workers is not None:  # passed on even without --ray: ragicl eval says why that is wrong
+            cmd += ["--workers", str(args.workers)]
         if args.finetuned_root and (Path(args.finetuned_root) / name).exists():
             cmd += ["--finetuned", str(Path(args.finetuned_root) / name)]
         rc = ragicl(cmd)

@@ -61,3 +61,14 @@ def test_run_best_without_ray_runs_in_process(tmp_path, monkeypatch):
     assert _load_script().main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root",
                                 str(tmp_path / "indexes"), "--out", str(tmp_path / "out")]) == 0
     assert "--ray" not in calls[0] and "--workers" not in calls[0]
+
+
+def test_run_best_workers_without_ray_is_refused_by_eval(tmp_path, capsys):
+    index = tmp_path / "indexes" / "toy"
+    index.mkdir(parents=True)
+    (index / "manifest.json").write_text("{}")
+    rc = _load_script().main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root",
+                              str(tmp_path / "indexes"), "--out", str(tmp_path / "out"), "--workers", "2"])
+    assert rc != 0
+    assert "--workers 2 applies to --ray" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "toy.json").exists()
