@@ -6,69 +6,58 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 import ragicl.cli
 
 ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS = ("zero-shot", "retrieved-8", "kNN vote k=8", "ragicl best")
 
 
-def _load_script():
+def _run(tmp_path: Path, *extra: str) -> int:
+    """run_best.py on dataset 'toy' whose index already exists (so only `ragicl eval` is called)."""
+    index = tmp_path / "indexes" / "toy"
+    index.mkdir(parents=True)
+    (index / "manifest.json").write_text("{}")
     spec = importlib.util.spec_from_file_location("run_best", ROOT / "scripts" / "run_best.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return module.main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root", str(tmp_path / "indexes"),
+                        "--out", str(tmp_path / "out"), *extra])
 
 
-def test_run_best_passes_ray_and_rescore_to_eval(tmp_path, monkeypatch):
-    index = tmp_path / "indexes" / "toy"
-    index.mkdir(parents=True)
-    (index / "manifest.json").write_text("{}")  # an existing index: no build
+@pytest.fixture
+def eval_calls(monkeypatch) -> list[list[str]]:
+    """Stands in for `ragicl eval`: records each command and writes a report with every system at 0.5."""
     calls: list[list[str]] = []
 
     def fake_main(argv):
         calls.append(list(argv))
-        out = Path(argv[argv.index("--json") + 1])
         acc = {"estimate": 0.5, "low": 0.4, "high": 0.6}
-        out.write_text(json.dumps({"dataset": "toy", "n": 2, "labels": ["a", "b"], "notes": [], "systems": [
-            {"name": n, "accuracy": acc, "macro_f1": 0.5, "seconds_per_query": 0.1}
-            for n in ("zero-shot", "retrieved-8", "kNN vote k=8", "ragicl best")]}))
+        Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
+            {"dataset": "toy", "n": 2, "labels": ["a", "b"], "notes": [], "systems": [
+                {"name": n, "accuracy": acc, "macro_f1": 0.5, "seconds_per_query": 0.1} for n in SYSTEMS]}))
         return 0
 
     monkeypatch.setattr(ragicl.cli, "main", fake_main)
-    rc = _load_script().main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root",
-                              str(tmp_path / "indexes"), "--out", str(tmp_path / "out"), "--ray", "local",
-                              "--workers", "2", "--rescore", "ragicl best"])
-    assert rc == 0
-    (cmd,) = calls  # the eval alone: the index exists
+    return calls
+
+
+def test_run_best_passes_ray_and_rescore_to_eval(tmp_path, eval_calls):
+    assert _run(tmp_path, "--ray", "local", "--workers", "2", "--rescore", "ragicl best") == 0
+    (cmd,) = eval_calls  # the eval alone: the index exists
     assert cmd[0] == "eval"
     assert cmd[cmd.index("--ray") + 1] == "local" and cmd[cmd.index("--workers") + 1] == "2"
     assert cmd[cmd.index("--rescore") + 1] == "ragicl best"
     assert "| ragicl best | 0.500 [0.400, 0.600] |" in (tmp_path / "out" / "RESULTS.md").read_text()
 
 
-def test_run_best_without_ray_runs_in_process(tmp_path, monkeypatch):
-    index = tmp_path / "indexes" / "toy"
-    index.mkdir(parents=True)
-    (index / "manifest.json").write_text("{}")
-    calls: list[list[str]] = []
-
-    def fake_main(argv):
-        calls.append(list(argv))
-        Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
-            {"dataset": "toy", "n": 2, "labels": ["a", "b"], "notes": [], "systems": []}))
-        return 0
-
-    monkeypatch.setattr(ragicl.cli, "main", fake_main)
-    assert _load_script().main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root",
-                                str(tmp_path / "indexes"), "--out", str(tmp_path / "out")]) == 0
-    assert "--ray" not in calls[0] and "--workers" not in calls[0]
+def test_run_best_without_ray_runs_in_process(tmp_path, eval_calls):
+    assert _run(tmp_path) == 0
+    assert "--ray" not in eval_calls[0] and "--workers" not in eval_calls[0]
 
 
 def test_run_best_workers_without_ray_is_refused_by_eval(tmp_path, capsys):
-    index = tmp_path / "indexes" / "toy"
-    index.mkdir(parents=True)
-    (index / "manifest.json").write_text("{}")
-    rc = _load_script().main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root",
-                              str(tmp_path / "indexes"), "--out", str(tmp_path / "out"), "--workers", "2"])
-    assert rc != 0
+    assert _run(tmp_path, "--workers", "2") != 0  # the real `ragicl eval`
     assert "--workers 2 applies to --ray" in capsys.readouterr().err
     assert not (tmp_path / "out" / "toy.json").exists()
