@@ -11,6 +11,7 @@ with a reference trained later scores only the reference.
 
     python scripts/run_best.py --datasets trec,sst2,agnews --n 200 --k 8 --out runs/best
     python scripts/run_best.py --datasets banking77 --n 500 --ray local --workers 2   # test queries on every core
+    python scripts/run_best.py --datasets cb --lm gemma-3-270m --finetuned-root refs-gemma --out runs/best-gemma
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetuned-root", default=None)
     p.add_argument("--out", default="runs/best")
     p.add_argument("--index-root", default="indexes")
+    p.add_argument("--lm", default=None,
+                   help="the LM every system uses (ragicl eval --lm; default: eval's own). A reference under "
+                        "--finetuned-root must be fine-tuned from the same LM; give this run its own --out")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="score the test queries on Ray actors (ragicl eval --ray), e.g. 'local' to use every core")
     p.add_argument("--workers", type=int, default=None, help="with --ray: scoring actors (ragicl eval --workers)")
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                "--json", str(out / f"{name}.json"), "--predictions", str(out / f"{name}.predictions.json")]
         for system in args.rescore:
             cmd += ["--rescore", system]
+        if args.lm:
+            cmd += ["--lm", args.lm]
         if args.ray:
             cmd += ["--ray", args.ray]
         if args.workers is not None:  # passed on even without --ray: ragicl eval says why that is wrong

@@ -43,10 +43,11 @@ def eval_calls(monkeypatch) -> list[list[str]]:
     return calls
 
 
-def test_run_best_passes_ray_and_rescore_to_eval(tmp_path, eval_calls):
-    assert _run(tmp_path, "--ray", "local", "--workers", "2", "--rescore", "ragicl best") == 0
+def test_run_best_passes_lm_ray_and_rescore_to_eval(tmp_path, eval_calls):
+    assert _run(tmp_path, "--ray", "local", "--workers", "2", "--rescore", "ragicl best", "--lm", "gemma-3-270m") == 0
     (cmd,) = eval_calls  # the eval alone: the index exists
     assert cmd[0] == "eval"
+    assert cmd[cmd.index("--lm") + 1] == "gemma-3-270m"
     assert cmd[cmd.index("--ray") + 1] == "local" and cmd[cmd.index("--workers") + 1] == "2"
     assert cmd[cmd.index("--rescore") + 1] == "ragicl best"
     assert "| ragicl best | 0.500 [0.400, 0.600] |" in (tmp_path / "out" / "RESULTS.md").read_text()
@@ -55,6 +56,7 @@ def test_run_best_passes_ray_and_rescore_to_eval(tmp_path, eval_calls):
 def test_run_best_without_ray_runs_in_process(tmp_path, eval_calls):
     assert _run(tmp_path) == 0
     assert "--ray" not in eval_calls[0] and "--workers" not in eval_calls[0]
+    assert "--lm" not in eval_calls[0]  # eval's default LM
 
 
 def test_run_best_workers_without_ray_is_refused_by_eval(tmp_path, capsys):
