@@ -184,6 +184,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     test = _read(args.test, args, name=_dataset_name(args.test))
     check_test_labels(test, index, args.test, args.index)
     notes = []
+    from .training.checkpoint import base_mismatch_note
+
+    if args.finetuned and (mismatch := base_mismatch_note(args.finetuned, args.lm)):
+        logger.warning(mismatch)
+        notes.append(mismatch)
     if args.n and args.n < len(test):
         notes.append(f"test set sampled: {args.n} of {len(test)} examples (seed {args.seed})")
         test = test.sample(args.n, seed=args.seed)

@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/best")
     p.add_argument("--index-root", default="indexes")
     p.add_argument("--lm", default=None,
-                   help="the LM every system uses (ragicl eval --lm; default: eval's own). A reference under "
-                        "--finetuned-root must be fine-tuned from the same LM; give this run its own --out")
+                   help="the LM every system uses (ragicl eval --lm; default: eval's own). Fine-tune the "
+                        "references under --finetuned-root from it (eval notes one that is not); give this run "
+                        "its own --out")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="score the test queries on Ray actors (ragicl eval --ray), e.g. 'local' to use every core")
     p.add_argument("--workers", type=int, default=None, help="with --ray: scoring actors (ragicl eval --workers)")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATASETS, dataset_path
@@ -156,6 +157,21 @@ def test_eval_k0_is_zero_shot_only(tiny_sst2, hash_index, capsys, smollm_path):
     out = capsys.readouterr().out
     assert "zero-shot" in out and "random-0" not in out and "retrieved-0" not in out
     assert "--k 0: zero-shot only" in out
+
+
+def test_eval_notes_a_reference_from_another_base(tmp_path, tiny_sst2, hash_index, capsys, smollm_path):
+    ref = tmp_path / "ref"  # the default LM's files, labelled as fine-tuned from gemma-3-270m
+    ref.mkdir()
+    for f in Path(smollm_path).iterdir():
+        (ref / f.name).symlink_to(f)
+    (ref / "ragicl_finetune.json").write_text(json.dumps({"base": "gemma-3-270m", "converged": True}))
+    assert main(["eval", "--index", str(hash_index), "--test", str(tiny_sst2), "--n", "2", "--k", "0",
+                 "--max-prompt-tokens", "256", "--lm", smollm_path, "--device", "cpu", "--finetuned", str(ref),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "the reference was fine-tuned from gemma-3-270m, while the ICL systems use" in out
+    assert "--lm gemma-3-270m" in out
+    assert any("fine-tuned from gemma-3-270m" in n for n in json.loads((tmp_path / "r.json").read_text())["notes"])
 
 
 def test_eval_many_shot_k_max(tiny_sst2, hash_index, capsys, smollm_path):

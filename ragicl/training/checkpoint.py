@@ -167,6 +167,33 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+def base_mismatch_note(path: str | os.PathLike, lm: str) -> str | None:
+    """A report note when the fine-tuned model in ``path`` was trained from another base LM than ``lm``.
+
+    Names are compared by their last path component, case-insensitively, so a hub id and the packaged short
+    name of the same model match. None when they match or when ``path`` has no ``ragicl_finetune.json``.
+
+    >>> import json, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = (Path(folder) / META_FILE).write_text(json.dumps({"base": "gemma-3-270m"}))
+    >>> base_mismatch_note(folder, "HuggingFaceTB/SmolLM2-135M-Instruct")[:53]
+    'the reference was fine-tuned from gemma-3-270m, while'
+    >>> base_mismatch_note(folder, "google/gemma-3-270m") is None
+    True
+    """
+    base = (read_meta(path) or {}).get("base")
+    if not base:
+        return None
+
+    def short(name: str) -> str:
+        return Path(str(name).rstrip("/\\")).name.lower()
+
+    if short(base) == short(lm):
+        return None
+    return (f"the reference was fine-tuned from {base}, while the ICL systems use {lm}: the gap and TV compare "
+            f"two base models (pass --lm {base} to compare like with like)")
+
+
 def training_note(name: str, meta: dict[str, Any]) -> str | None:
     """A report footnote for a reference whose ``ragicl_finetune.json`` says it did not converge (else None).
 
