@@ -183,9 +183,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     template = _template(args, index.dataset)
     test = _read(args.test, args, name=_dataset_name(args.test))
     check_test_labels(test, index, args.test, args.index)
-    notes = []
     from .training.checkpoint import base_mismatch_note
 
+    notes = []
     if args.finetuned and (mismatch := base_mismatch_note(args.finetuned, args.lm)):
         logger.warning(mismatch)
         notes.append(mismatch)
