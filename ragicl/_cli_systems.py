@@ -32,6 +32,10 @@ def add_best_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-budget", type=non_negative_int, default=600,
                    help="seconds for tuning 'ragicl best' (default 600); on a slow machine fewer dev queries are "
                         "used (at least 50) so the budget holds")
+    p.add_argument("--vote-dev-size", type=positive_int, default=None,
+                   help="choose the kNN vote's size and temperature first, without the LM, by leave-one-out "
+                        "accuracy over this many training queries (e.g. 2000), then the rest on the dev queries "
+                        "(default: all jointly on the dev queries)")
 
 
 def build_systems(args: argparse.Namespace, index: Any, finetuned: str | None, template: Any,
@@ -92,7 +96,8 @@ def tune_best(args: argparse.Namespace, index: Any, template: Any, notes: list[s
     lm = lm if lm is not None else TransformersLM(args.lm, batch_size=args.batch_size, device=args.device)
     tuner = FusionTuner(lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
                         dev_size=args.dev_size, ks=(args.k,), time_budget=args.tune_budget,
-                        batch_size=args.batch_size, device=args.device, seed=args.seed).fit(index)
+                        batch_size=args.batch_size, device=args.device, seed=args.seed,
+                        vote_dev_size=args.vote_dev_size).fit(index)
     res = tuner.result_
     logger.info("ragicl best:\n%s", res.table())
     notes.append(f"ragicl best = {_describe(res.params)}; chosen on {res.n_dev} dev queries from the "
@@ -137,7 +142,8 @@ class PredictionsLog:
         return {"index": m.get("dataset_fingerprint"), "embedder": m.get("embedder"), "factory": m.get("factory"),
                 "lm": a.lm, "k": str(a.k), "selection": a.selection, "template": a.template,
                 "instruction": a.instruction, "max_prompt_tokens": a.max_prompt_tokens, "seed": a.seed,
-                "dev_size": getattr(a, "dev_size", None), "tune_budget": getattr(a, "tune_budget", None)}
+                "dev_size": getattr(a, "dev_size", None), "tune_budget": getattr(a, "tune_budget", None),
+                **({"vote_dev_size": a.vote_dev_size} if getattr(a, "vote_dev_size", None) else {})}
 
     def start(self, notes: list[str]) -> dict[str, Any]:
         """The saved systems this run reuses (name → a ``predict_proba`` stand-in); extends ``notes``."""

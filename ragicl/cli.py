@@ -232,7 +232,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                          f"{args.ks!r}.")
     tuner = FusionTuner(args.lm, template, max_prompt_tokens=args.max_prompt_tokens, selection=args.selection,
                         dev_size=args.dev_size, ks=ks, time_budget=args.tune_budget, batch_size=args.batch_size,
-                        device=args.device, seed=args.seed).fit(index)
+                        device=args.device, seed=args.seed, vote_dev_size=args.vote_dev_size).fit(index)
     print(tuner.result_.table())
     if args.json:
         from ._atomic import write_atomic

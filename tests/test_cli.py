@@ -43,6 +43,13 @@ def test_index_build_then_eval(tmp_path, tiny_sst2, capsys, smollm_path):
         "zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32", "ragicl best"]
     chosen = [n for n in data["notes"] if n.startswith("ragicl best = ")]
     assert len(chosen) == 1 and "8 dev queries from the training set" in chosen[0]
+    # --vote-dev-size: the vote's settings chosen first on leave-one-out training queries, said in the note
+    assert main(["eval", "--index", str(out), "--test", str(tiny_sst2), "--n", "4", "--k", "2", "--no-vote",
+                 "--max-prompt-tokens", "256", "--lm", smollm_path, "--json", str(tmp_path / "loo.json"),
+                 "--dev-size", "8", "--tune-budget", "0", "--vote-dev-size", "30"]) == 0
+    capsys.readouterr()
+    loo = [n for n in json.loads((tmp_path / "loo.json").read_text())["notes"] if n.startswith("ragicl best = ")]
+    assert len(loo) == 1 and "on 30 leave-one-out training queries" in loo[0]
     # the plain rows alone, on request
     assert main(["eval", "--index", str(out), "--test", str(tiny_sst2), "--n", "4", "--k", "2", "--no-best",
                  "--no-vote", "--max-prompt-tokens", "256", "--lm", smollm_path, "--json", str(report)]) == 0

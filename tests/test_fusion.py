@@ -245,6 +245,39 @@ def test_many_label_tasks_keep_the_vote_alone_in_the_grid(trec, smollm_lm):
         assert t.accuracy == pytest.approx(np.mean([p == ex.label for p, ex in zip(knn.predict(dev), dev)]))
 
 
+def test_vote_settings_chosen_first_on_leave_one_out_queries(trec, smollm_lm):
+    """vote_dev_size: the vote's (knn_k, temperature) are ranked alone on many training queries (leave-one-out,
+    no LM) and only the best enters the grid; the plain votes are still reported as rows of the dev queries."""
+    index = trec[0]
+    grid = {"ks": (2,), "candidates": (None,), "label_aware": (False,), "knn_ks": (4, 8, 32),
+            "temperatures": (None, 0.05), "weights": (0.0, 0.5, 1.0), "calibrations": ("none",)}
+    res = FusionTuner(smollm_lm, TEMPLATE, dev_size=12, vote_dev_size=500, **grid).fit(index).result_
+    assert res.n_vote_dev == len(index) == 120  # capped at the index size
+    assert len(res.vote_trials) == 6
+    # each plain-vote row is KNNVoteClassifier's leave-one-out accuracy over the same queries
+    queries = list(index.dataset.sample(120, seed=0).examples)
+    for t in res.vote_trials:
+        if t.params["knn_temperature"] is None:
+            knn = KNNVoteClassifier(k=t.params["knn_k"]).fit(index)
+            assert t.accuracy == pytest.approx(np.mean([p == ex.label for p, ex in zip(knn.predict(queries),
+                                                                                      queries)]))
+    best = min(res.vote_trials, key=_rank_key)
+    chosen = (best.params["knn_k"], best.params["knn_temperature"])
+    assert {(t.params["knn_k"], t.params["knn_temperature"]) for t in res.trials
+            if t.params["knn_weight"] > 0} == {chosen}
+    assert (res.params["knn_k"], res.params["knn_temperature"]) == chosen  # the LM alone keeps it too
+    assert {"retrieved-2", "kNN vote k=8", "kNN vote k=32"} <= set(res.baselines)
+    assert "leave-one-out" in res.reason
+    js = res.to_json()
+    assert js["n_vote_dev"] == 120 and len(js["vote_trials"]) == 6
+    plain = FusionTuner(smollm_lm, TEMPLATE, dev_size=12, **grid).fit(index).result_
+    assert plain.n_vote_dev is None and not plain.vote_trials and "leave-one-out" not in plain.reason
+    assert len({(t.params["knn_k"], t.params["knn_temperature"]) for t in plain.trials
+                if t.params["knn_weight"] > 0}) == 6
+    with pytest.raises(ValueError, match="vote_dev_size"):
+        FusionTuner(smollm_lm, TEMPLATE, vote_dev_size=0).fit(index)
+
+
 # ----------------------------------------------------------------------------- many-shot (k="max")
 
 

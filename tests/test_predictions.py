@@ -59,6 +59,8 @@ def test_another_run_is_refused_and_sources_decide_reuse(tmp_path):
     now = Predictions.for_test(_toy(), {"k": "8", "tune_budget": 900, "dev_size": 200})
     assert set(reusable_systems(tuned, now, {}, "p.json")) == {"a"}
     assert set(reusable_systems(tuned, tuned, {}, "p.json")) == {"a", "ragicl best"}
+    loo = Predictions.for_test(_toy(), {"k": "8", "tune_budget": 300, "dev_size": 200, "vote_dev_size": 2000})
+    assert set(reusable_systems(tuned, loo, {}, "p.json")) == {"a"}  # --vote-dev-size re-tunes it alone
     with pytest.raises(ValueError, match="cover 3 queries, asked for 2"):
         SavedSystem("a", ("neg", "pos"), np.ones((3, 2)), 0.0).predict_proba([1, 2])
 

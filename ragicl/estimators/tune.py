@@ -42,7 +42,7 @@ from ..models import DEFAULT_LM
 from ..prompt.step import MANY_SHOT, check_k
 from ..prompt.template import PromptTemplate
 from .classifier import ICLClassifier
-from .fusion import FusionClassifier, FusionParts, _softmax_masked, combine, sharpen
+from .fusion import FusionClassifier, FusionParts, _softmax_masked, combine, neighbours, sharpen
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class TuneResult:
     prior: tuple[float, ...] | None = None
     n_dev_requested: int | None = None
     dev_log_loss_sharpened: float | None = None
+    #: with ``vote_dev_size``: every vote setting (``knn_k``, ``knn_temperature``) on the leave-one-out queries
+    vote_trials: tuple[Trial, ...] = field(default=(), repr=False)
+    n_vote_dev: int | None = None
 
     @property
     def reason(self) -> str:
@@ -83,9 +86,12 @@ class TuneResult:
                  if self.baselines else "no plain system in the grid")
         shrunk = ("" if not self.n_dev_requested or self.n_dev_requested == self.n_dev
                   else f" (of {self.n_dev_requested} requested: the time budget)")
+        votes = ("" if not self.n_vote_dev else
+                 f"; the vote's k={self.params.get('knn_k')} and temperature {self.params.get('knn_temperature')} "
+                 f"chosen first, without the LM, on {self.n_vote_dev} leave-one-out training queries")
         return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples{shrunk} "
                 f"({plain}); ties broken by log-loss "
-                f"{self.dev_log_loss:.3f}, then by cost" + self._sharpened())
+                f"{self.dev_log_loss:.3f}, then by cost" + votes + self._sharpened())
 
     def _sharpened(self) -> str:
         t = self.params.get("output_temperature", 1.0)
@@ -113,7 +119,10 @@ class TuneResult:
                 "seconds": self.seconds, "reason": self.reason, "prior": None if self.prior is None else
                 list(self.prior), "skipped": [dict(s) for s in self.skipped],
                 "trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
-                           for t in self.trials]}
+                           for t in self.trials],
+                "n_vote_dev": self.n_vote_dev,
+                "vote_trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
+                                for t in self.vote_trials]}
 
 
 def _cost(params: Mapping[str, Any]) -> tuple:
@@ -143,6 +152,11 @@ class FusionTuner:
         configuration always runs, on every dev query or as many as the budget allows at the LM's measured
         rate (at least ``min_dev_size``); later ones run while their estimated cost fits what is left.
     min_dev_size : the fewest dev queries a time budget may shrink the dev set to.
+    vote_dev_size : None (default) searches the vote's settings (``knn_ks`` x ``temperatures``) jointly with the
+        rest on the dev queries. A number first ranks them alone, by leave-one-out accuracy (then log-loss) of
+        the vote over that many training queries, which costs no LM call, and keeps only the best for the grid;
+        fewer settings chosen on the small LM-scored dev set means less of its noise in the choice. Its
+        cost is one retrieval (and embedding) of those queries.
     output_temperatures : the sharpening temperatures tried for the chosen setting, by dev log-loss (``(1.0,)``
         = none). It changes no prediction; it makes the fused distribution as confident as it is accurate.
     """
@@ -156,7 +170,7 @@ class FusionTuner:
                  calibrations: Sequence[str] = ("none", "batch", "prior"), max_full_labels: int = 20,
                  time_budget: float | None = None, min_dev_size: int = 50,
                  output_temperatures: Sequence[float] = OUTPUT_TEMPERATURES, batch_size: int | None = None,
-                 device: str = "auto", seed: int = 0,
+                 device: str = "auto", seed: int = 0, vote_dev_size: int | None = None,
                  show_progress: bool | None = None) -> None:
         self.lm = lm
         self.template = template
@@ -177,6 +191,7 @@ class FusionTuner:
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
+        self.vote_dev_size = vote_dev_size
         self.show_progress = show_progress
 
     def _lm_configs(self, n_labels: int) -> list[dict[str, Any]]:
@@ -198,6 +213,8 @@ class FusionTuner:
             raise TypeError(f"FusionTuner.fit expects an ExampleIndex, got {type(index).__name__}.")
         check_positive_int("dev_size", self.dev_size)
         check_positive_int("min_dev_size", self.min_dev_size)
+        if self.vote_dev_size is not None:
+            check_positive_int("vote_dev_size", self.vote_dev_size)
         if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and self.time_budget >= 0):
             raise ValueError(f"time_budget must be a number of seconds >= 0 or None (no limit), got "
                              f"{self.time_budget!r}.")
@@ -223,6 +240,15 @@ class FusionTuner:
                             batch_size=self.batch_size, device=self.device, seed=self.seed,
                             show_progress=self.show_progress).fit(index)
         depth = max(max(self.knn_ks), 2 * icl.k_)
+        vote_grid = [(int(k), t) for k, t in itertools.product(self.knn_ks, self.temperatures)]
+        vote_trials: tuple[Trial, ...] = ()
+        if self.vote_dev_size is not None:
+            vote_trials = self._rank_votes(index, labels)
+            best_vote = min(vote_trials, key=_rank_key)
+            vote_grid = [(best_vote.params["knn_k"], best_vote.params["knn_temperature"])]
+            logger.info("tune: vote settings ranked on %d leave-one-out training queries: knn_k=%d, temperature "
+                        "%s (accuracy %.3f)", min(self.vote_dev_size, len(index)), *vote_grid[0],
+                        best_vote.accuracy)
         trials: list[Trial] = []
         skipped: list[dict[str, Any]] = []
         priors: dict[tuple, np.ndarray] = {}
@@ -257,7 +283,8 @@ class FusionTuner:
             scored[_key(cfg)] = parts
             # the vote alone does not depend on the prompt: it is kept once, with the first configuration
             # scored (always the first of the grid; on many-label tasks it has candidates)
-            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds, keep_vote=len(scored) == 1))
+            trials.extend(self._mix_trials(parts, y, cfg, prior, lm_seconds, vote_grid,
+                                           keep_vote=len(scored) == 1))
         best = min(trials, key=_rank_key)
         prior = priors[_key(best.params)] if best.params.get("calibration") == "prior" else None
         mixed = combine(scored[_key(best.params)], knn_k=best.params["knn_k"],
@@ -266,10 +293,13 @@ class FusionTuner:
         temperature, sharpened = best_output_temperature(mixed, y, self.output_temperatures)
         result = TuneResult(params={**best.params, "output_temperature": temperature}, dev_accuracy=best.accuracy,
                             dev_log_loss=best.log_loss, dev_log_loss_sharpened=sharpened,
-                            baselines=_baselines(trials, self.ks), n_dev=len(y),
+                            baselines=_baselines([*trials, *self._plain_votes(next(iter(scored.values())), y, vote_trials)],
+                                                  self.ks),
+                            n_dev=len(y),
                             seconds=_now() - t0, trials=tuple(trials), skipped=tuple(skipped),
                             prior=None if prior is None else tuple(float(p) for p in prior),
-                            n_dev_requested=n_requested)
+                            n_dev_requested=n_requested, vote_trials=vote_trials,
+                            n_vote_dev=min(self.vote_dev_size, len(index)) if vote_trials else None)
         self.result_ = result
         self.best_estimator_ = FusionClassifier(
             self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
@@ -299,14 +329,33 @@ class FusionTuner:
             return head, n
         return _concat(head, fc.parts(dev[n_probe:n], knn_k=depth)), n
 
+    def _rank_votes(self, index: ExampleIndex, labels: tuple[str, ...]) -> tuple[Trial, ...]:
+        """Every vote setting's leave-one-out accuracy and log-loss over ``vote_dev_size`` training queries (each
+        query's own copy excluded from its neighbours, as for the dev queries). No LM call."""
+        queries = index.dataset.sample(min(self.vote_dev_size, len(index)), seed=self.seed)
+        y = np.array([labels.index(ex.label) for ex in queries.examples], dtype=np.int64)
+        _, nl, ns = neighbours(index, list(queries.examples), max(self.knn_ks))
+        n = len(labels)
+        parts = FusionParts(np.zeros((len(y), n)), nl, ns, n, np.ones((len(y), n), dtype=bool))
+        return tuple(_vote_trials(parts, y, list(itertools.product(map(int, self.knn_ks), self.temperatures))))
+
+    def _plain_votes(self, parts: FusionParts, y: np.ndarray, vote_trials: Sequence[Trial]) -> list[Trial]:
+        """With ``vote_dev_size`` the grid holds one vote setting; the plain votes are still reported (as rows
+        of the dev queries, not candidates) so the report compares the choice with them."""
+        if not vote_trials:
+            return []
+        grid = [(k, t) for k in (8, 32) if k in self.knn_ks for t in (None, 0.05) if t in self.temperatures]
+        cfg = {"k": 0, "candidates": None, "label_aware": False, "knn_weight": 1.0, "calibration": "none"}
+        return [Trial({**cfg, **t.params}, t.accuracy, t.log_loss, 0.0) for t in _vote_trials(parts, y, grid)]
+
     def _mix_trials(self, parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prior: np.ndarray,
-                    lm_seconds: float, *, keep_vote: bool) -> list[Trial]:
+                    lm_seconds: float, vote_grid: Sequence[tuple[int, float | None]], *,
+                    keep_vote: bool) -> list[Trial]:
         out = []
-        for knn_k, temp, w, cal in itertools.product(self.knn_ks, self.temperatures, self.weights,
-                                                     self.calibrations):
+        for (knn_k, temp), w, cal in itertools.product(vote_grid, self.weights, self.calibrations):
             if float(w) >= 1.0 and cal != "none":  # the vote alone: calibration of the LM is moot
                 continue
-            if float(w) <= 0.0 and (knn_k, temp) != (self.knn_ks[0], self.temperatures[0]):
+            if float(w) <= 0.0 and (knn_k, temp) != vote_grid[0]:
                 continue  # the LM alone: the vote's settings are moot
             if float(w) >= 1.0 and not keep_vote:
                 continue  # the vote alone does not depend on the prompt: one copy is kept
@@ -316,6 +365,14 @@ class FusionTuner:
                       "calibration": cal}
             out.append(Trial(params, _accuracy(p, y), _log_loss(p, y), lm_seconds))
         return out
+
+
+def _vote_trials(parts: FusionParts, y: np.ndarray, grid: Sequence[tuple[int, float | None]]) -> list[Trial]:
+    out = []
+    for knn_k, temp in grid:
+        p = combine(parts, knn_k=int(knn_k), knn_temperature=temp, knn_weight=1.0, calibration="none")
+        out.append(Trial({"knn_k": int(knn_k), "knn_temperature": temp}, _accuracy(p, y), _log_loss(p, y), 0.0))
+    return out
 
 
 def _concat(a: FusionParts, b: FusionParts) -> FusionParts:

@@ -33,7 +33,7 @@ from ..types import Dataset
 
 FORMAT = "ragicl-predictions/1"
 #: settings that decide one system's output only: a change scores that system again and reuses the rest
-SYSTEM_SETTINGS: Mapping[str, tuple[str, ...]] = {"ragicl best": ("dev_size", "tune_budget")}
+SYSTEM_SETTINGS: Mapping[str, tuple[str, ...]] = {"ragicl best": ("dev_size", "tune_budget", "vote_dev_size")}
 _OWN = frozenset(k for keys in SYSTEM_SETTINGS.values() for k in keys)
 
 
