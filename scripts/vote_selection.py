@@ -21,18 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from ragicl import ExampleIndex, read_dataset
-from ragicl.estimators.fusion import knn_distribution, neighbours
+from ragicl.estimators.tune import FusionTuner, leave_one_out_vote_trials
 
-KNN_KS = (8, 16, 32, 64, 128)
-TEMPERATURES = (None, 0.02, 0.05, 0.1)
+_TUNER = FusionTuner()  # the grid is the tuner's default one
+GRID = [(int(k), t) for k, t in itertools.product(_TUNER.knn_ks, _TUNER.temperatures)]
 
 
 def vote_accuracies(index: ExampleIndex, examples: Sequence, labels: Sequence[str]) -> dict[str, float]:
     """Accuracy of every vote setting (``"k,temperature"``) over ``examples`` (their own copies excluded)."""
-    _, nl, ns = neighbours(index, list(examples), max(KNN_KS))
-    y = np.array([list(labels).index(ex.label) for ex in examples])
-    return {f"{k},{t}": float((knn_distribution(nl, ns, len(labels), k=k, temperature=t).argmax(1) == y).mean())
-            for k, t in itertools.product(KNN_KS, TEMPERATURES)}
+    trials = leave_one_out_vote_trials(index, list(examples), labels, GRID)
+    return {f"{k},{t}": trial.accuracy for (k, t), trial in zip(GRID, trials)}
 
 
 def pick(acc: dict[str, float]) -> str:

@@ -333,11 +333,8 @@ class FusionTuner:
         """Every vote setting's leave-one-out accuracy and log-loss over ``vote_dev_size`` training queries (each
         query's own copy excluded from its neighbours, as for the dev queries). No LM call."""
         queries = index.dataset.sample(min(self.vote_dev_size, len(index)), seed=self.seed)
-        y = np.array([labels.index(ex.label) for ex in queries.examples], dtype=np.int64)
-        _, nl, ns = neighbours(index, list(queries.examples), max(self.knn_ks))
-        n = len(labels)
-        parts = FusionParts(np.zeros((len(y), n)), nl, ns, n, np.ones((len(y), n), dtype=bool))
-        return tuple(_vote_trials(parts, y, list(itertools.product(map(int, self.knn_ks), self.temperatures))))
+        grid = list(itertools.product(map(int, self.knn_ks), self.temperatures))
+        return tuple(leave_one_out_vote_trials(index, queries.examples, labels, grid))
 
     def _plain_votes(self, parts: FusionParts, y: np.ndarray, vote_trials: Sequence[Trial]) -> list[Trial]:
         """With ``vote_dev_size`` the grid holds one vote setting; the plain votes are still reported (as rows
@@ -365,6 +362,20 @@ class FusionTuner:
                       "calibration": cal}
             out.append(Trial(params, _accuracy(p, y), _log_loss(p, y), lm_seconds))
         return out
+
+
+def leave_one_out_vote_trials(index: ExampleIndex, examples: Sequence[Any], labels: Sequence[str],
+                              grid: Sequence[tuple[int, float | None]]) -> list[Trial]:
+    """Accuracy and log-loss of each kNN-vote setting ``(knn_k, temperature)`` in ``grid`` over ``examples``
+    drawn from ``index`` (each example's own copy excluded from its neighbours, as for the tuner's dev
+    queries), in grid order. No LM call: this is what ``FusionTuner(vote_dev_size=N)`` ranks the votes by.
+    """
+    labels = tuple(labels)
+    y = np.array([labels.index(ex.label) for ex in examples], dtype=np.int64)
+    _, nl, ns = neighbours(index, list(examples), max(int(k) for k, _ in grid))
+    n = len(labels)
+    parts = FusionParts(np.zeros((len(y), n)), nl, ns, n, np.ones((len(y), n), dtype=bool))
+    return _vote_trials(parts, y, grid)
 
 
 def _vote_trials(parts: FusionParts, y: np.ndarray, grid: Sequence[tuple[int, float | None]]) -> list[Trial]:
