@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 import ragicl.cli
 
-ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("zero-shot", "retrieved-8", "kNN vote k=8", "ragicl best")
 
 
@@ -19,11 +18,9 @@ def _run(tmp_path: Path, *extra: str) -> int:
     index = tmp_path / "indexes" / "toy"
     index.mkdir(parents=True)
     (index / "manifest.json").write_text("{}")
-    spec = importlib.util.spec_from_file_location("run_best", ROOT / "scripts" / "run_best.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(["--datasets", "toy", "--data-dir", str(tmp_path), "--index-root", str(tmp_path / "indexes"),
-                        "--out", str(tmp_path / "out"), *extra])
+    return load_script("run_best").main(["--datasets", "toy", "--data-dir", str(tmp_path),
+                                         "--index-root", str(tmp_path / "indexes"), "--out", str(tmp_path / "out"),
+                                         *extra])
 
 
 @pytest.fixture

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from ragicl import ExampleIndex, KNNVoteClassifier
 from ragicl.data import from_records
 from ragicl.evaluation.predictions import Predictions, save_predictions
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("vote_smoothing", ROOT / "scripts" / "vote_smoothing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("vote_smoothing")
 
 
 @pytest.fixture
