@@ -437,6 +437,30 @@ def test_distributed_fusion_equals_local_fusion(ray_cluster, built, smollm_path)
         predict_distributed(built.path, test, lm=smollm_path, estimator="vote")
 
 
+def test_a_vote_only_fusion_actor_does_not_run_the_lm(built, smollm_path, monkeypatch):
+    """At knn_weight 1 the mix ignores the LM, so the Ray actor skips it as FusionClassifier.predict_proba
+    does (it used to score every prompt for nothing: a whole retrieved-k's time on SUBJ's 500 queries)."""
+    from ragicl import FusionClassifier, PromptTemplate
+    from ragicl.distributed.predict import _Predictor
+
+    test = list(read_dataset(make_rows(5, seed=5)).examples)
+    kw = {"k": 2, "max_prompt_tokens": 160, "knn_k": 16, "knn_weight": 1.0, "knn_temperature": 0.05,
+          "template": PromptTemplate(example="Text: {text}\nLabel: {label}")}
+    actor = _Predictor(str(built.path), smollm_path, kw, "cpu", estimator="fusion")
+    calls = []
+    monkeypatch.setattr(FusionClassifier, "_lm_logp", lambda self, *a, **k: calls.append(1) or 1 / 0)
+    out = actor({"row": np.arange(5), "example": [json.dumps(ex.to_json()) for ex in test]})
+    assert not calls and not any(out["error"])
+    local = FusionClassifier(smollm_path, **kw).fit(load_index(built.path))
+    parts = type(local.parts(test, score_lm=False))(out["lm_logp"], out["neighbor_labels"], out["neighbor_scores"],
+                                                    3, out["candidates"].astype(bool))
+    np.testing.assert_allclose(local.mix(parts), local.predict_proba(test), atol=1e-12)
+    actor.clf.knn_weight = 0.5  # a real mix does score the LM (and the stub says so)
+    with pytest.raises(ZeroDivisionError):
+        actor({"row": np.arange(5), "example": [json.dumps(ex.to_json()) for ex in test]})
+    assert calls
+
+
 @pytest.mark.slow
 def test_distributed_build_with_the_real_minilm(ray_cluster, inputs, minilm, tmp_path):
     index = build_distributed(inputs, tmp_path / "idx", embedder="all-MiniLM-L6-v2", shard_size=150,
