@@ -442,6 +442,7 @@ def test_a_vote_only_fusion_actor_does_not_run_the_lm(built, smollm_path, monkey
     does (it used to score every prompt for nothing: a whole retrieved-k's time on SUBJ's 500 queries)."""
     from ragicl import FusionClassifier, PromptTemplate
     from ragicl.distributed.predict import _Predictor
+    from ragicl.estimators.fusion import FusionParts
 
     test = list(read_dataset(make_rows(5, seed=5)).examples)
     kw = {"k": 2, "max_prompt_tokens": 160, "knn_k": 16, "knn_weight": 1.0, "knn_temperature": 0.05,
@@ -452,8 +453,8 @@ def test_a_vote_only_fusion_actor_does_not_run_the_lm(built, smollm_path, monkey
     out = actor({"row": np.arange(5), "example": [json.dumps(ex.to_json()) for ex in test]})
     assert not calls and not any(out["error"])
     local = FusionClassifier(smollm_path, **kw).fit(load_index(built.path))
-    parts = type(local.parts(test, score_lm=False))(out["lm_logp"], out["neighbor_labels"], out["neighbor_scores"],
-                                                    3, out["candidates"].astype(bool))
+    parts = FusionParts(out["lm_logp"], out["neighbor_labels"], out["neighbor_scores"], len(local.classes_),
+                        out["candidates"].astype(bool))
     np.testing.assert_allclose(local.mix(parts), local.predict_proba(test), atol=1e-12)
     actor.clf.knn_weight = 0.5  # a real mix does score the LM (and the stub says so)
     with pytest.raises(ZeroDivisionError):

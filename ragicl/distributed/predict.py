@@ -61,8 +61,8 @@ class _Predictor:
         rows = np.asarray(batch["row"], np.int64)
         n, n_labels = len(rows), len(self.clf.classes_)
         try:
-            if self.estimator == "fusion":  # the LM is not run for a vote-only mix, as in predict_proba
-                parts = self.clf.parts(examples, score_lm=float(self.clf.knn_weight) < 1.0)
+            if self.estimator == "fusion":  # unmixed, as predict_proba collects them (no LM for a vote alone)
+                parts = self.clf.parts_for_mix(examples)
                 out = {"lm_logp": parts.lm_logp, "neighbor_labels": parts.neighbor_labels,
                        "neighbor_scores": parts.neighbor_scores, "candidates": parts.candidates}
             else:

@@ -308,11 +308,16 @@ class FusionClassifier:
         return out
 
     # ------------------------------------------------------------------ predict
+    def parts_for_mix(self, queries: Sequence[Query] | Query) -> FusionParts:
+        """:meth:`parts` as this classifier's own :meth:`mix` needs them: the LM is not run at
+        ``knn_weight=1`` (the vote alone), where the mix ignores it. Ray actors call this too."""
+        self._check_params()
+        return self.parts(queries, score_lm=_check_weight(self.knn_weight) < 1.0)
+
     def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
         """``(n, L)`` fused label distribution over ``classes_`` (the LM is not run at ``knn_weight=1``: the
         vote alone)."""
-        self._check_params()
-        return self.mix(self.parts(queries, score_lm=float(self.knn_weight) < 1.0))
+        return self.mix(self.parts_for_mix(queries))
 
     def mix(self, parts: FusionParts) -> np.ndarray:
         """The fused distribution of already collected :meth:`parts` under this classifier's settings
