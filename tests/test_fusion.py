@@ -22,7 +22,7 @@ from ragicl.estimators.fusion import (
     label_aware_order,
     neighbours,
 )
-from ragicl.estimators.tune import FusionTuner, Trial, _rank_key
+from ragicl.estimators.tune import FusionTuner, Trial, _plain_trials, _rank_key
 from ragicl.index.embed import HashEmbedder
 
 # ----------------------------------------------------------------------------- pure arithmetic
@@ -218,6 +218,16 @@ def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_l
     est.set_params(output_temperature=t)
     assert est.predict_proba(list(test.examples)).shape == (len(test), len(index.labels))
     assert "chosen:" in res.table() and res.to_json()["params"] == dict(res.params)
+    # the choice against the best plain system on the same dev queries: the difference of the two accuracies,
+    # inside its paired interval, in the reason and the JSON
+    if res.gain_over_plain is None:  # only when the choice is itself the best plain system
+        assert chosen == dict(max(_plain_trials(res.trials).values(), key=lambda t: t.accuracy).params)
+    else:
+        d, lo, hi = res.gain_over_plain
+        assert d == pytest.approx(res.dev_accuracy - max(res.baselines.values()), abs=1e-12) and lo <= d <= hi
+        assert res.to_json()["gain_over_plain"] == {"difference": d, "low": lo, "high": hi}
+        assert (f"the choice {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in res.reason if (lo, hi) != (0.0, 0.0) else
+                "the same answers as it on every dev query" in res.reason)
     # the dev queries came from the training set: each is an indexed example
     dev = index.dataset.sample(16, seed=0)
     assert all(index.position_of(ex.id) is not None for ex in dev.examples)
@@ -385,3 +395,32 @@ def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smoll
         FusionTuner(lm, TEMPLATE, time_budget=-1).fit(index)
     with pytest.raises(ValueError, match="min_dev_size"):
         FusionTuner(lm, TEMPLATE, min_dev_size=0).fit(index)
+
+
+def test_gain_over_plain_is_the_paired_difference_on_the_same_queries():
+    """Hand-made parts: the LM right on queries 0-5, the vote (its one neighbour) right on 0-2 and 6-7; the
+    mix at weight 0.5 follows whichever is surer. The difference is computed on the same queries, per query."""
+    from ragicl.estimators.tune import Trial, _gain_over_plain, _key, _plain_trials
+
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    lm_right = np.arange(8) < 6
+    lm_pred = np.where(lm_right, y, 1 - y)
+    lm_logp = np.log(np.where(np.eye(2)[lm_pred] == 1, 0.7, 0.3))
+    vote_pred = np.where((np.arange(8) < 3) | (np.arange(8) >= 6), y, 1 - y)
+    parts = FusionParts(lm_logp, vote_pred[:, None], np.ones((8, 1)), 2, np.ones((8, 2), dtype=bool))
+    cfg = {"k": 2, "candidates": None, "label_aware": False, "calibration": "none", "knn_temperature": None,
+           "knn_k": 1}
+    trials = {w: Trial({**cfg, "knn_weight": w}, float(np.mean(combine(parts, knn_k=1, knn_temperature=None,
+                                                                          knn_weight=w).argmax(1) == y)), 0.0, 0.0)
+              for w in (0.0, 1.0)}
+    plain = _plain_trials(list(trials.values()))
+    assert set(plain) == {"retrieved-2"}  # a vote over one neighbour is not one of the reported plain votes
+    scored, priors = {_key(cfg): parts}, {_key(cfg): np.full(2, 0.5)}
+    assert _gain_over_plain(combine(parts, knn_k=1, knn_temperature=None, knn_weight=0.0), trials[0.0], plain,
+                            scored, priors, y) is None  # the choice is the plain system itself
+    vote_only = combine(parts, knn_k=1, knn_temperature=None, knn_weight=1.0)
+    d, lo, hi = _gain_over_plain(vote_only, trials[1.0], plain, scored, priors, y)
+    assert d == pytest.approx(5 / 8 - 6 / 8) and lo <= d <= hi
+    # per query the two differ on queries 3-7 (-1, -1, -1, +1, +1): 8 queries cannot tell them apart
+    assert lo < 0 < hi
+    assert _gain_over_plain(vote_only, trials[1.0], {}, scored, priors, y) is None

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import DataError, check_positive_int
+from ..evaluation.stats import bootstrap_ci
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
@@ -79,6 +80,10 @@ class TuneResult:
     #: with ``vote_dev_size``: every vote setting (``knn_k``, ``knn_temperature``) on the leave-one-out queries
     vote_trials: tuple[Trial, ...] = field(default=(), repr=False)
     n_vote_dev: int | None = None
+    #: the chosen setting's dev accuracy minus the best plain system's on the same dev queries, with its paired
+    #: bootstrap 95% interval: (difference, low, high); None when the choice is that plain system or none is
+    #: in the grid. An interval that includes 0 means the dev queries cannot tell the two apart.
+    gain_over_plain: tuple[float, float, float] | None = None
 
     @property
     def reason(self) -> str:
@@ -89,6 +94,11 @@ class TuneResult:
         votes = ("" if not self.n_vote_dev else
                  f"; the vote's k={self.params.get('knn_k')} and temperature {self.params.get('knn_temperature')} "
                  f"chosen first, without the LM, on {self.n_vote_dev} leave-one-out training queries")
+        if self.gain_over_plain is not None:
+            d, lo, hi = self.gain_over_plain
+            plain += ("; the choice gives the same answers as it on every dev query" if lo == hi == 0.0 else
+                      f"; the choice {d:+.3f} [{lo:+.3f}, {hi:+.3f}] against it on the same queries, paired "
+                      f"bootstrap 95%" + (", within the dev noise" if lo <= 0 <= hi else ""))
         return (f"best dev accuracy {self.dev_accuracy:.3f} on {self.n_dev} held-out training examples{shrunk} "
                 f"({plain}); ties broken by log-loss "
                 f"{self.dev_log_loss:.3f}, then by cost" + votes + self._sharpened())
@@ -121,6 +131,8 @@ class TuneResult:
                 "trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
                            for t in self.trials],
                 "n_vote_dev": self.n_vote_dev,
+                "gain_over_plain": None if self.gain_over_plain is None else dict(
+                    zip(("difference", "low", "high"), self.gain_over_plain)),
                 "vote_trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
                                 for t in self.vote_trials]}
 
@@ -291,10 +303,11 @@ class FusionTuner:
                         knn_temperature=best.params["knn_temperature"], knn_weight=best.params["knn_weight"],
                         calibration=best.params["calibration"], prior=priors[_key(best.params)])
         temperature, sharpened = best_output_temperature(mixed, y, self.output_temperatures)
+        plain = _plain_trials([*trials, *self._plain_votes(next(iter(scored.values())), y, vote_trials)])
         result = TuneResult(params={**best.params, "output_temperature": temperature}, dev_accuracy=best.accuracy,
                             dev_log_loss=best.log_loss, dev_log_loss_sharpened=sharpened,
-                            baselines=_baselines([*trials, *self._plain_votes(next(iter(scored.values())), y, vote_trials)],
-                                                  self.ks),
+                            baselines={name: t.accuracy for name, t in plain.items()},
+                            gain_over_plain=_gain_over_plain(mixed, best, plain, scored, priors, y),
                             n_dev=len(y),
                             seconds=_now() - t0, trials=tuple(trials), skipped=tuple(skipped),
                             prior=None if prior is None else tuple(float(p) for p in prior),
@@ -425,17 +438,37 @@ def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
 
 
-def _baselines(trials: Sequence[Trial], ks: Sequence[int]) -> dict[str, float]:
-    """Dev accuracy of the plain systems found in the grid: retrieved-k and the kNN votes."""
-    out: dict[str, float] = {}
+def _plain_trials(trials: Sequence[Trial]) -> dict[str, Trial]:
+    """The plain systems found in the grid, by name: retrieved-k and the kNN votes (the best copy of each)."""
+    out: dict[str, Trial] = {}
     for t in trials:
         p = t.params
         if p["knn_weight"] == 0.0 and p["candidates"] is None and not p["label_aware"] and p["calibration"] == "none":
-            out[f"retrieved-{p['k']}" if p["k"] else "zero-shot"] = t.accuracy
+            out[f"retrieved-{p['k']}" if p["k"] else "zero-shot"] = t
     for t in trials:
         p = t.params
         if p["knn_weight"] == 1.0 and p["knn_k"] in (8, 32):
             name = f"kNN vote k={p['knn_k']}" + ("" if p["knn_temperature"] is None else " weighted")
-            if p["knn_temperature"] in (None, 0.05):
-                out[name] = max(out.get(name, 0.0), t.accuracy)
+            if p["knn_temperature"] in (None, 0.05) and (name not in out or t.accuracy > out[name].accuracy):
+                out[name] = t
     return out
+
+
+def _gain_over_plain(mixed: np.ndarray, best: Trial, plain: Mapping[str, Trial],
+                     scored: Mapping[tuple, FusionParts], priors: Mapping[tuple, np.ndarray],
+                     y: np.ndarray) -> tuple[float, float, float] | None:
+    """The chosen setting against the best plain system (the one the report names) on the same dev queries:
+    the difference of their accuracies and its paired bootstrap interval. None when they are the same."""
+    if not plain:
+        return None
+    rival = max(plain.values(), key=lambda t: t.accuracy)
+    if rival is best or dict(rival.params) == dict(best.params):
+        return None
+    p = rival.params
+    # the vote alone does not depend on the prompt (its rows may come from any scored configuration)
+    key = _key(p) if _key(p) in scored else next(iter(scored))
+    other = combine(scored[key], knn_k=int(p["knn_k"]), knn_temperature=p["knn_temperature"],
+                    knn_weight=float(p["knn_weight"]), calibration=p["calibration"], prior=priors[key])
+    diff = (mixed.argmax(1) == y).astype(float) - (other.argmax(1) == y).astype(float)
+    ci = bootstrap_ci(diff)
+    return float(diff.mean()), float(ci.low), float(ci.high)
