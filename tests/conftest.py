@@ -137,3 +137,14 @@ def ray_built(ray_cluster, ray_inputs, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("built") / "idx"
     return build_distributed(ray_inputs, out, embedder="hash-32", shard_size=45, workers=2)
+
+
+@pytest.fixture(scope="session")
+def trec():
+    """``(index, test)``: 120 TREC training questions indexed with a hash embedder, 10 held-out questions."""
+    from ragicl import ExampleIndex, read_dataset
+    from ragicl.index.embed import HashEmbedder
+
+    data = read_dataset(dataset_path("trec"), name="trec").sample(130, seed=1)
+    train, test = data.subset(range(120)), data.subset(range(120, 130))
+    return ExampleIndex.build(train, embedder=HashEmbedder(64), device="cpu"), test

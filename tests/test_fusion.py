@@ -112,17 +112,6 @@ def test_rank_prefers_accuracy_then_log_loss_then_cost():
 TEMPLATE = PromptTemplate(example="Question: {text}\nType: {label}")
 
 
-@pytest.fixture(scope="module")
-def trec(smollm_lm):
-    path = pytest.importorskip("pathlib").Path(__file__).resolve().parents[2] / "shared/datasets/trec/train.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/datasets/trec not present")
-    data = read_dataset(path, name="trec").sample(130, seed=1)
-    train, test = data.subset(range(120)), data.subset(range(120, 130))
-    index = ExampleIndex.build(train, embedder=HashEmbedder(64), device="cpu")
-    return index, test
-
-
 @pytest.mark.slow
 def test_end_points_equal_the_plain_systems(trec, smollm_lm):
     index, test = trec
