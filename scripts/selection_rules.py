@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tuple(saved.labels) != labels or [labels.index(g) for g in saved.gold] != gold.tolist():
             raise SystemExit(f"{args.predictions} is not this test sample (labels or gold answers differ); give "
                              "the --n and test file of its `ragicl eval` run.")
+        if f"retrieved-{k}" not in saved.probs:
+            raise SystemExit(f"{args.predictions} has no 'retrieved-{k}' row (it has {sorted(saved.probs)}); the "
+                             f"tuning run's k is {k}: give the predictions of `ragicl eval --k {k}`, or --lm.")
         lm_probs, best_row = saved.probs[f"retrieved-{k}"], saved.probs.get("ragicl best")
     elif args.lm:
         lm_probs = ICLClassifier(args.lm, PromptTemplate.default(index.dataset.input_fields), k=k,
