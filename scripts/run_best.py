@@ -27,18 +27,36 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _row(s: dict) -> str:
-    acc = s["accuracy"]
-    return (f"| {s['name']} | {acc['estimate']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}] | {s['macro_f1']:.3f} "
-            f"| {s['seconds_per_query']:.3f} |")
+def _ci(x: dict) -> str:
+    return f"{x['estimate']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+
+
+def _row(s: dict, gaps: dict[str, dict] | None, reference: str | None) -> str:
+    cells = [s["name"], _ci(s["accuracy"]), f"{s['macro_f1']:.3f}"]
+    if gaps is not None:  # a reference was scored: TV to it (with its CI) and top-label agreement
+        gap = gaps.get(s["name"])
+        if s["name"] == reference:
+            cells += ["(reference)", ""]
+        elif gap:
+            cells += [_ci(gap["tv"]), f"{gap['agreement']:.3f}"]
+        else:
+            cells += ["", ""]
+    cells.append(f"{s['seconds_per_query']:.3f}")
+    return "| " + " | ".join(cells) + " |"
 
 
 def table(report: dict) -> str:
-    """Markdown table of one eval report, with the targets of 'ragicl best' checked."""
+    """Markdown table of one eval report (with TV to the reference when one was scored), targets checked."""
     by = {s["name"]: s for s in report["systems"]}
+    reference = report.get("reference")
+    gaps = {g["system"]: g for g in report.get("gaps") or []} if reference else None
+    head = ["system", "accuracy [95% CI]", "macro-F1"]
+    if gaps is not None:
+        head += [f"TV to {reference} [95% CI]", "agree"]
+    head.append("s/query")
     lines = [f"### {report['dataset']} ({report['n']} test queries, {len(report['labels'])} labels)", "",
-             "| system | accuracy [95% CI] | macro-F1 | s/query |", "|---|---|---|---|"]
-    lines += [_row(s) for s in report["systems"]]
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [_row(s, gaps, reference) for s in report["systems"]]
     best = by.get("ragicl best")
     if best:
         acc = best["accuracy"]["estimate"]
@@ -48,9 +66,16 @@ def table(report: dict) -> str:
         for name, other in {**votes, **retrieved}.items():
             lines.append(f"- ragicl best − {name}: {acc - other:+.3f}")
         zero = by.get("zero-shot", {}).get("accuracy", {}).get("estimate")
-        ref = by.get("fine-tuned", {}).get("accuracy", {}).get("estimate")
+        ref = by.get(reference or "fine-tuned", {}).get("accuracy", {}).get("estimate")
         if zero is not None and ref is not None and ref > zero:
-            lines.append(f"- share of the zero-shot → fine-tuned gap closed: {(acc - zero) / (ref - zero):.2f}")
+            lines.append(f"- share of the zero-shot → {reference or 'fine-tuned'} gap closed: "
+                         f"{(acc - zero) / (ref - zero):.2f}")
+        if gaps and "ragicl best" in gaps:
+            tv = gaps["ragicl best"]["tv"]["estimate"]
+            for name in {**votes, **retrieved}:
+                if name in gaps:
+                    lines.append(f"- TV to {reference}: ragicl best − {name}: "
+                                 f"{tv - gaps[name]['tv']['estimate']:+.3f}")
     lines += ["", *[f"> {n}" for n in report.get("notes", [])], ""]
     return "\n".join(lines)
 

@@ -245,4 +245,6 @@ def test_cli_eval_with_ray_fans_the_lm_systems_out(ray_built, tmp_path, capsys, 
     assert main(["eval", "--index", str(ray_built.path), "--test", str(test), "--ray", "local", "--workers", "3",
                  "--k", "2", "--lm", smollm_path, "--batch-size", "4", "--max-prompt-tokens", "200", "--json",
                  str(report), "--dev-size", "6", "--tune-budget", "0", "--predictions", str(tmp_path / "p.json")]) == 0
-    assert len(calls) == 4 and [s["name"] for s in json.loads(report.read_text())["systems"]] == names
+    again = json.loads(report.read_text())
+    assert len(calls) == 4 and [s["name"] for s in again["systems"]] == names
+    assert [n.startswith("--ray local:") for n in again["notes"]].count(True) == 1  # the reused run's note, once

@@ -60,3 +60,25 @@ def test_run_best_workers_without_ray_is_refused_by_eval(tmp_path, capsys):
     assert _run(tmp_path, "--workers", "2") != 0  # the real `ragicl eval`
     assert "--workers 2 applies to --ray" in capsys.readouterr().err
     assert not (tmp_path / "out" / "toy.json").exists()
+
+
+def test_run_best_table_carries_tv_to_the_reference_with_its_interval(tmp_path):
+    """With a reference scored, the Markdown table has issue 13's TV column (with CI) and agreement."""
+    def iv(x):
+        return {"estimate": x, "low": x - 0.05, "high": x + 0.05}
+
+    systems = [{"name": n, "accuracy": iv(a), "macro_f1": a, "seconds_per_query": 0.1}
+               for n, a in [("zero-shot", 0.5), ("retrieved-8", 0.7), ("kNN vote k=8", 0.65), ("ragicl best", 0.75),
+                            ("fine-tuned", 0.8)]]
+    gaps = [{"system": n, "reference": "fine-tuned", "tv": iv(t), "agreement": 0.6}
+            for n, t in [("zero-shot", 0.4), ("retrieved-8", 0.2), ("kNN vote k=8", 0.3), ("ragicl best", 0.15)]]
+    report = {"dataset": "toy", "n": 10, "labels": ["a", "b"], "reference": "fine-tuned", "systems": systems,
+              "gaps": gaps, "notes": []}
+    text = load_script("run_best").table(report)
+    assert "| system | accuracy [95% CI] | macro-F1 | TV to fine-tuned [95% CI] | agree | s/query |" in text
+    assert "| ragicl best | 0.750 [0.700, 0.800] | 0.750 | 0.150 [0.100, 0.200] | 0.600 | 0.100 |" in text
+    assert "| fine-tuned | 0.800 [0.750, 0.850] | 0.800 | (reference) |  | 0.100 |" in text
+    assert "- TV to fine-tuned: ragicl best − retrieved-8: -0.050" in text
+    assert "- share of the zero-shot → fine-tuned gap closed: 0.83" in text
+    without = load_script("run_best").table({**report, "reference": None, "gaps": []})
+    assert "TV to" not in without and "| ragicl best | 0.750 [0.700, 0.800] | 0.750 | 0.100 |" in without
