@@ -27,56 +27,32 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _ci(x: dict) -> str:
-    return f"{x['estimate']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+def table(data: dict) -> str:
+    """Markdown table of one eval report (``ragicl.evaluation.report.report_markdown``: TV to the reference
+    with its interval when one was scored, a not-converged reference flagged), with the targets of 'ragicl best'
+    checked."""
+    from ragicl.evaluation.compare import Report
+    from ragicl.evaluation.report import report_markdown
 
-
-def _row(s: dict, gaps: dict[str, dict] | None, reference: str | None) -> str:
-    cells = [s["name"], _ci(s["accuracy"]), f"{s['macro_f1']:.3f}"]
-    if gaps is not None:  # a reference was scored: TV to it (with its CI) and top-label agreement
-        gap = gaps.get(s["name"])
-        if s["name"] == reference:
-            cells += ["(reference)", ""]
-        elif gap:
-            cells += [_ci(gap["tv"]), f"{gap['agreement']:.3f}"]
-        else:
-            cells += ["", ""]
-    cells.append(f"{s['seconds_per_query']:.3f}")
-    return "| " + " | ".join(cells) + " |"
-
-
-def table(report: dict) -> str:
-    """Markdown table of one eval report (with TV to the reference when one was scored), targets checked."""
-    by = {s["name"]: s for s in report["systems"]}
-    reference = report.get("reference")
-    gaps = {g["system"]: g for g in report.get("gaps") or []} if reference else None
-    head = ["system", "accuracy [95% CI]", "macro-F1"]
-    if gaps is not None:
-        head += [f"TV to {reference} [95% CI]", "agree"]
-    head.append("s/query")
-    lines = [f"### {report['dataset']} ({report['n']} test queries, {len(report['labels'])} labels)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += [_row(s, gaps, reference) for s in report["systems"]]
+    report = Report.from_json(data)
+    by = {s.name: s for s in report.systems}
+    lines = [f"### {report.dataset} ({report.n} test queries, {len(report.labels)} labels)", "",
+             report_markdown(report)]
     best = by.get("ragicl best")
     if best:
-        acc = best["accuracy"]["estimate"]
-        votes = {k: v["accuracy"]["estimate"] for k, v in by.items() if k.startswith("kNN vote")}
-        retrieved = {k: v["accuracy"]["estimate"] for k, v in by.items() if k.startswith("retrieved-")}
+        acc = best.accuracy.estimate
+        others = [n for n in by if n.startswith("kNN vote")] + [n for n in by if n.startswith("retrieved-")]
         lines.append("")
-        for name, other in {**votes, **retrieved}.items():
-            lines.append(f"- ragicl best − {name}: {acc - other:+.3f}")
-        zero = by.get("zero-shot", {}).get("accuracy", {}).get("estimate")
-        ref = by.get(reference or "fine-tuned", {}).get("accuracy", {}).get("estimate")
-        if zero is not None and ref is not None and ref > zero:
-            lines.append(f"- share of the zero-shot → {reference or 'fine-tuned'} gap closed: "
-                         f"{(acc - zero) / (ref - zero):.2f}")
-        if gaps and "ragicl best" in gaps:
-            tv = gaps["ragicl best"]["tv"]["estimate"]
-            for name in {**votes, **retrieved}:
-                if name in gaps:
-                    lines.append(f"- TV to {reference}: ragicl best − {name}: "
-                                 f"{tv - gaps[name]['tv']['estimate']:+.3f}")
-    lines += ["", *[f"> {n}" for n in report.get("notes", [])], ""]
+        for name in others:
+            lines.append(f"- ragicl best − {name}: {acc - by[name].accuracy.estimate:+.3f}")
+        zero, ref = by.get("zero-shot"), by.get(report.reference or "fine-tuned")
+        if zero and ref and ref.accuracy.estimate > zero.accuracy.estimate:
+            share = (acc - zero.accuracy.estimate) / (ref.accuracy.estimate - zero.accuracy.estimate)
+            lines.append(f"- share of the zero-shot → {ref.name} gap closed: {share:.2f}")
+        gaps = {g.system: g.tv.estimate for g in report.gaps}
+        for name in [n for n in others if "ragicl best" in gaps and n in gaps]:
+            lines.append(f"- TV to {report.reference}: ragicl best − {name}: {gaps['ragicl best'] - gaps[name]:+.3f}")
+    lines += ["", *[f"> {n}" for n in report.notes], ""]
     return "\n".join(lines)
 
 

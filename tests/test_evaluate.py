@@ -9,6 +9,7 @@ import pytest
 
 from ragicl._exceptions import DataError
 from ragicl.evaluation.compare import compare, gap
+from ragicl.evaluation.report import report_markdown
 from ragicl.types import Dataset, Example
 
 
@@ -52,12 +53,21 @@ def test_compare_reports_accuracy_tv_and_agreement(tmp_path):
     assert [s["name"] for s in data["systems"]] == ["icl", "fine-tuned"]
 
 
+def test_compare_keeps_each_note_once():
+    """Notes repeat when a rerun brings a saved run's notes back beside the ones it adds again."""
+    report = compare(_test_set(["negative", "positive"]), {"icl": FixedSystem([[0.7, 0.3], [0.2, 0.8]])},
+                     reference=None, n_boot=50, notes=["sampled", "--ray local", "sampled"])
+    assert report.notes == ("sampled", "--ray local")
+
+
 def test_table_without_reference_has_no_gap_columns():
     test = _test_set(["negative", "positive"])
     report = compare(test, {"icl": FixedSystem([[0.7, 0.3], [0.2, 0.8]])}, reference=None, n_boot=50)
     head = report.table().splitlines()[1]
     assert "TV" not in head and "agree" not in head and "s/query" in head
     assert "icl" in report.table() and report.gaps == ()
+    head = report_markdown(report).splitlines()[0]  # the Markdown table likewise
+    assert "TV" not in head and "agree" not in head and "s/query" in head
 
 
 def test_gap_is_zero_for_identical_systems():

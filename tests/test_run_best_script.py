@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _scripts import load_script
 
 import ragicl.cli
+from ragicl.evaluation.compare import Gap, Report, SystemResult
+from ragicl.evaluation.stats import Interval
 
 SYSTEMS = ("zero-shot", "retrieved-8", "kNN vote k=8", "ragicl best")
+
+
+def _iv(x: float) -> Interval:
+    return Interval(x, x - 0.1, x + 0.1, 0.95, "percentile-bootstrap")
+
+
+def _system(name: str, acc: float) -> SystemResult:
+    """A system scored on 2 queries in 0.2 s (0.1 s/query)."""
+    return SystemResult(name, 2, _iv(acc), acc, 0.2, np.empty((0,)))
 
 
 def _run(tmp_path: Path, *extra: str) -> int:
@@ -30,10 +41,8 @@ def eval_calls(monkeypatch) -> list[list[str]]:
 
     def fake_main(argv):
         calls.append(list(argv))
-        acc = {"estimate": 0.5, "low": 0.4, "high": 0.6}
-        Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
-            {"dataset": "toy", "n": 2, "labels": ["a", "b"], "notes": [], "systems": [
-                {"name": n, "accuracy": acc, "macro_f1": 0.5, "seconds_per_query": 0.1} for n in SYSTEMS]}))
+        report = Report("toy", 2, ("a", "b"), tuple(_system(n, 0.5) for n in SYSTEMS), (), None)
+        report.to_json(argv[argv.index("--json") + 1])  # the JSON the real eval writes
         return 0
 
     monkeypatch.setattr(ragicl.cli, "main", fake_main)
@@ -62,23 +71,26 @@ def test_run_best_workers_without_ray_is_refused_by_eval(tmp_path, capsys):
     assert not (tmp_path / "out" / "toy.json").exists()
 
 
-def test_run_best_table_carries_tv_to_the_reference_with_its_interval(tmp_path):
-    """With a reference scored, the Markdown table has issue 13's TV column (with CI) and agreement."""
-    def iv(x):
-        return {"estimate": x, "low": x - 0.05, "high": x + 0.05}
-
-    systems = [{"name": n, "accuracy": iv(a), "macro_f1": a, "seconds_per_query": 0.1}
-               for n, a in [("zero-shot", 0.5), ("retrieved-8", 0.7), ("kNN vote k=8", 0.65), ("ragicl best", 0.75),
-                            ("fine-tuned", 0.8)]]
-    gaps = [{"system": n, "reference": "fine-tuned", "tv": iv(t), "agreement": 0.6}
-            for n, t in [("zero-shot", 0.4), ("retrieved-8", 0.2), ("kNN vote k=8", 0.3), ("ragicl best", 0.15)]]
-    report = {"dataset": "toy", "n": 10, "labels": ["a", "b"], "reference": "fine-tuned", "systems": systems,
-              "gaps": gaps, "notes": []}
+def test_run_best_table_carries_tv_to_the_reference_with_its_interval():
+    """With a reference scored, the Markdown table (the library's report_markdown) has issue 13's TV column
+    (with CI) and agreement; a reference that did not converge is flagged in it."""
+    systems = tuple(_system(n, a) for n, a in [("zero-shot", 0.5), ("retrieved-8", 0.7), ("kNN vote k=8", 0.65),
+                                                ("ragicl best", 0.75), ("fine-tuned", 0.8)])
+    gaps = tuple(Gap(n, "fine-tuned", _iv(t), {"q90": 0.5}, 0.6, np.empty((0,)), {0.1: _iv(0.3)})
+                 for n, t in [("zero-shot", 0.4), ("retrieved-8", 0.2), ("kNN vote k=8", 0.3), ("ragicl best", 0.15)])
+    report = Report("toy", 10, ("a", "b"), systems, gaps, "fine-tuned").to_json()
     text = load_script("run_best").table(report)
-    assert "| system | accuracy [95% CI] | macro-F1 | TV to fine-tuned [95% CI] | agree | s/query |" in text
-    assert "| ragicl best | 0.750 [0.700, 0.800] | 0.750 | 0.150 [0.100, 0.200] | 0.600 | 0.100 |" in text
-    assert "| fine-tuned | 0.800 [0.750, 0.850] | 0.800 | (reference) |  | 0.100 |" in text
+    assert ("| system | accuracy [95% CI] | macro-F1 | TV to fine-tuned [95% CI] | TV q90 | share TV>0.1 [CP 95%] "
+            "| agree | s/query |") in text
+    assert ("| ragicl best | 0.750 [0.650, 0.850] | 0.750 | 0.150 [0.050, 0.250] | 0.500 | 0.300 [0.200, 0.400] "
+            "| 0.600 | 0.100 |") in text
+    assert "| fine-tuned | 0.800 [0.700, 0.900] | 0.800 | (reference) |" in text
     assert "- TV to fine-tuned: ragicl best − retrieved-8: -0.050" in text
     assert "- share of the zero-shot → fine-tuned gap closed: 0.83" in text
     without = load_script("run_best").table({**report, "reference": None, "gaps": []})
-    assert "TV to" not in without and "| ragicl best | 0.750 [0.700, 0.800] | 0.750 | 0.100 |" in without
+    assert "TV to" not in without and "| ragicl best | 0.750 [0.650, 0.850] | 0.750 | 0.100 |" in without
+    still_falling = {**report, "reference_training": {"note": "reference 'fine-tuned' not converged: dev loss "
+                                                               "still falling at step 40"}}
+    flagged = load_script("run_best").table(still_falling)
+    assert "| fine-tuned | 0.800 [0.700, 0.900] | 0.800 | (reference, not converged) |" in flagged
+    assert "dev loss still falling at step 40" in flagged

@@ -88,7 +88,5 @@ def eval_systems(args: argparse.Namespace, index: Any, template: Any, notes: lis
                                                        **{**kw, **params}).fit()
     if args.finetuned:
         systems["fine-tuned"] = DistributedClassifier(args.index, args.finetuned, k=0, **kw).fit()
-    note = f"--ray {args.ray}: LM scoring fanned out over Ray actors"
-    if note not in notes:  # a rerun that reuses saved rows already carries it
-        notes.append(note)
+    notes.append(f"--ray {args.ray}: LM scoring fanned out over Ray actors")
     return {name: reuse.get(name, system) for name, system in systems.items()}

@@ -134,6 +134,25 @@ class Report:
         flagged = bool(self.reference_training and self.reference_training.get("note"))
         return "(reference, not converged)" if flagged else "(reference)"
 
+    @classmethod
+    def from_json(cls, data: Mapping) -> Report:
+        """A report back from :meth:`to_json`'s dict (or the JSON ``ragicl eval --json`` wrote), for tables.
+
+        The per-query arrays are not in the JSON, so ``probs`` and ``tv_per_query`` come back empty.
+
+        >>> r = Report("toy", 2, ("a", "b"), (), (), None, notes=("sampled",))
+        >>> Report.from_json(r.to_json()) == r
+        True
+        """
+        empty = np.empty((0,))
+        systems = tuple(SystemResult(s["name"], s["n"], Interval(**s["accuracy"]), s["macro_f1"], s["seconds"],
+                                     empty) for s in data["systems"])
+        gaps = tuple(Gap(g["system"], g["reference"], Interval(**g["tv"]), dict(g["tv_quantiles"]), g["agreement"],
+                         empty, {float(e): Interval(**iv) for e, iv in g.get("exceed", {}).items()})
+                     for g in data.get("gaps") or [])
+        return cls(data["dataset"], data["n"], tuple(data["labels"]), systems, gaps, data.get("reference"),
+                   tuple(data.get("notes") or ()), data.get("reference_training"))
+
     def to_json(self, path: str | os.PathLike | None = None) -> dict:
         """The report as a dict; also written atomically to ``path`` when given."""
         data = {"dataset": self.dataset, "n": self.n, "labels": list(self.labels),
@@ -285,4 +304,5 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
     if training and training.get("note"):
         logger.warning("%s", training["note"])
         notes = [*notes, training["note"]]
-    return Report(test.name, len(test), labels, tuple(results), tuple(gaps), reference, tuple(notes), training)
+    notes = tuple(dict.fromkeys(notes))  # once each: a rerun that reuses saved rows brings their notes back
+    return Report(test.name, len(test), labels, tuple(results), tuple(gaps), reference, notes, training)

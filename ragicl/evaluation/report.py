@@ -41,24 +41,26 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def report_markdown(report: Report, *, epsilon: float = 0.1) -> str:
     """One row per system: accuracy [95% CI], macro-F1, TV to the reference [95% CI], q90 of TV,
-    share with TV > ``epsilon`` [Clopper–Pearson 95%], argmax agreement, seconds per query. A reference
-    that did not finish training (see :func:`ragicl.evaluation.compare.reference_training`) gets a footnote."""
+    share with TV > ``epsilon`` [Clopper–Pearson 95%], argmax agreement, seconds per query (without a
+    reference, no TV / agreement columns). A reference that did not finish training (see
+    :func:`ragicl.evaluation.compare.reference_training`) gets a footnote."""
     gaps = {g.system: g for g in report.gaps}
-    ref = report.reference or "-"
+    with_gap = report.reference is not None
     rows = []
     for s in report.systems:
+        row = [s.name, str(s.accuracy), f"{s.macro_f1:.3f}"]
         g = gaps.get(s.name)
-        if g is None:
-            tv = q90 = ex = agree = report.reference_label() if s.name == report.reference else ""
-        else:
-            tv, q90 = str(g.tv), f"{g.tv_quantiles.get('q90', float('nan')):.3f}"
+        if with_gap and g is None:  # the reference itself (or a system compare gave no gap)
+            row += [report.reference_label() if s.name == report.reference else ""] * 4
+        elif with_gap:
             iv = g.exceed.get(epsilon)
-            ex = str(iv) if iv is not None else "n/a"
-            agree = f"{g.agreement:.3f}"
-        rows.append([s.name, str(s.accuracy), f"{s.macro_f1:.3f}", tv, q90, ex, agree,
-                     f"{s.seconds_per_query:.3f}"])
-    table = markdown_table(["system", "accuracy [95% CI]", "macro-F1", f"TV to {ref} [95% CI]", "TV q90",
-                            f"share TV>{epsilon:g} [CP 95%]", "agree", "s/query"], rows)
+            row += [str(g.tv), f"{g.tv_quantiles.get('q90', float('nan')):.3f}", str(iv) if iv is not None else "n/a",
+                    f"{g.agreement:.3f}"]
+        rows.append([*row, f"{s.seconds_per_query:.3f}"])
+    head = ["system", "accuracy [95% CI]", "macro-F1"]
+    if with_gap:
+        head += [f"TV to {report.reference} [95% CI]", "TV q90", f"share TV>{epsilon:g} [CP 95%]", "agree"]
+    table = markdown_table([*head, "s/query"], rows)
     note = (report.reference_training or {}).get("note")
     return table + (f"\n\n\\* {note}" if note else "")
 
