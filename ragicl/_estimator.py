@@ -9,37 +9,32 @@
   the packer (its tokenizer-specific encoders are closures) and the retriever are derived from them, so they
   are dropped on pickling and rebuilt on first use (``_prepare``). An LM given as an object is pickled with
   the parameters, as sklearn does; one given by name is reloaded by name.
-* **Save / load** (:func:`save_estimator`, :func:`load_estimator`): a folder holding ``estimator.json``
-  (format, class, parameters, template, fitted label set and fields, and where the index is) and, unless the
-  index is referenced in its own folder, ``index-<token>/`` written by :meth:`ExampleIndex.save`.
-  ``estimator.json`` is the commit point: written to a temp file, fsynced and ``os.replace``d, after the index
-  it points to is complete; older ``index-*`` folders are removed afterwards. Saves to one folder are
-  serialized by a lock file (``.lock``); a reader sees the old or the new estimator, never a mix (it retries
-  when a concurrent save removed the index it was opening).
+* **Save / load** (:func:`save_estimator`, :func:`load_estimator`, in :mod:`ragicl._estimator_folder`, which
+  documents the folder and every field of ``estimator.json``): a folder holding ``estimator.json`` (format,
+  class, parameters, template, fitted label set and fields, where the index is, a digest of it all) and,
+  unless the index is referenced in its own folder (the explicit ``"kind": "reference"`` entry, an absolute
+  path), ``index-<12 hex>/`` written by :meth:`ExampleIndex.save`. ``estimator.json`` is the commit point:
+  written to a temp file, fsynced and ``os.replace``d, after the index it points to is complete; the
+  previous save's index folder is kept for readers, older ones (only those ragicl made) are removed. Saves
+  to one folder are serialized by a lock file (``.lock``); a reader sees the old or the new estimator, never
+  a mix (it starts again when ``estimator.json`` changed while it was loading).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from ._atomic import exclusive_lock, unique_name, write_atomic
-from ._exceptions import EstimatorFormatError, IndexFormatError
+from ._estimator_folder import load_estimator, read_manifest, save_estimator, template_to_json
+from ._exceptions import EstimatorFormatError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EstimatorFormatError", "EstimatorMixin", "load_estimator", "save_estimator"]
-
-FORMAT = "ragicl-estimator"
-VERSION = 1
-MANIFEST = "estimator.json"
-_INDEX_PREFIX = "index-"
+__all__ = ["EstimatorFormatError", "EstimatorMixin", "load_estimator", "read_manifest", "save_estimator",
+           "template_to_json"]
 
 
 class EstimatorMixin:
@@ -173,186 +168,3 @@ def split_index_folder(data: Any) -> tuple[Path | None, Any]:
 
         return Path(data).resolve(), ExampleIndex.load(data)
     return None, data
-
-
-# ------------------------------------------------------------------------------------------ save/load
-def _param_to_json(name: str, value: Any) -> Any:
-    from .prompt.template import PromptTemplate
-
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, PromptTemplate):
-        return {"PromptTemplate": template_to_json(value)}
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    if name == "embedder" and hasattr(value, "name"):
-        return str(value.name)  # get_embedder maps the name back ("hash-64", a model name or path)
-    if name == "lm":
-        lm_name = getattr(value, "model_name", None) or getattr(value, "name", None)
-        if isinstance(lm_name, str):
-            logger.info("saving the LM object by its name %r; pass lm=... to load() for an object", lm_name)
-            return lm_name
-    raise EstimatorFormatError(f"cannot save parameter {name}={value!r}: only names, numbers, strings and "
-                               "PromptTemplates are stored. Fix: pass it by name (e.g. a model path).")
-
-
-def _param_from_json(value: Any) -> Any:
-    from .prompt.template import PromptTemplate
-
-    if isinstance(value, dict) and set(value) == {"PromptTemplate"}:
-        return PromptTemplate(**value["PromptTemplate"])
-    return value
-
-
-def template_to_json(template: Any) -> dict[str, Any]:
-    """The init fields of a frozen ``PromptTemplate`` as plain JSON values."""
-    out = {f.name: getattr(template, f.name) for f in dataclasses.fields(template) if f.init}
-    if out.get("verbalizer") is not None:
-        out["verbalizer"] = dict(out["verbalizer"])
-    return out
-
-
-def _index_reference(est: Any, index: Any, index_path: str | os.PathLike | None) -> Path | None:
-    """The folder holding ``index`` when it has one (given, or an index that knows its folder)."""
-    candidate = index_path
-    for source in (est, index):  # a folder the index was loaded from by fit(path), or one it knows itself
-        if candidate is None:
-            candidate = getattr(source, "index_folder_" if source is est else "path", None)
-    if candidate is None:
-        return None
-    folder = Path(candidate).resolve()
-    fingerprint = _folder_fingerprint(folder)
-    if fingerprint != index.dataset.fingerprint():
-        if index_path is None:
-            return None  # the index changed since it was loaded/saved there: embed it instead
-        raise EstimatorFormatError(f"index_path {str(folder)!r} does not hold the fitted index (its dataset "
-                                   f"fingerprint is {fingerprint!r}). Fix: save the index there first "
-                                   "(index.save(path)) or omit index_path to store the index inside the folder.")
-    return folder
-
-
-def _folder_fingerprint(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("dataset_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def save_estimator(est: Any, path: str | os.PathLike, *, index_path: str | os.PathLike | None = None) -> Path:
-    """Write a fitted estimator's folder (see the module docstring); returns the folder."""
-    est._check_fitted()
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if path.exists() and not path.is_dir():
-        raise EstimatorFormatError(f"{str(path)!r} is a file; save() needs a folder path (new or written by "
-                                   "save()).")
-    if path.is_dir() and not manifest_path.exists():
-        foreign = [p.name for p in path.iterdir()
-                   if not (p.name.startswith(_INDEX_PREFIX) or p.name.startswith("."))]
-        if foreign:
-            raise EstimatorFormatError(f"{str(path)!r} exists and is not a saved ragicl estimator (it holds "
-                                       f"{sorted(foreign)[:5]}); refusing to write into it. Fix: choose a new "
-                                       "or empty folder.")
-    path.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(path / ".lock"):  # concurrent saves to one folder: one at a time
-        return _save_locked(est, path, index_path)
-
-
-def _save_locked(est: Any, path: Path, index_path: str | os.PathLike | None) -> Path:
-    manifest_path = path / MANIFEST
-    index = est.index_
-    index_entry: dict[str, Any] | None = None
-    new_dir: str | None = None
-    if index is not None:
-        ref = _index_reference(est, index, index_path)
-        if ref is not None:
-            index_entry = {"kind": "reference", "path": str(ref), "fingerprint": index.dataset.fingerprint()}
-        else:
-            new_dir = unique_name(_INDEX_PREFIX)
-            index.save(path / new_dir)
-            index_entry = {"kind": "embedded", "path": new_dir, "fingerprint": index.dataset.fingerprint()}
-    data = {"format": FORMAT, "version": VERSION, "class": type(est).__name__,
-            "params": {name: _param_to_json(name, getattr(est, name)) for name in est._param_names()},
-            "fitted": {name: (template_to_json(getattr(est, name)) if name == "template_"
-                              else list(getattr(est, name))) for name in est._FITTED},
-            "index": index_entry}
-    try:
-        write_atomic(manifest_path, json.dumps(data, indent=2, ensure_ascii=False))
-    except BaseException:
-        if new_dir is not None:
-            shutil.rmtree(path / new_dir, ignore_errors=True)
-        raise
-    for old in path.iterdir():  # index folders of earlier saves: no longer referenced
-        if old.name.startswith(_INDEX_PREFIX) and old.name != new_dir and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved %s to %s", type(est).__name__, path)
-    return path
-
-
-def read_manifest(cls: type, path: str | os.PathLike) -> dict[str, Any]:
-    """``estimator.json`` of ``path``, checked to be a ragicl estimator folder of class ``cls``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise EstimatorFormatError(f"no saved estimator at {str(path)!r}: the folder does not exist. Fix: "
-                                   f"pass the folder written by {cls.__name__}.save(path).")
-    try:
-        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EstimatorFormatError(f"{str(path)!r} is not a saved ragicl estimator (no {MANIFEST}). Fix: pass "
-                                   f"the folder written by {cls.__name__}.save(path).") from None
-    except (OSError, ValueError) as err:
-        raise EstimatorFormatError(f"{path / MANIFEST} is unreadable ({err}); save the estimator again.") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EstimatorFormatError(f"{path / MANIFEST} is not a ragicl estimator file (format "
-                                   f"{data.get('format') if isinstance(data, dict) else None!r}).")
-    if data.get("version") != VERSION:
-        raise EstimatorFormatError(f"{str(path)!r} has estimator format version {data.get('version')!r}; this "
-                                   f"ragicl reads version {VERSION}. Save it again with this version.")
-    if data.get("class") != cls.__name__:
-        raise EstimatorFormatError(f"{str(path)!r} holds a saved {data.get('class')}, not a {cls.__name__}. "
-                                   f"Fix: load it with {data.get('class')}.load(path).")
-    return data
-
-
-def load_estimator(cls: type, path: str | os.PathLike, **overrides: Any) -> Any:
-    """A fitted ``cls`` from a folder written by :func:`save_estimator`; ``overrides`` replace saved
-    parameters (e.g. ``lm=`` an LM object, ``device=``)."""
-
-    path = Path(path)
-    for attempt in range(3):
-        data = read_manifest(cls, path)
-        try:
-            return _load_from(cls, path, data, overrides)
-        except IndexFormatError:
-            # a concurrent save may have swapped the pointer and removed the index we were opening
-            if attempt == 2 or read_manifest(cls, path) == data:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _load_from(cls: type, path: Path, data: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    from .index.core import ExampleIndex
-    from .prompt.template import PromptTemplate
-
-    params = {k: _param_from_json(v) for k, v in data["params"].items()}
-    unknown = set(overrides) - set(cls._param_names())
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {cls.__name__}.load; valid: "
-                         f"{sorted(cls._param_names())}.")
-    est = cls(**{**params, **overrides})
-    for name, value in data["fitted"].items():
-        setattr(est, name, PromptTemplate(**value) if name == "template_" else tuple(value))
-    entry = data.get("index")
-    if entry is None:
-        est.index_ = est.index_folder_ = None
-    else:
-        folder = path / entry["path"] if entry["kind"] == "embedded" else Path(entry["path"])
-        index = ExampleIndex.load(folder)
-        if _folder_fingerprint(folder) != entry["fingerprint"]:
-            raise EstimatorFormatError(f"the index folder {str(folder)!r} this estimator refers to now holds "
-                                       "other data (dataset fingerprint changed). Fix: fit and save the "
-                                       "estimator again, or restore that index.")
-        est.index_ = index
-        est.index_folder_ = folder.resolve() if entry["kind"] == "reference" else None
-    est._prepare()
-    return est

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import dataset_path
 
+from ragicl._atomic import seal
 from ragicl._exceptions import (
     DataError,
     EmbedderMismatchError,
@@ -83,9 +84,9 @@ def test_k_larger_than_index_pads(small):
 def test_save_load_search_identical(index, rte, tmp_path):
     path = index.save(tmp_path / "idx")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["previous_version"] is None
+    assert manifest["format_version"] == 3 and manifest["previous_version"] is None
     assert sorted(p.name for p in path.iterdir()) == [".lock", "manifest.json", manifest["version"]]
-    assert sorted(p.name for p in (path / manifest["version"]).iterdir()) == ["embeddings.npy",
+    assert sorted(p.name for p in (path / manifest["version"]).iterdir()) == [".ragicl-made", "embeddings.npy",
                                                                               "examples.jsonl", "index.faiss"]
     loaded = ExampleIndex.load(path)
     assert loaded.examples == index.examples and loaded.keys == index.keys
@@ -181,7 +182,7 @@ def test_load_truncated_file(saved, name):
 
 def test_load_count_mismatch_and_bad_manifest(saved):
     manifest = json.loads((saved / "manifest.json").read_text())
-    (saved / "manifest.json").write_text(json.dumps({**manifest, "count": 31}))
+    (saved / "manifest.json").write_text(json.dumps(seal({**manifest, "count": 31})))  # digest matches
     with pytest.raises(IndexFormatError, match="inconsistent.*31 examples"):
         ExampleIndex.load(saved)
     (saved / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))

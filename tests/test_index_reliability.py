@@ -22,6 +22,7 @@ import _index_worker as worker
 import numpy as np
 import pytest
 
+from ragicl._atomic import make_owned_dir
 from ragicl._exceptions import DataError, IndexFormatError
 from ragicl.data import from_records
 from ragicl.index import folder as _index_io
@@ -229,7 +230,7 @@ def _as_format1(path: Path) -> dict:
         os.replace(version / name, path / name)
     shutil.rmtree(version)
     (path / ".lock").unlink()
-    for key in ("version", "previous_version", "checksums"):
+    for key in ("version", "previous_version", "checksums", "own_versions", "metadata_digest"):
         manifest.pop(key)
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     return manifest
@@ -242,7 +243,7 @@ def test_format1_folders_still_load_and_convert_on_save(variants, tmp_path):
     assert worker.check_consistent(_load(path)) == "a"
     variants["b"].save(path)
     assert worker.check_consistent(_load(path)) == "b"
-    assert json.loads((path / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((path / "manifest.json").read_text())["format_version"] == _index_io.FORMAT_VERSION
     assert not [name for name in _index_io.FILES if (path / name).exists()]  # the flat files are gone
     assert (path / "NOTES.md").read_text() == "mine"
 
@@ -260,10 +261,11 @@ def test_load_finishes_a_format1_save_killed_between_its_renames(variants, tmp_p
 def test_load_removes_leftovers_of_killed_saves(variants, tmp_path):
     path = variants["a"].save(tmp_path / "idx")
     variants["b"].save(path)
-    (path / ".tmp-0123456789ab").mkdir()
-    (path / ".tmp-0123456789ab" / "index.faiss").write_bytes(b"x" * 100)
-    (path / "v-stale0000000").mkdir()
-    (path / ".manifest.json.tmp-abc").write_text("{}")
+    tmp = make_owned_dir(path / ".tmp-0123456789ab")  # as a save killed while writing makes them
+    (tmp / "index.faiss").write_bytes(b"x" * 100)
+    make_owned_dir(path / "v-00000000000a")  # published, never committed
+    (path / ".tmp-0123456789ac").mkdir()  # killed between mkdir and the marker: empty
+    (path / ".manifest.json.tmp-0123456789ab").write_text("{}")
     assert worker.check_consistent(_load(path)) == "b"
     _assert_tidy(path)
     assert len([p for p in path.iterdir() if p.name.startswith("v-")]) == 2  # current and previous kept

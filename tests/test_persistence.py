@@ -61,14 +61,19 @@ def test_save_load_with_the_index_inside(fitted, tmp_path):
     assert loaded.template == TEMPLATE and loaded.template_ == fitted.template_
     assert loaded.get_params(deep=False) == fitted.get_params(deep=False)
     _same_predictions(fitted, loaded)
-    # saving again replaces the estimator atomically and leaves exactly one index folder
+    # saving again replaces the estimator atomically; the previous index folder is kept for readers that
+    # opened the old estimator.json, older ones are removed
+    first = manifest["index"]["path"]
     fitted.set_params(k=1)
     try:
         fitted.save(folder)
+        fitted.save(folder)
     finally:
         fitted.set_params(k=2)
-    assert json.loads((folder / "estimator.json").read_text())["params"]["k"] == 1
-    assert len([p for p in folder.iterdir() if p.name.startswith("index-")]) == 1
+    last = json.loads((folder / "estimator.json").read_text())
+    assert last["params"]["k"] == 1 and last["previous_index"] not in (None, first)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("index-")) == sorted(
+        [last["index"]["path"], last["previous_index"]])
     assert not [p for p in folder.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no temp files
 
 

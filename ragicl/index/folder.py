@@ -6,20 +6,29 @@ vectors, the examples and their keys): this module knows the files, not ``Exampl
 another layout (``"layout"`` in their manifest, e.g. ``ragicl.distributed``'s ``"sharded"``) are opened by
 the loader registered for it with :func:`register_layout`.
 
-Layout (format 2; docs/DESIGN.md, *Index*)::
+Layout (format 3; docs/DESIGN.md, *Index*)::
 
     <path>/manifest.json        the pointer: the manifest of the current version, naming it ("version")
     <path>/v-<id>/index.faiss   the files of one version (immutable once published):
     <path>/v-<id>/embeddings.npy    float32 vectors (memory-mapped on load)
     <path>/v-<id>/examples.jsonl    one example per line, with its duplicate ``key``
-    <path>/.lock                advisory lock serializing savers
+    <path>/v-<id>/.ragicl-made  the marker: ragicl made this folder (``_atomic.MARKER``)
+    <path>/.lock                advisory lock serializing savers (never a link)
 
-A save (under the lock) writes ``.tmp-<id>/``, fsyncs it, renames it to ``v-<id>/`` and then replaces
-``manifest.json`` atomically (temp file, fsync, ``os.replace``): that one rename is the commit. A crash at
-any step leaves the old manifest naming the old, complete version; a reader sees one version or the other.
-The previous version is kept (a reader may still be loading it); older versions and temp leftovers are
-removed by the next save, or by a load that finds no save in progress. Other files in the folder are left
-alone. Format 1 folders (the files directly in ``<path>``) still load, and are converted by the next save.
+A save (under the lock) writes ``.tmp-<id>/`` (marker first), fsyncs it, renames it to ``v-<id>/`` and then
+replaces ``manifest.json`` atomically (temp file, fsync, ``os.replace``): that one rename is the commit. A
+crash at any step leaves the old manifest naming the old, complete version; a reader sees one version or the
+other. The previous version is kept (a reader may still be loading it); older versions and temp leftovers
+are removed by the next save, or by a load that finds no save in progress. Only what ragicl made is
+removed: ``<id>`` is 12 hex digits and the folder holds the marker (or is empty, or is a version the
+manifest records in ``own_versions``: those of format 2 have no marker). Other files in the folder, a
+``v-notes/`` or ``.tmp-cache/`` included, are left alone.
+
+``manifest.json`` carries ``metadata_digest``, a SHA-256 over its canonical JSON (``_atomic.seal``): load
+verifies it (required from format 3 on; also when a format-2 file has one), then the type of every field
+(:func:`check_manifest`); ``version``/``previous_version``/``own_versions`` must be plain ``v-<12 hex>``
+names, so a manifest cannot point a load at another folder. Format 2 (no digest, no markers) and format 1
+folders (the files directly in ``<path>``) still load, and are converted by the next save.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,13 +52,14 @@ import numpy as np
 from .. import _atomic
 from .._exceptions import EmbedderMismatchError, IndexFormatError, require
 from ..types import Example
+from ._manifest import FILES, READABLE_VERSIONS, check_manifest  # noqa: F401 (both part of this module's API)
 from .embed import Embedder, get_embedder
 
 logger = logging.getLogger("ragicl.index.core")
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: the flat layout of ragicl <= 0.x (files next to manifest.json)
-FILES = ("index.faiss", "embeddings.npy", "examples.jsonl")
+FORMAT_VERSION = 3
+# READABLE_VERSIONS (1, 2, 3): 1 is the flat layout of ragicl <= 0.x (files next to manifest.json), 2 has no
+# digest and no markers; FILES: the files of a version (both in _manifest, with the manifest's schema)
 CHECKSUM = "sha256"  # measured faster than blake2b on SHA-NI CPUs (docs/BENCHMARKS.md)
 SAVE_STEPS = ("locked", "tmp-created", "index.faiss", "embeddings.npy", "examples.jsonl", "synced",
               "version-published", "manifest-written", "manifest-replaced", "cleaned")
@@ -115,22 +126,46 @@ def make_manifest(fields: Mapping[str, Any], files: dict[str, int]) -> dict[str,
 
 def _is_ours(name: str) -> bool:
     """Entries a save creates (a folder holding only these is an interrupted first save, not foreign)."""
-    return name == ".lock" or name.startswith((".tmp-", ".manifest.json.tmp-", "v-"))
+    return (name in (".lock", _atomic.MARKER) or _atomic.is_strict_name(name, ".tmp-")
+            or _atomic.is_strict_name(name, "v-") or _atomic.is_temp_file(name, "manifest.json"))
 
 
-def _clean(path: Path, keep: set[str], *, legacy_files: bool = False) -> None:
-    """Remove temp leftovers and versions not in ``keep`` (call only while holding the lock)."""
+def _is_leftover(entry: Path, keep: set[str], known: set[str]) -> bool:
+    """Whether cleaning removes ``entry``: a temp file of ``manifest.json``, or a version/temp folder ragicl
+    made (strict name; marker, empty or ``known``) that is not in ``keep``."""
+    name = entry.name
+    if _atomic.is_temp_file(name, "manifest.json"):
+        return True
+    if name in keep or not (_atomic.is_strict_name(name, "v-") or _atomic.is_strict_name(name, ".tmp-")):
+        return False
+    return (name in known and entry.is_dir() and not entry.is_symlink()) or _atomic.is_owned_dir(entry)
+
+
+def _clean(path: Path, keep: set[str], known: set[str], *, legacy_files: bool = False) -> None:
+    """Remove temp leftovers and versions not in ``keep`` (call only while holding the lock); ``known``:
+    version folders a manifest records as made by ragicl (format 2 ones have no marker)."""
     for entry in list(path.iterdir()) if path.is_dir() else []:
-        name = entry.name
-        if name.startswith(".manifest.json.tmp-"):
-            entry.unlink(missing_ok=True)
-        elif (name.startswith(".tmp-") or (name.startswith("v-") and name not in keep)) and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        elif legacy_files and name in FILES:
-            entry.unlink(missing_ok=True)
+        if _is_leftover(entry, keep, known):
+            if _atomic.is_temp_file(entry.name, "manifest.json"):
+                _atomic.remove_temp_files(path, "manifest.json")
+            else:
+                _atomic.remove_owned_dir(entry, entry.name[:entry.name.index("-") + 1], known=known)
+        elif legacy_files and entry.name in FILES and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)  # a format-1 folder's files, named by its manifest
     for entry in path.parent.glob(f".{path.name}.*-*"):  # format-1 saves left these beside the folder
-        if entry.is_dir() and entry.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-")):
+        if _is_format1_leftover(path, entry):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _is_format1_leftover(path: Path, entry: Path) -> bool:
+    """A folder a format-1 save left beside ``path``: ``.<name>.tmp-<8 chars of mkdtemp>`` or
+    ``.<name>.old-<8 hex>``, holding nothing but that format's files."""
+    tail = entry.name[len(path.name) + 1:]
+    if not (re.fullmatch(r"\.tmp-[a-z0-9_]{8}", tail) or re.fullmatch(r"\.old-[0-9a-f]{8}", tail)):
+        return False
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    return all(p.name in (*FILES, "manifest.json") and p.is_file() for p in entry.iterdir())
 
 
 def _current(path: Path) -> dict[str, Any] | None:
@@ -138,6 +173,19 @@ def _current(path: Path) -> dict[str, Any] | None:
         return json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _own_names(manifest: Mapping[str, Any] | None) -> tuple[set[str], set[str]]:
+    """(versions to keep: the manifest's version and previous version; versions it records as made by
+    ragicl, which may be removed even without a marker). Strict names only; a manifest whose digest does
+    not match still protects its versions from removal but vouches for none."""
+    if not isinstance(manifest, Mapping):
+        return set(), set()
+    keep = {v for v in (manifest.get("version"), manifest.get("previous_version")) if _atomic.is_strict_name(v, "v-")}
+    if _atomic.DIGEST_FIELD in manifest and _atomic.check_digest(manifest):
+        return keep, set()
+    own = manifest.get("own_versions")
+    return keep, keep | {v for v in (own if isinstance(own, list) else []) if _atomic.is_strict_name(v, "v-")}
 
 
 def save(record: IndexFolder, path: Path) -> dict[str, Any]:
@@ -151,9 +199,10 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
     with _atomic.exclusive_lock(path / ".lock"):
         checkpoint("locked")
         old = _current(path) or {}
-        old_version = old.get("version") if isinstance(old.get("version"), str) else None
-        _clean(path, {v for v in (old_version, old.get("previous_version")) if isinstance(v, str)})
-        tmp = _atomic.make_dir(path / _atomic.unique_name(".tmp-"))
+        keep, known = _own_names(old)
+        old_version = old.get("version") if old.get("version") in keep else None
+        _clean(path, keep, known)
+        tmp = _atomic.make_owned_dir(path / _atomic.unique_name(".tmp-"))
         version = tmp.name.replace(".tmp-", "v-", 1)
         published = False
         try:
@@ -171,9 +220,11 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
                 fsync(tmp / name)
             fsync(tmp)
             checkpoint("synced")
-            manifest = {**make_manifest(record.manifest, {name: (tmp / name).stat().st_size for name in FILES}),
-                        "checksums": {name: file_checksum(tmp / name) for name in FILES},
-                        "version": version, "previous_version": old_version}
+            own = sorted(v for v in known if (path / v).is_dir()) + [version]
+            manifest = _atomic.seal({
+                **make_manifest(record.manifest, {name: (tmp / name).stat().st_size for name in FILES}),
+                "checksums": {name: file_checksum(tmp / name) for name in FILES},
+                "version": version, "previous_version": old_version, "own_versions": own})
             os.rename(tmp, path / version)
             fsync(path)
             checkpoint("version-published")
@@ -185,8 +236,8 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
             if not published:
                 for leftover in (tmp, path / version):
                     shutil.rmtree(leftover, ignore_errors=True)
-        _clean(path, {version} | ({old_version} if old_version else set()), legacy_files=bool(old)
-               and old_version is None)
+        _clean(path, {version} | ({old_version} if old_version else set()), set(own),
+               legacy_files=bool(old) and old.get("format_version") == 1)
         checkpoint("cleaned")
     return manifest
 
@@ -243,30 +294,26 @@ def read(path: Path, *, mmap: bool = True, verify: bool = True) -> IndexFolder:
 
 def _tidy(path: Path, manifest: dict[str, Any]) -> None:
     """Remove leftovers of killed saves, if no save is running (never blocks, never raises)."""
-    keep = {v for v in (manifest.get("version"), manifest.get("previous_version")) if isinstance(v, str)}
+    keep, known = _own_names(manifest)
     with contextlib.suppress(OSError):
-        if not keep or not any(_is_ours(p.name) and p.name not in keep | {".lock"} for p in path.iterdir()):
+        if not keep or not any(_is_leftover(p, keep, known) for p in path.iterdir()):
             return
         with _atomic.exclusive_lock(path / ".lock", blocking=False, create=False) as held:
             if held and _current(path) == manifest:
-                _clean(path, keep)
+                _clean(path, keep, known)
 
 
 def _read_version(path: Path, raw: bytes, *, mmap: bool, verify: bool, rebuild: str) -> IndexFolder:
     faiss = _faiss()
     try:
         manifest = json.loads(raw.decode("utf-8"))
-        count, dim = int(manifest["count"]), int(manifest["dimension"])
-        files = {name: int(manifest["files"][name]) for name in FILES}
-        format_version = manifest["format_version"]
-        checksums = manifest.get("checksums") or {}
-        base = path / manifest["version"] if format_version == 2 else path
-    except (ValueError, KeyError, TypeError) as err:
-        raise IndexFormatError(f"{path / 'manifest.json'} is unreadable or incomplete ({err!r}). "
-                               f"{rebuild}") from err
-    if format_version not in READABLE_VERSIONS:
-        raise IndexFormatError(f"{path} has index format version {format_version!r}; this ragicl reads "
-                               f"versions {list(READABLE_VERSIONS)}. {rebuild}")
+    except ValueError as err:  # UnicodeDecodeError included
+        raise IndexFormatError(f"{path / 'manifest.json'} is unreadable ({err!r}). {rebuild}") from err
+    check_manifest(path / "manifest.json", manifest, rebuild)
+    count, dim = manifest["count"], manifest["dimension"]
+    files = {name: manifest["files"][name] for name in FILES}
+    checksums = manifest.get("checksums") or {}
+    base = path / manifest["version"] if manifest["format_version"] >= 2 else path
     for name, size in files.items():
         if not (base / name).is_file():
             raise IndexFormatError(f"{path} is missing {base.name + '/' if base != path else ''}{name} "
@@ -282,14 +329,14 @@ def _read_version(path: Path, raw: bytes, *, mmap: bool, verify: bool, rebuild: 
         with open(base / "examples.jsonl", encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
         examples = [Example.from_json(row) for row in rows]
-    except (RuntimeError, ValueError, KeyError, OSError) as err:
-        raise IndexFormatError(f"could not read the index files in {base}: {err}. {rebuild}") from err
+        keys = [row.get("key") or ex.key() for row, ex in zip(rows, examples)]
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError) as err:
+        raise IndexFormatError(f"could not read the index files in {base}: {err!r}. {rebuild}") from err
     counts = {"index.faiss": cpu.ntotal, "embeddings.npy": vectors.shape[0], "examples.jsonl": len(examples)}
     if any(c != count for c in counts.values()) or vectors.shape[1:] != (dim,) or cpu.d != dim:
         raise IndexFormatError(f"{path} is inconsistent: the manifest says {count} examples of dimension "
                                f"{dim}, the files hold {counts} (vectors {vectors.shape}, faiss d={cpu.d}). "
                                f"{rebuild}")
-    keys = [row.get("key") or ex.key() for row, ex in zip(rows, examples)]
     return IndexFolder(manifest, cpu, vectors, examples, keys)
 
 
