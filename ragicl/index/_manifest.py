@@ -94,8 +94,8 @@ _SCHEMA: dict[str, tuple[Callable[[Any], bool], str, int | None]] = {
     "faiss_version": (_str, "a string", None),
     "created": (_str, "a string", None),
     "version": (_version, "a version folder name 'v-' + 12 hex digits (a folder inside this one)", 2),
-    "previous_version": (lambda v: v is None or _version(v), "null or a version folder name 'v-' + 12 hex digits",
-                         None),
+    "previous_version": (lambda v: v is None or _version(v),
+                         "null or a version folder name 'v-' + 12 hex digits (a folder inside this one)", None),
     "own_versions": (lambda v: isinstance(v, list) and all(_version(x) for x in v),
                      "a list of version folder names 'v-' + 12 hex digits", 3),
 }
