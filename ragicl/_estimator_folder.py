@@ -394,6 +394,10 @@ def _load_from(cls: type, path: Path, data: dict[str, Any], overrides: dict[str,
     index = folder = None
     if entry is not None:
         folder = path / entry["path"] if entry["kind"] == "embedded" else Path(entry["path"])
+        if entry["kind"] == "embedded" and folder.is_symlink():
+            raise EstimatorFormatError(f"{folder} is a symbolic link; an embedded index is a plain folder inside "
+                                       "the estimator's (an index elsewhere is referred to by an entry of kind "
+                                       "'reference'). Fix: save the estimator again.")
         index = ExampleIndex.load(folder)
         if _loaded_fingerprint(index) != entry["fingerprint"]:
             raise EstimatorFormatError(f"the index folder {str(folder)!r} this estimator refers to now holds "

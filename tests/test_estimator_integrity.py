@@ -146,3 +146,13 @@ def test_another_index_in_place_of_the_embedded_one_is_refused(tmp_path):
     worker.index_of("b").save(path / entry["path"])  # same folder name, other data
     with pytest.raises(EstimatorFormatError, match="now holds other data"):
         worker.load(path)
+
+
+def test_an_embedded_index_that_is_a_link_is_refused(tmp_path):
+    other = worker.index_of("a").save(tmp_path / "elsewhere")  # the same data: the fingerprint would match
+    path = worker.variant("a").save(tmp_path / "clf")
+    name = _data(path)["index"]["path"]
+    (path / name).rename(tmp_path / "moved")
+    (path / name).symlink_to(other)
+    with pytest.raises(EstimatorFormatError, match="is a symbolic link.*'reference'"):
+        worker.load(path)

@@ -195,3 +195,13 @@ def test_a_format2_version_left_by_a_killed_save_is_recorded_and_cleaned(variant
     assert old["previous_version"] in _manifest(path)["own_versions"]  # ...but recorded as ragicl's
     assert worker.check_consistent(_load(path)) == "a"  # the load's tidy-up removes it
     assert not (path / old["previous_version"]).exists()
+
+
+def test_a_version_folder_that_is_a_link_is_refused(variants, tmp_path):
+    other = variants["a"].save(tmp_path / "other")  # the same data elsewhere: checksums alone would pass
+    path = variants["a"].save(tmp_path / "idx")
+    version = _manifest(path)["version"]
+    os.rename(path / version, tmp_path / "moved")
+    os.symlink(other / _manifest(other)["version"], path / version)
+    with pytest.raises(IndexFormatError, match="is a symbolic link"):
+        _load(path)

@@ -314,6 +314,9 @@ def _read_version(path: Path, raw: bytes, *, mmap: bool, verify: bool, rebuild: 
     files = {name: manifest["files"][name] for name in FILES}
     checksums = manifest.get("checksums") or {}
     base = path / manifest["version"] if manifest["format_version"] >= 2 else path
+    if base != path and base.is_symlink():
+        raise IndexFormatError(f"{base} is a symbolic link; a version folder is a plain folder inside the index "
+                               f"folder. {rebuild}")
     for name, size in files.items():
         if not (base / name).is_file():
             raise IndexFormatError(f"{path} is missing {base.name + '/' if base != path else ''}{name} "
