@@ -184,13 +184,15 @@ class PredictionsLog:
 
 
 def _checkpoint_source(folder: str) -> str:
-    """The fine-tuned checkpoint's resolved path and a hash of its training record (a retrained folder differs)."""
+    """The fine-tuned checkpoint's resolved path and a hash of its training record (a retrained folder differs;
+    the record of a versioned folder names its model version, so every save differs). A damaged record is a
+    clear ``FinetuneFormatError`` (checked by ``read_finetune_record``), not a silently different source."""
     import hashlib
     from pathlib import Path
 
-    from .training.checkpoint import META_FILE
+    from .models import FINETUNE_RECORD, read_finetune_record
 
     p = Path(folder).resolve()
-    meta = p / META_FILE
-    digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "no-record"
-    return f"{p}#{digest}"
+    if read_finetune_record(p) is None:
+        return f"{p}#no-record"
+    return f"{p}#{hashlib.sha256((p / FINETUNE_RECORD).read_bytes()).hexdigest()[:16]}"

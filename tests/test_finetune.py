@@ -1,5 +1,6 @@
 """Fine-tuning the real SmolLM2 on a handful of SST-2 examples: the loss goes down, each mode trains only
-its parameters, LoRA checkpoints reload as plain models, saves are atomic."""
+its parameters, LoRA checkpoints reload as plain models (through the versioned fine-tune folder), saves are
+atomic (the folder under kills and corruption: tests/test_finetune_reliability.py)."""
 
 from __future__ import annotations
 
@@ -61,25 +62,42 @@ def test_each_mode_trains_only_its_parameters(smollm_lm, finetune_data, mode):
 
 
 def test_lora_checkpoint_reloads_as_a_plain_model(smollm_lm, finetune_data, tmp_path):
+    """The real model through the fine-tune folder: saved as a version, loaded back by ragicl (following the
+    record) and by plain transformers (on the version folder), a second run saved beside the first."""
     from transformers import AutoModelForCausalLM
+
+    from ragicl.lm.hf import TransformersLM
+    from ragicl.models import finetuned_model_path
+    from ragicl.training.checkpoint import read_meta
 
     prompts, targets, label_ids = finetune_data
     out = tmp_path / "ft-lora"
     res = finetune(smollm_lm, prompts[:2], targets[:2], label_ids, mode="lora", steps=1, batch_size=2,
                    lr=1e-3, out=out, show_progress=False)
     assert res.path == out
-    assert not (out / "adapter_config.json").exists() and (out / "config.json").exists()
-    meta = json.loads((out / "ragicl_finetune.json").read_text())
+    version = finetuned_model_path(out)
+    assert version.parent == out and version.name.startswith("model-")
+    assert not (version / "adapter_config.json").exists() and (version / "config.json").exists()
+    meta = read_meta(out)
     assert meta["mode"] == "lora" and meta["steps"] == 1 and meta["final_loss"] == res.losses[-1]
+    assert meta == json.loads((version / "ragicl_finetune.json").read_text())  # the version carries its record
     assert [p.name for p in tmp_path.iterdir()] == ["ft-lora"]  # no temp folders left behind
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert {p.name for p in out.iterdir()} == {".lock", "ragicl_finetune.json", version.name}
+    reloaded = AutoModelForCausalLM.from_pretrained(version).eval()
     assert not any("lora" in n for n, _ in reloaded.named_parameters())
     ids = torch.tensor([prompts[0]])
+    via_ragicl = TransformersLM(str(out), device="cpu", dtype="float32").load()
     with torch.inference_mode():
         np.testing.assert_allclose(reloaded(input_ids=ids).logits.numpy(),
                                    res.lm.model(input_ids=ids).logits.numpy(), atol=1e-4)
+        np.testing.assert_array_equal(via_ragicl.model(input_ids=ids).logits.numpy(),
+                                      reloaded(input_ids=ids).logits.numpy())
         base_logits = smollm_lm.model(input_ids=ids).logits
     assert not torch.equal(base_logits, reloaded(input_ids=ids).logits)
+    again = finetune(smollm_lm, prompts[:2], targets[:2], label_ids, mode="lora", steps=1, batch_size=2,
+                     lr=2e-3, out=out, show_progress=False)
+    assert finetuned_model_path(again.path) != version and version.is_dir()  # the previous version is kept
+    assert read_meta(out)["lr"] == 2e-3
 
 
 class _Saveable:
@@ -93,14 +111,18 @@ class _Saveable:
 
 
 def test_save_is_atomic(tmp_path):
+    from ragicl.training.checkpoint import read_meta
+
     out = tmp_path / "ckpt"
     save_model(_Saveable(), _Saveable(), out, {"run": 1})
-    assert json.loads((out / "ragicl_finetune.json").read_text()) == {"run": 1}
+    assert read_meta(out) == {"run": 1}
+    entries = sorted(p.name for p in out.iterdir())
     with pytest.raises(OSError, match="disk full"):
         save_model(_Saveable(fail=True), _Saveable(), out, {"run": 2})
-    assert json.loads((out / "ragicl_finetune.json").read_text()) == {"run": 1}  # previous one intact
+    assert read_meta(out) == {"run": 1}  # previous one intact
+    assert sorted(p.name for p in out.iterdir()) == entries  # and the failed save left nothing
     save_model(_Saveable(), _Saveable(), out, {"run": 3})
-    assert json.loads((out / "ragicl_finetune.json").read_text()) == {"run": 3}
+    assert read_meta(out) == {"run": 3}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from ragicl._exceptions import check_positive_int
-from ragicl.lm import scoring
+from ragicl.lm import _hf_load, scoring
 from ragicl.lm.batching import auto_batch_tokens, check_batch_tokens, token_batches
 from ragicl.lm.prefix import PrefixScorer, SharePrefix, check_share_prefix
 from ragicl.lm.protocol import LanguageModel, as_id_lists, check_pairs, check_prompts
-from ragicl.models import DEFAULT_LM, load_tokenizer, resolve_lm
+from ragicl.models import DEFAULT_LM, load_resolved, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,21 @@ _LOGIT_BYTES = 2**30
 class TransformersLM:
     """A causal LM loaded with ``transformers``, scoring and generating from token ids.
 
-    ``model`` is a short name known to :func:`ragicl.models.resolve_lm`, a hub id or a local folder.
+    ``model`` is a short name known to :func:`ragicl.models.resolve_lm`, a hub id, a local folder or a
+    fine-tuned folder (``ragicl finetune --out``, which loads with the same options as its base model).
     ``device="auto"`` picks CUDA when available, else CPU; ``dtype="auto"`` is bfloat16 on CUDA (float16
     where bfloat16 is unsupported) and float32 on CPU. Nothing is loaded until :meth:`load` or first use.
+
+    Large models (:mod:`ragicl.lm._hf_load`): ``device_map="auto"`` shards the layers over every visible
+    GPU (then CPU) with accelerate, the model is then not moved with ``.to`` and inputs go to the device of
+    its input embeddings (``device`` must stay ``"auto"``); ``device_map`` may also be a device or a dict.
+    ``quantization_config`` is a ``transformers`` quantization config (``BitsAndBytesConfig``, ``GPTQConfig``,
+    ...) or a dict (a ``BitsAndBytesConfig``'s keywords, or any config with ``quant_method``);
+    ``load_in_8bit`` / ``load_in_4bit`` are bitsandbytes shortcuts (4-bit: NF4, double quantization, computing
+    in ``dtype``), which need the ``bitsandbytes`` package and a CUDA GPU (a ``MissingDependencyError`` says
+    which is missing). ``attn_implementation`` (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...) and
+    ``model_kwargs`` (any other ``from_pretrained`` keyword: ``trust_remote_code``, ``revision``,
+    ``max_memory``, ...; the ones that pick files go to the tokenizer too) are passed through.
 
     Batches are sized by tokens: length-sorted prompts are grouped while rows × the longest row stays
     within ``batch_tokens`` padded slots (``"auto"``: from the device's free memory and the model's
@@ -64,14 +76,27 @@ class TransformersLM:
     >>> labels = [lm.tokenizer(w)["input_ids"] for w in (" positive", " negative")]  # doctest: +SKIP
     >>> lm.score_continuations([ids], labels).shape                              # doctest: +SKIP
     (1, 2)
+    >>> big = TransformersLM("org/Model-70B", device_map="auto", load_in_4bit=True,  # 70B over the GPUs
+    ...                      attn_implementation="sdpa", model_kwargs={"revision": "main"})
+    >>> big.load_in_4bit, big.device_map, big._model is None    # stores only: loads on first use
+    (True, 'auto', True)
     """
 
     def __init__(self, model: str = DEFAULT_LM, device: str = "auto", dtype: str = "auto",
                  batch_size: int | None = None, show_progress: bool | None = None,
-                 share_prefix: SharePrefix = "auto", batch_tokens: int | str | None = "auto") -> None:
+                 share_prefix: SharePrefix = "auto", batch_tokens: int | str | None = "auto", *,
+                 device_map: Any = None, quantization_config: Any = None, load_in_8bit: bool = False,
+                 load_in_4bit: bool = False, attn_implementation: str | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> None:
         self.model_name = model
         self.device = device
         self.dtype = dtype
+        self.device_map = device_map
+        self.quantization_config = quantization_config
+        self.load_in_8bit = load_in_8bit
+        self.load_in_4bit = load_in_4bit
+        self.attn_implementation = attn_implementation
+        self.model_kwargs = model_kwargs
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         self.show_progress = show_progress
@@ -111,13 +136,25 @@ class TransformersLM:
 
         self._check_batching()
         check_share_prefix(self.share_prefix)
+        extra = _hf_load.check_model_kwargs(self.model_kwargs)
         device = self._resolve_device()
         dtype = self._resolve_dtype(device)
-        path = resolve_lm(self.model_name)
-        logger.info("loading LM %s from %s on %s (%s)", self.model_name, path, device, dtype)
-        tokenizer = self._tokenizer if self._tokenizer is not None else AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        model.to(torch.device(device))
+        quant = _hf_load.quantization(self.quantization_config, self.load_in_8bit, self.load_in_4bit, dtype)
+        device_map = self.device_map
+        if quant is not None and device_map is None:  # a quantized model is placed at load, never moved
+            device_map = {"": device}
+        kwargs = _hf_load.from_pretrained_kwargs(dtype=dtype, device_map=device_map, quantization=quant,
+                                                 attn_implementation=self.attn_implementation, model_kwargs=extra)
+
+        def read(path: str) -> tuple[Any, Any]:  # a fine-tuned folder: both from one whole version
+            logger.info("loading LM %s from %s on %s (%s)", self.model_name, path, device_map or device, dtype)
+            tokenizer = self._tokenizer if self._tokenizer is not None else \
+                AutoTokenizer.from_pretrained(path, **_hf_load.tokenizer_kwargs(extra))
+            return tokenizer, AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+        tokenizer, model = load_resolved(self.model_name, read)
+        if not _hf_load.is_dispatched(model):
+            model.to(torch.device(device))
         model.eval()
         self._model, self._tokenizer = model, tokenizer
         return self
@@ -125,27 +162,18 @@ class TransformersLM:
     def _resolve_device(self) -> str:
         import torch
 
+        if self.device_map is not None:
+            _hf_load.check_device_map(self.device_map)
+            if self.device != "auto":
+                raise ValueError(f"pass device_map or device, not both (got device_map={self.device_map!r} and "
+                                 f"device={self.device!r}); device_map places the model itself.")
+            return _hf_load.placement_device(self.device_map)
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
     def _resolve_dtype(self, device: str) -> Any:
-        import torch
-
-        if self.dtype == "auto":
-            if device.startswith("cuda"):
-                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.float32
-        if isinstance(self.dtype, torch.dtype):
-            return self.dtype
-        names = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
-                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                 "half": torch.float16, "fp16": torch.float16}
-        key = str(self.dtype).removeprefix("torch.")
-        if key not in names:
-            raise ValueError(f"dtype must be 'auto' or one of {sorted(names)} (or a torch.dtype), "
-                             f"got {self.dtype!r}.")
-        return names[key]
+        return _hf_load.resolve_dtype(self.dtype, device)
 
     @property
     def model(self) -> Any:
@@ -156,7 +184,14 @@ class TransformersLM:
     def tokenizer(self) -> Any:
         """The tokenizer (loaded alone on first access: counting tokens never loads or converts the model)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.model_name)
+            kwargs = _hf_load.tokenizer_kwargs(_hf_load.check_model_kwargs(self.model_kwargs))
+            if kwargs:  # e.g. a revision or remote code: the tokenizer of the same files as the model
+                from transformers import AutoTokenizer
+
+                self._tokenizer = load_resolved(self.model_name, lambda path: AutoTokenizer.from_pretrained(
+                    path, **kwargs), weights=False)
+            else:
+                self._tokenizer = load_tokenizer(self.model_name)
         return self._tokenizer
 
     @property
@@ -176,7 +211,9 @@ class TransformersLM:
 
     def __repr__(self) -> str:
         state = "loaded" if self._model is not None else "not loaded"
-        return f"TransformersLM({self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, {state})"
+        options = "".join(f", {k}={getattr(self, k)!r}" for k in ("device_map", "quantization_config",
+                          "load_in_8bit", "load_in_4bit", "attn_implementation", "model_kwargs") if getattr(self, k))
+        return f"TransformersLM({self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}{options}, {state})"
 
     # ------------------------------------------------------------------ helpers
 

@@ -1,11 +1,12 @@
-"""Fine-tuning bookkeeping: the dev split, resumable checkpoints, the convergence record, atomic saves.
+"""Fine-tuning bookkeeping: the dev split, resumable checkpoints, the convergence record, the saved record.
 
 A resumable checkpoint is one file, ``<out>/checkpoint/state.pt``, holding everything the training loop
 needs to continue bit-for-bit: the trainable weights, the optimizer and scheduler states, the shuffling
 generator and the rest of the epoch's order, the step, the losses, the dev history and the best weights
-so far. It is written atomically (temporary file + rename) and only reused when its ``fingerprint`` (the
-training settings and a hash of the data) matches the run being started. The final
-:func:`save_model` replaces the whole output folder, checkpoint included.
+so far. It is written atomically (temporary file, fsync, rename, under the folder's lock; a temp file left
+by a killed write is removed by the next one) and only reused when its ``fingerprint`` (the training
+settings and a hash of the data) matches the run being started. The final :func:`save_model` publishes the
+model as a new version of the output folder and removes the checkpoint (:mod:`ragicl.training.folder`).
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import _atomic
+from ..models import FINETUNE_RECORD, POINTER_KEYS, read_finetune_record
+from . import folder as _folder
+from .folder import CHECKPOINT_DIR, STATE_FILE, check_output
+
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.pt"
-META_FILE = "ragicl_finetune.json"
+__all__ = ["CHECKPOINT_DIR", "CONVERGENCE_RULE", "META_FILE", "STATE_FILE", "base_mismatch_note", "check_output",
+           "checkpoint_path", "convergence_meta", "data_fingerprint", "load_state", "read_meta", "save_model",
+           "save_state", "split_dev", "training_note"]
+META_FILE = FINETUNE_RECORD
 
 #: how ``converged`` is decided, recorded next to it in every checkpoint's meta
 CONVERGENCE_RULE = ("converged = training stopped early because the dev loss had not improved by more than "
@@ -75,19 +80,26 @@ def checkpoint_path(out: str | os.PathLike) -> Path:
 
 
 def save_state(out: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write a training state atomically to ``<out>/checkpoint/state.pt``."""
+    """Write a training state atomically to ``<out>/checkpoint/state.pt`` (under the folder's lock; temp
+    files a killed write left are removed first)."""
     import torch
 
     path = checkpoint_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic.exclusive_lock(Path(out) / _folder.LOCK):
+        _folder.clean_state_temps(path.parent)
+        tmp = path.parent / _atomic.unique_name(f".{STATE_FILE}.tmp-")
+        try:
+            with open(tmp, "xb") as fh:  # 0o666 minus the umask, like any new file
+                torch.save(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _folder.save_step("state-written")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _atomic.fsync(path.parent)
     logger.info("checkpoint at step %d -> %s", state["step"], path)
     return path
 
@@ -124,47 +136,24 @@ def convergence_meta(*, history: Sequence[dict], stop_reason: str, has_dev: bool
             "dev_loss": best.get("dev_loss"), "dev_accuracy": best.get("dev_accuracy")}
 
 
-def save_model(model: Any, tokenizer: Any, out: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Save model + tokenizer (+ ``ragicl_finetune.json``) to ``out`` atomically.
-
-    Everything is written to a sibling temporary folder which then replaces ``out``; if anything fails
-    midway, a previous ``out`` is left untouched and no partial folder remains.
+def save_model(model: Any, tokenizer: Any, out: str | os.PathLike, meta: dict | None = None, *,
+               refuse_foreign: bool = True) -> Path:
+    """Save model + tokenizer (+ the training record ``meta``) as a new version of the folder ``out``,
+    crash-safely (:func:`ragicl.training.folder.save`: a kill at any point leaves the old or the new model,
+    and the next save removes what it left). Returns ``out``; load it with ``TransformersLM(str(out))`` or
+    plain transformers on :func:`ragicl.models.finetuned_model_path`. With ``refuse_foreign`` a folder
+    holding files ragicl did not make is refused (``FileExistsError``); nothing ragicl did not make is removed.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-tmp-", dir=out.parent))
-    old: Path | None = None
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if meta is not None:
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            old.rmdir()
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and old.exists() and not out.exists():
-            os.replace(old, out)  # put the previous checkpoint back
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved fine-tuned model to %s", out)
-    return out
+    return _folder.save(model, tokenizer, out, meta, refuse_foreign=refuse_foreign)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``ragicl_finetune.json`` of a saved fine-tuned model folder, or None when there is none."""
-    meta = Path(path) / META_FILE
-    if not meta.is_file():
+    """The training record of a fine-tuned model folder (its ``ragicl_finetune.json`` without the pointer
+    fields), or None when there is none; :class:`ragicl.models.FinetuneFormatError` when it is damaged."""
+    record = read_finetune_record(path)
+    if record is None:
         return None
-    try:
-        return json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return None
+    return {k: v for k, v in record.items() if k not in POINTER_KEYS}
 
 
 def base_mismatch_note(path: str | os.PathLike, lm: str) -> str | None:

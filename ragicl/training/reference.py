@@ -13,7 +13,9 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+from .. import _atomic
 from .._exceptions import DataError
 from ..lm.hf import LanguageModel, TransformersLM
 from ..models import DEFAULT_LM
@@ -22,6 +24,7 @@ from ..prompt.template import PromptTemplate
 from ..types import Dataset
 from .config import TrainConfig, resolve_config
 from .finetune import FinetuneResult, finetune
+from .folder import REFERENCE_STAMP, check_output, current_version
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,9 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
     of ``train``, best weights restored, checkpoints in ``out/checkpoint`` so an interrupted run resumes);
     ``steps=N`` is a fast fixed-length run, flagged as not converged in every report that uses it. The
     keyword settings override ``config``'s fields. With ``reuse=True`` an existing reference at ``out``
-    trained with the same settings and data is returned instead of training again.
+    trained with the same settings and data is returned instead of training again (its stamp,
+    ``ragicl_reference.json``, names the model version it describes: a folder saved over since is retrained).
+    An ``out`` holding files ragicl did not make is refused (``FileExistsError``) before any work.
     ``objective="gold"`` trains the gold label's likelihood alone (see :func:`ragicl.training.finetune.finetune`).
     """
     cfg = resolve_config(config, mode=mode, steps=steps, batch_size=batch_size, lr=lr, seed=seed, objective=objective)
@@ -62,15 +67,13 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
     settings = {"lm": getattr(model, "name", str(lm)), "template": repr(template),
                 "max_prompt_tokens": max_prompt_tokens, "data": train.fingerprint(),
                 **_stamp_fields(cfg)}
-    out = Path(out)
-    stamp = out / "ragicl_reference.json"
-    if reuse and stamp.exists():
-        saved = json.loads(stamp.read_text())
-        if saved.get("settings") == settings:
-            logger.info("reusing fine-tuned reference at %s (same data and settings)", out)
-            rec = saved["result"]
-            return FinetuneResult(**{**rec, "path": out, "losses": tuple(rec["losses"]),
-                                     "history": tuple(rec.get("history", ()))})
+    out = check_output(out)
+    stamp = out / REFERENCE_STAMP
+    if reuse and (saved := _reusable(out, settings)) is not None:
+        logger.info("reusing fine-tuned reference at %s (same data and settings)", out)
+        rec = saved["result"]
+        return FinetuneResult(**{**rec, "path": out, "losses": tuple(rec["losses"]),
+                                 "history": tuple(rec.get("history", ()))})
     if hasattr(model, "load"):
         model.load()
     packer = make_packer(model, template, max_prompt_tokens=max_prompt_tokens, labels=train.labels)
@@ -92,7 +95,24 @@ def train_reference(train: Dataset, *, lm: str | LanguageModel = DEFAULT_LM,
         "seconds": result.seconds, "losses": list(result.losses), "mode": result.mode, "steps": result.steps,
         "converged": result.converged, "stop_reason": result.stop_reason, "examples_seen": result.examples_seen,
         "dev_loss": result.dev_loss, "dev_accuracy": result.dev_accuracy, "history": list(result.history)}}
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, stamp)
+    record["model_version"] = current_version(out)
+    _atomic.write_atomic(stamp, json.dumps(record, indent=2))
     return result
+
+
+def _reusable(out: Path, settings: dict) -> dict[str, Any] | None:
+    """The stamp in ``out`` if it was made with ``settings`` for the model version the folder holds now."""
+    try:
+        saved = json.loads((out / REFERENCE_STAMP).read_text(encoding="utf-8"))
+        version = current_version(out)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:  # FinetuneFormatError included: train again, which replaces it
+        logger.warning("not reusing the reference at %s (%s); training it again", out, err)
+        return None
+    if not isinstance(saved, dict) or saved.get("settings") != settings or not isinstance(saved.get("result"), dict):
+        return None
+    if saved.get("model_version") != version:  # stamps of the flat layout name none, as does its record
+        logger.info("the stamp in %s describes another model version than the folder holds; training again", out)
+        return None
+    return saved

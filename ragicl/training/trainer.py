@@ -218,9 +218,10 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
     ``eval_fn(model, indices, pad_id) -> (mean loss, accuracy or None)`` scores the dev split (carved
     from the ``n`` examples, stratified by ``strata``); without it no dev split is made. ``longest`` is
     the longest example in tokens (checked against the context length). With ``out`` the trained model is
-    saved there with ``ragicl_finetune.json`` (``meta_extra`` added), and resumable checkpoints are
-    written under ``out/checkpoint`` meanwhile; ``fingerprint`` identifies the data so a checkpoint of
-    other data is never resumed. ``on_step`` is called after every step (e.g. to stop a run). ``lengths``
+    saved there as a new version with ``ragicl_finetune.json`` (``meta_extra`` added; layout in
+    :mod:`ragicl.training.folder`), and resumable checkpoints are written under ``out/checkpoint`` meanwhile;
+    a folder holding files ragicl did not make is refused (``FileExistsError``) before anything is trained.
+    ``fingerprint`` identifies the data so a checkpoint of other data is never resumed. ``on_step`` is called after every step (e.g. to stop a run). ``lengths``
     (tokens per example) lets a CPU step run its batch as passes of similar lengths (:func:`plan_passes`):
     the same loss and gradient with less padding; without it a step runs slices of ``max_rows`` rows.
     """
@@ -229,6 +230,8 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
     from transformers import get_linear_schedule_with_warmup
 
     cfg = config
+    if out is not None:
+        ck.check_output(out)  # before any work: a folder of someone else's files is refused now, not after training
     frac = cfg.resolved_dev_fraction if eval_fn is not None else 0.0
     train_idx, dev_idx = ck.split_dev(n, frac, cfg.max_dev_examples, cfg.seed, strata)
     if frac > 0 and not dev_idx:
@@ -374,7 +377,7 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
                 "trainable_parameters": n_params, "seconds": round(seconds, 3), "final_loss": losses[-1],
                 "best_step": st["best_step"], **conv, "losses": losses, "dev_history": st["history"],
                 **(meta_extra or {})}
-        path = ck.save_model(trained, tokenizer, out, meta)
+        path = ck.save_model(trained, tokenizer, out, meta, refuse_foreign=False)  # checked before training
     return FinetuneResult(path, seconds, tuple(losses), cfg.mode, st["step"], result_lm, conv["converged"],
                           st["stop_reason"], st["examples_seen"], conv["dev_loss"], conv["dev_accuracy"],
                           tuple(st["history"]))
