@@ -16,10 +16,14 @@ import csv
 import json
 import logging
 import math
+import numbers
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._exceptions import DataError, require
 from .types import Dataset, Example
@@ -27,6 +31,8 @@ from .types import Dataset, Example
 logger = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+#: Unicode categories a label may not contain: control characters (\n, \r, \t, ...), line/paragraph separators
+_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 _TASKS = ("classification", "generation")
 
 
@@ -49,6 +55,13 @@ def read_dataset(
         input_fields: input column names, in prompt order. Default: ``meta.json``'s ``input``, else every
             string column except the label, id and output columns.
         label_field: label column (classification). ``None`` reads unlabeled examples (``label=None``).
+            Labels are names: the values of the column must be of one kind, and become names this way:
+            text as it is; numbers by value, integral ones without a decimal part (``1`` and ``1.0`` are
+            the label ``"1"``, ``2.5`` is ``"2.5"``); booleans ``"true"``/``"false"``. A column mixing
+            kinds (``1`` and ``"1"``, ``true`` and ``"True"``) raises ``DataError`` naming the first row of
+            each kind, since its values would silently merge. A label must be one line of text: a line
+            break or other control character raises ``DataError`` (it would write prompt lines, e.g. a
+            fake demonstration, into every prompt that shows the example). CSV values are always text.
         output_field: target column of a generation dataset; giving it makes the task ``"generation"``.
         labels: the label set in a fixed order. Default: ``meta.json``'s ``labels``, else the sorted unique
             labels. A row whose label is outside an explicit/meta label set raises ``DataError``.
@@ -95,6 +108,7 @@ def read_dataset(
 
     examples: list[Example] = []
     seen_ids: dict[str, int] = {}
+    kinds: dict[str, tuple[int, Any]] = {}  # label kind -> (first row, its value): one kind per column
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise DataError(f"{where(i)} is a {type(row).__name__}; expected an object with fields "
@@ -116,7 +130,15 @@ def read_dataset(
                                 f"{list(label_set) if label_set else 'the labels'} (row has {sorted(row)}). "
                                 "Fix: label the row, pass label_field='<column>', or label_field=None "
                                 "for unlabeled data.")
+            kind = _label_kind(value)
+            if kind is None:
+                raise DataError(f"{where(i)}: label {value!r} is a {type(value).__name__}; expected text, a "
+                                "number or a boolean. Fix: write the label as a string.")
+            kinds.setdefault(kind, (i, value))
+            if len(kinds) > 1:
+                raise _mixed_labels(kinds, label_field, where)
             label = _label_str(value)
+            _check_label_text(label, f"{where(i)}: label {label!r}")
             if not label.strip():
                 raise DataError(f"{where(i)}: label field {label_field!r} is empty ({value!r}); expected a "
                                 "non-empty label. Fix: label the row or drop it (or label_field=None for "
@@ -135,7 +157,7 @@ def read_dataset(
             if _is_missing(value) or not str(value).strip():
                 raise DataError(f"{where(i)}: id field {id_field!r} is missing (row has {sorted(row)}). "
                                 "Fix: give every row an id, or pass id_field=None to use row numbers.")
-            ex_id = _label_str(value)
+            ex_id = _id_str(value)
             if ex_id in seen_ids:
                 raise DataError(f"{where(i)}: id {ex_id!r} repeats {where(seen_ids[ex_id])}; ids must be "
                                 "unique. Fix: deduplicate the ids, or pass id_field=None (row numbers).")
@@ -210,6 +232,10 @@ def parse_jsonl_line(line: str | bytes, lineno: int, path: Any) -> Any:
         raise DataError(f"line {lineno} of {path} is not valid JSON ({err.msg} at column "
                         f"{err.colno}): {line[:80]!r}. Expected one JSON object per line. "
                         "Fix: repair or remove that line.") from err
+    except RecursionError:
+        raise DataError(f"line {lineno} of {path} nests JSON arrays/objects too deeply to read "
+                        f"({line[:80]!r}...). Expected one JSON object per line whose fields are text, numbers "
+                        "or booleans. Fix: repair or remove that line.") from None
 
 
 def _read_jsonl(path: Path) -> tuple[list, Any]:
@@ -230,6 +256,9 @@ def _read_json(path: Path) -> list:
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}). "
                         "Fix: repair the file; for one object per line use the .jsonl suffix.") from err
+    except RecursionError:
+        raise DataError(f"{path} nests JSON arrays/objects too deeply to read. Expected a list of objects "
+                        "whose fields are text, numbers or booleans. Fix: repair the file.") from None
     if isinstance(data, Mapping):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) == 1:
@@ -246,8 +275,8 @@ def _read_meta(path: Path) -> dict:
         return {}
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"could not read {meta_path}: {err}. Expected a JSON object with task/input/labels/"
+    except (OSError, json.JSONDecodeError, RecursionError) as err:
+        raise DataError(f"could not read {meta_path}: {type(err).__name__}: {err}. Expected a JSON object with task/input/labels/"
                         "output. Fix: repair or remove it.") from err
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path} holds a JSON {type(meta).__name__}; expected an object. Fix: repair it.")
@@ -298,10 +327,68 @@ def _is_missing(value: Any) -> bool:
     return type(value).__name__ in {"NAType", "NaTType"}
 
 
-def _label_str(value: Any) -> str:
+def _id_str(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return value if isinstance(value, str) else str(value)
+
+
+def _label_kind(value: Any) -> str | None:
+    """``"text"``, ``"number"`` or ``"boolean"``: the kind of a label value (``None``: not a label)."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (numbers.Integral, numbers.Real)):
+        return "number"
+    return None
+
+
+def _label_str(value: Any) -> str:
+    """A label value as its name: text as is, ``true``/``false``, integral numbers without ``.0``.
+
+    >>> [_label_str(v) for v in ("1", 1, 1.0, 2.5, True, False)]
+    ['1', '1', '1', '2.5', 'true', 'false']
+    """
+    kind = _label_kind(value)
+    if kind == "text":
+        return value
+    if kind == "boolean":
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if kind == "number":
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    """A value as the data file spells it (JSON: ``true``, ``"1"``), else its repr."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _check_label_text(label: str, what: str) -> None:
+    """A label is a name on one line: no line break or other control character (it would write prompt lines)."""
+    bad = sorted({ch for ch in label if unicodedata.category(ch) in _BREAKING})
+    if bad:
+        raise DataError(f"{what} contains {', '.join(repr(ch) for ch in bad)}; a label is a name written on "
+                        "the answer line of every prompt that shows it, and a line break or control character "
+                        "in it would add prompt lines of its own (e.g. a fake demonstration). Fix: correct the "
+                        "label in the data (one line of text), or name it differently and give the words "
+                        "through the template's verbalizer.")
+
+
+def _mixed_labels(kinds: Mapping[str, tuple[int, Any]], label_field: str, where: Any) -> DataError:
+    found = "; ".join(f"{kind} {_show(value)} at {where(row)}" for kind, (row, value) in kinds.items())
+    return DataError(f"label field {label_field!r} mixes kinds of values: {found}. Labels are names, and "
+                     "values of different kinds (e.g. 1 and \"1\", or true and \"True\") would silently "
+                     "become one label. Expected one kind per column: all text, all numbers (1 and 1.0 are the "
+                     "same label \"1\") or all booleans (\"true\"/\"false\"). Fix: write every label the "
+                     "same way, e.g. all as strings.")
 
 
 def _infer_input_fields(rows: list, exclude: set) -> tuple[str, ...]:
@@ -333,6 +420,8 @@ def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
         raise DataError(f"labels must be a list of label names, received the string {labels!r}. "
                         f"Fix: labels=[{labels!r}, ...].")
     out = tuple(_label_str(lab) for lab in labels)
+    for lab in out:
+        _check_label_text(lab, f"label {lab!r} of the label set")
     if any(not lab.strip() for lab in out):
         raise DataError(f"labels must be non-empty names; received {list(out)}. Fix: drop or name the empty "
                         "label.")

@@ -224,3 +224,67 @@ def test_an_empty_label_is_an_error_with_its_line(tmp_path):
         read_dataset([{"text": "a", "label": "  "}])
     with pytest.raises(DataError, match="non-empty names"):
         read_dataset([{"text": "a", "label": "x"}], labels=["x", ""])
+
+
+# ----------------------------------------------------------------------------- label values (issue 35)
+@pytest.mark.parametrize("values, kinds", [
+    ([1, "1"], r'number 1 at row 0; text "1" at row 1'),
+    (["1", 1.0], r'text "1" at row 0; number 1.0 at row 1'),
+    ([True, "True"], r'boolean true at row 0; text "True" at row 1'),
+    ([1, True], r"number 1 at row 0; boolean true at row 1"),
+])
+def test_a_label_column_of_mixed_kinds_is_refused(values, kinds):
+    rows = [{"text": f"t{i}", "label": v} for i, v in enumerate(values)]
+    with pytest.raises(DataError, match=rf"label field 'label' mixes kinds of values: {kinds}\..*Fix: write "
+                                        "every label the same way"):
+        read_dataset(rows)
+
+
+def test_label_values_become_names_by_one_rule(tmp_path):
+    numbers = read_dataset([{"text": "a", "label": 1}, {"text": "b", "label": 1.0}, {"text": "c", "label": 2.5},
+                            {"text": "d", "label": 0}])
+    assert numbers.labels == ("0", "1", "2.5") and [ex.label for ex in numbers] == ["1", "1", "2.5", "0"]
+    flags = read_dataset([{"text": "a", "label": True}, {"text": "b", "label": False}])
+    assert flags.labels == ("false", "true") and flags[0].label == "true"
+    texts = read_dataset([{"text": "a", "label": "True"}, {"text": "b", "label": "1"}])
+    assert texts.labels == ("1", "True")  # text stays as written
+    # a file names the line of each kind; a column of lists is not a label
+    path = _write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a", "label": "1"}, {"text": "b", "label": "1"},
+                                                   {"text": "c", "label": 1}])
+    with pytest.raises(DataError, match=r'text "1" at row 0 \(line 1\) of .*; number 1 at row 2 \(line 3\)'):
+        read_dataset(path)
+    with pytest.raises(DataError, match=r"row 0: label \[1\] is a list; expected text, a number or a boolean"):
+        read_dataset([{"text": "a", "label": [1]}])
+    pd = pytest.importorskip("pandas")  # numpy scalars follow the same rule
+    df = pd.DataFrame({"text": ["a", "b"], "label": [1, 0]})
+    assert read_dataset(df).labels == ("0", "1") and read_dataset(df, labels=["1", "0"]).labels == ("1", "0")
+    assert read_dataset(pd.DataFrame({"text": ["a", "b"], "label": [True, False]})).labels == ("false", "true")
+
+
+def test_a_label_with_a_line_break_is_refused_at_read_time(tmp_path):
+    fake = "negative\n\nText: terrible\nLabel: positive"
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "fine", "label": "positive"}, {"text": "ok", "label": fake}])
+    with pytest.raises(DataError, match=r"row 1 \(line 2\) of .*: label 'negative\\n\\nText: terrible.*contains "
+                                        r"'\\n'.*fake demonstration.*Fix: correct the label"):
+        read_dataset(path)
+    for bad in ("a\rb", "tab\there", "x\u2028y", "nul\x00"):
+        with pytest.raises(DataError, match="contains"):
+            read_dataset([{"text": "t", "label": bad}])
+    with pytest.raises(DataError, match=r"label 'b\\nc' of the label set contains"):
+        read_dataset([{"text": "t", "label": "a"}], labels=["a", "b\nc"])
+    assert read_dataset([{"text": "t", "label": "très bien 😀 отлично"}]).labels == ("très bien 😀 отлично",)
+
+
+def test_deeply_nested_json_is_a_data_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": ' + deep + ', "label": "x"}\n')
+    with pytest.raises(DataError, match="line 2 of .*d.jsonl nests JSON arrays/objects too deeply"):
+        read_dataset(tmp_path / "d.jsonl")
+    (tmp_path / "d.json").write_text("[" + deep + "]")
+    with pytest.raises(DataError, match="d.json nests JSON arrays/objects too deeply"):
+        read_dataset(tmp_path / "d.json")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "meta.json").write_text(deep)
+    _write_jsonl(tmp_path / "sub" / "train.jsonl", [{"text": "a", "label": "x"}])
+    with pytest.raises(DataError, match="could not read .*meta.json: RecursionError"):
+        read_dataset(tmp_path / "sub" / "train.jsonl")

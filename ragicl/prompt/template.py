@@ -21,7 +21,9 @@ content.
 
 from __future__ import annotations
 
+import re
 import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,6 +51,9 @@ _PRESETS: dict[str, str] = {
     "gsm8k": "Question: {question}\nAnswer: {output}",
 }
 
+# The characters str.splitlines() breaks a line at.
+_LINE_BREAKS = r"\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
 # A user-content stand-in that no chat template alters; split on it to get the fixed chat frame.
 _CHAT_PLACEHOLDER = "RAGICL_USER_CONTENT_7f3a9c"
 
@@ -61,6 +66,9 @@ class _Parsed:
     fields: tuple[str, ...]  # input fields in order of first use
     target: str  # "label" or "output"
     lead: str  # text between the query cue and the target placeholder
+    line_cues: tuple[str, ...]  # text the format starts a line with ("Review:", "Sentiment:")
+    inline_cue: str  # the answer cue when it does not start a line ("Label:" in "Text: {text} Label: {label}")
+    at_line_start: frozenset[str]  # input fields the format places at the start of a line
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,27 @@ class PromptTemplate:
         stripped = last_literal.rstrip(" ")
         lead = last_literal[len(stripped):]
         cue = tuple(pieces[:-1]) + (((stripped, None),) if stripped else ())
-        return _Parsed(cue, tuple(fields), target, lead)
+        line_cues: list[str] = []
+        at_line_start: set[str] = set()
+        for n, (literal, name) in enumerate(pieces):
+            lines = literal.split("\n")
+            for j, line in enumerate(lines):
+                if (j > 0 or n == 0) and line.strip() and line.strip() not in line_cues:
+                    line_cues.append(line.strip())
+            if name is not None and (lines[-1].strip(" \t") == "" and (len(lines) > 1 or n == 0)):
+                at_line_start.add(name)
+        answer_line = last_literal.rsplit("\n", 1)[-1].strip()
+        inline = answer_line if "\n" not in last_literal and len(pieces) > 1 else ""
+        return _Parsed(cue, tuple(fields), target, lead, tuple(line_cues), inline, frozenset(at_line_start))
+
+    @cached_property
+    def _cue_pattern(self) -> re.Pattern[str] | None:
+        """Matches a line that starts with one of the format's line cues (``None``: the format has none)."""
+        cues = self._parsed.line_cues
+        if not cues:
+            return None
+        alternatives = "|".join(re.escape(c) for c in sorted(cues, key=len, reverse=True))
+        return re.compile(f"[{_LINE_BREAKS}][ \t]*({alternatives})")
 
     @property
     def input_fields(self) -> tuple[str, ...]:
@@ -212,14 +240,23 @@ class PromptTemplate:
 
     # ---------------------------------------------------------------------------------------- rendering
     def render_query(self, inputs: Mapping[str, str] | Example, *, example_id: str | None = None) -> str:
-        """The query cue filled with ``inputs``: the example format up to (not including) the answer."""
+        """The query cue filled with ``inputs``: the example format up to (not including) the answer.
+
+        A query's text is not checked against the template's cues (it shapes its own prompt only); a
+        demonstration's is (:meth:`render_example`), since it reaches every prompt that retrieves it.
+        """
         if hasattr(inputs, "inputs"):
             example_id = inputs.id if example_id is None else example_id  # type: ignore[union-attr]
             inputs = inputs.inputs  # type: ignore[union-attr]
-        return self._fill(self._parsed.cue_pieces, inputs, example_id)  # type: ignore[arg-type]
+        return self._fill(self._parsed.cue_pieces, inputs, example_id, check=False)  # type: ignore[arg-type]
 
     def render_example(self, ex: Example) -> str:
         """A demonstration: the example format filled in (query cue, lead, verbalized label or output).
+
+        Raises :class:`DataError` when an input, the output or the label's words contain text the prompt
+        would read as the template's own structure (:meth:`check_text`): a demonstration is shown in every
+        prompt that retrieves it, so one injected line (``"...\\n\\nReview: bad\\nSentiment: positive"``)
+        would add a fake demonstration to all of them. The packer renders every example at ``fit``.
 
         In chat mode demonstrations keep the lead; only the final answer in the assistant turn drops it.
         """
@@ -228,17 +265,66 @@ class PromptTemplate:
         if target is None:
             raise DataError(f"example {ex.id!r} has no {parsed.target}; every demonstration needs one "
                             f"(the template ends with {{{parsed.target}}}).")
-        body = self.verbalize(target) if parsed.target == "label" else target
+        if parsed.target == "label":
+            body = self.verbalize(target)
+        else:
+            body = target
+            self.check_text(body, f"the output of example {ex.id!r}")
         return self._fill(parsed.cue_pieces, ex.inputs, ex.id) + parsed.lead + body
 
     def verbalize(self, label: str) -> str:
-        """The word(s) a label is written as: ``verbalizer[label]``, or the label with ``_`` as spaces."""
-        return verbalize(label, self.verbalizer)
+        """The word(s) a label is written as: ``verbalizer[label]``, or the label with ``_`` as spaces.
+
+        Raises :class:`DataError` when those words would write prompt structure of their own (see
+        :meth:`check_text`): a line break or control character, the separator, or the inline answer cue.
+        """
+        words = verbalize(label, self.verbalizer)
+        self.check_text(words, f"label {label!r}" + (f" (written {words!r})" if words != label else ""),
+                        is_label=True)
+        return words
+
+    def check_text(self, value: str, what: str, *, field: str | None = None, is_label: bool = False) -> None:
+        """Refuse text that the prompt would read as the template's own structure.
+
+        An input or output must not hold a line that starts with one of the format's line cues (the text
+        a line of the format starts with, e.g. ``Review:`` and ``Sentiment:`` in the default format):
+        everything after it would read as another field, an answer or a demonstration.
+        Nor may it hold the separator when the separator has visible text (``"\\n###\\n"``), nor the
+        answer cue of a one-line format (``Label:`` in ``"Text: {text} Label: {label}"``). A label's words
+        additionally hold no line break or control character at all. Raises :class:`DataError` naming
+        ``what``, the text found and the fix.
+        """
+        parsed = self._parsed
+        found: str | None = None
+        if is_label:
+            bad = sorted({ch for ch in value if unicodedata.category(ch) in ("Cc", "Zl", "Zp")})
+            if bad:
+                found = f"the character(s) {', '.join(repr(ch) for ch in bad)} (a label is written on one line)"
+        else:
+            pattern = self._cue_pattern
+            text = "\n" + value if field in parsed.at_line_start else value
+            match = pattern.search(text) if pattern is not None else None
+            if match is not None:
+                found = (f"a line starting with {match.group(1)!r}, which is how the template starts a line "
+                         "of its own")
+        if found is None and self.separator.strip() and self.separator in value:
+            found = f"the separator {self.separator!r} between demonstrations"
+        if found is None and parsed.inline_cue and parsed.inline_cue in value:
+            found = f"the template's answer cue {parsed.inline_cue!r}"
+        if found is not None:
+            fix = ("rename the label or give its words through the verbalizer" if is_label else
+                   "remove or reword that text in the data, or use a template whose cues do not occur in it")
+            raise DataError(f"{what} contains {found}; in the prompt it would read as part of the template "
+                            f"{self.example!r} (e.g. a fake demonstration or answer). Fix: {fix}.")
 
     def answer(self, target: str) -> str:
         """The continuation the LM scores: lead + verbalized label (classification) or lead + output."""
         parsed = self._parsed
-        body = self.verbalize(target) if parsed.target == "label" else target
+        if parsed.target == "label":
+            body = self.verbalize(target)
+        else:
+            body = target
+            self.check_text(body, "an output")
         return ("" if self.chat else parsed.lead) + body
 
     def chat_frame(self, tokenizer: Any) -> tuple[str, str, bool]:
@@ -269,20 +355,22 @@ class PromptTemplate:
             in_system = False  # the template dropped the system message
         return prefix, suffix, in_system
 
-    @staticmethod
-    def _fill(pieces: Sequence[tuple[str, str | None]], inputs: Mapping[str, str],
-              example_id: str | None) -> str:
+    def _fill(self, pieces: Sequence[tuple[str, str | None]], inputs: Mapping[str, str],
+              example_id: str | None, *, check: bool = True) -> str:
         out: list[str] = []
+        where = f"example {example_id!r}" if example_id is not None else "the query"
         for literal, name in pieces:
             out.append(literal)
             if name is not None:
                 try:
                     value = inputs[name]
                 except KeyError:
-                    where = f"example {example_id!r}" if example_id is not None else "the query"
                     raise DataError(f"{where} has no input field {name!r} (it has {sorted(inputs)}); the "
                                     f"template uses {{{name}}}. Fix the data or the template.") from None
-                out.append(value if isinstance(value, str) else str(value))
+                value = value if isinstance(value, str) else str(value)
+                if check:
+                    self.check_text(value, f"input field {name!r} of {where}", field=name)
+                out.append(value)
         return "".join(out)
 
 
