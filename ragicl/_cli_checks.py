@@ -135,6 +135,25 @@ def check_input_path(path: str | os.PathLike, option: str, what: str) -> Path:
     return p
 
 
+def check_finetuned(path: str | os.PathLike, option: str = "--finetuned") -> Path:
+    """A fine-tuned checkpoint is a folder (``ragicl finetune --out``, or a model folder with ``config.json``).
+
+    A file is refused before anything is loaded: a lone ``.bin``/``.pt`` is a pickle, and unpickling runs
+    whatever code it holds.
+    """
+    what = "a fine-tuned checkpoint folder made by `ragicl finetune --out` (or a model folder with config.json)"
+    p = check_input_path(path, option, what)
+    if not p.is_dir():
+        raise UsageError(f"{option} {str(p)!r} is a file; expected {what}. ragicl does not load a weights file "
+                         "given alone (a .bin/.pt file is a pickle, and unpickling runs the code it holds). Fix: "
+                         "pass the folder `ragicl finetune --out` wrote, or save the model with "
+                         "save_pretrained() into a folder.")
+    if not (p / "ragicl_finetune.json").is_file() and not (p / "config.json").is_file():
+        raise UsageError(f"{option} {str(p)!r} holds neither ragicl_finetune.json nor config.json; expected "
+                         f"{what}. Fix: check the path.")
+    return p
+
+
 def report_error(err: BaseException, verbose: bool) -> int:
     """Print ``ragicl: error: <message>`` (and the traceback when ``verbose``); return the exit status."""
     if verbose:

@@ -14,8 +14,10 @@ Every command logs progress to stderr and prints its result (a summary or a tabl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from ._cli_checks import (
     UsageError,
     check_factory,
+    check_finetuned,
     check_input_path,
     check_lm,
     check_output_dir,
@@ -69,19 +72,35 @@ def _read(path: str, args: argparse.Namespace, name: str | None = None):
                         output_field=args.output_field, name=name)
 
 
+_ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def unescape(text: str) -> str:
+    r"""``--template``/``--instruction`` text with ``\n``, ``\t``, ``\r`` and ``\\`` read as escapes.
+
+    Only those four: every other character, any Unicode included, is kept as typed (other backslashes too).
+
+    >>> unescape(r"Отзыв: {text}\nОценка: {label}")
+    'Отзыв: {text}\nОценка: {label}'
+    >>> unescape(r"a\\nb \d")
+    'a\\nb \\d'
+    """
+    return re.sub(r"\\([\\ntr])", lambda m: _ESCAPES[m.group(1)], text)
+
+
 def _template(args: argparse.Namespace, dataset):
     from .prompt.template import PromptTemplate
 
+    instruction = unescape(args.instruction) if getattr(args, "instruction", None) else ""
     if getattr(args, "template", None):
-        template = PromptTemplate(example=args.template.encode().decode("unicode_escape"),
-                                  instruction=args.instruction or "")
+        template = PromptTemplate(example=unescape(args.template), instruction=instruction)
         template.validate(dataset.input_fields)
         return template
     base = PromptTemplate.default(dataset.input_fields)
-    if getattr(args, "instruction", None):
+    if instruction:
         from dataclasses import replace
 
-        base = replace(base, instruction=args.instruction)
+        base = replace(base, instruction=instruction)
     return base
 
 
@@ -176,13 +195,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError(f"--rescore {unknown[0]!r} is not a system of this run; expected one of "
                              f"{system_names(args)} (quote names with spaces: --rescore 'ragicl best').")
     if args.finetuned:
-        check_input_path(args.finetuned, "--finetuned", "a fine-tuned checkpoint folder made by "
-                         "`ragicl finetune`")
+        check_finetuned(args.finetuned)
     check_lm(args.lm)
     index = ExampleIndex.load(args.index)
     template = _template(args, index.dataset)
     test = _read(args.test, args, name=_dataset_name(args.test))
     check_test_labels(test, index, args.test, args.index)
+    if test.task == "classification":  # a test set may hold some of the index's labels: scored over all
+        test = dataclasses.replace(test, labels=tuple(index.labels))
     from .training.checkpoint import base_mismatch_note
 
     notes = []
@@ -254,6 +274,8 @@ def _dataset_name(path: str | os.PathLike) -> str:
     return p.parent.name if p.stem in {"train", "test", "dev", "validation"} else p.stem
 
 
+ESCAPES_HELP = r"\n, \t and \r are a newline, a tab and a carriage return, \\ a backslash; any Unicode is kept"
+TEMPLATE_HELP = r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'; " + ESCAPES_HELP
 DEVICE_HELP = "where the models run: auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps"
 
 
@@ -261,9 +283,8 @@ def _index_template_args(p: argparse.ArgumentParser, *, json_help: str) -> None:
     """--index, --json, --template, --instruction: the options eval and tune share."""
     p.add_argument("--index", required=True, help="index folder made by `ragicl index build`")
     p.add_argument("--json", default=None, help=json_help)
-    p.add_argument("--template", default=None,
-                   help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
-    p.add_argument("--instruction", default=None, help="text placed before the demonstrations")
+    p.add_argument("--template", default=None, help=TEMPLATE_HELP)
+    p.add_argument("--instruction", default=None, help=f"text placed before the demonstrations; {ESCAPES_HELP}")
 
 
 def _eval_args(p: argparse.ArgumentParser, k: int = 16) -> None:
@@ -362,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=positive_int, default=16, help="examples per optimizer step (default 16)")
     f.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default 5e-5)")
     f.add_argument("--seed", type=int, default=0, help="seed of the data order, dev split and LoRA init")
-    f.add_argument("--template", default=None, help=r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'")
-    f.add_argument("--instruction", default=None, help="text put before the examples of every prompt")
+    f.add_argument("--template", default=None, help=TEMPLATE_HELP)
+    f.add_argument("--instruction", default=None, help=f"text put before the examples of every prompt; {ESCAPES_HELP}")
     f.add_argument("--force", action="store_true", help="train even if a matching checkpoint exists")
     f.add_argument("--aux-fewshot", type=non_negative_int, default=0, metavar="K",
                    help="add the auxiliary K-shot loss (Lee, Sohn & Lee 2026) with shots retrieved from --index")

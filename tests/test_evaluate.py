@@ -151,3 +151,26 @@ def test_reference_record_is_found_from_a_loaded_lm(tmp_path):
     record = reference_training("fine-tuned", CheckpointSystem([[0.5, 0.5]], LoadedLM()))
     assert record["path"] == str(folder) and "fast reference" in record["note"]
     assert reference_training("x", CheckpointSystem([[0.5, 0.5]], "SmolLM2-135M-Instruct")) is None
+
+
+def test_a_test_set_with_some_of_the_labels_is_scored_over_all_of_them():
+    """A test file holding only one of the index's labels is normal, not an error (issue 35)."""
+    classes = ("negative", "neutral", "positive")
+    exs = tuple(Example(str(i), {"text": f"t{i}"}, label="positive") for i in range(4))
+    test = Dataset(exs, ("text",), "classification", ("positive",), name="pos-only")  # its own label set
+    icl = FixedSystem([[0.1, 0.1, 0.8], [0.6, 0.1, 0.3], [0.2, 0.2, 0.6], [0.1, 0.5, 0.4]], classes=classes)
+    ft = FixedSystem([[0.0, 0.0, 1.0]] * 4, classes=classes)
+    report = compare(test, {"icl": icl, "fine-tuned": ft}, n_boot=50)
+    assert report.labels == classes
+    assert report.system("icl").accuracy.estimate == 0.5 and report.system("fine-tuned").accuracy.estimate == 1.0
+    # F1s: positive 2*2/(4+2) = 2/3, negative and neutral 0 (predicted once each, never gold)
+    assert report.system("icl").macro_f1 == pytest.approx((2 / 3 + 0 + 0) / 3)
+    assert report.system("fine-tuned").macro_f1 == 1.0  # labels neither gold nor predicted are left out
+    (note,) = report.notes
+    assert "holds 1 of the 3 labels (none of ['negative', 'neutral'])" in note and "macro-F1" in note
+    assert note in report.table()
+    # a gold label outside the systems' labels, or systems with different labels, are still errors
+    with pytest.raises(DataError, match=r"test set has label\(s\) \['maybe'\].*predicts labels"):
+        compare(Dataset((Example("0", {"text": "t"}, label="maybe"),), ("text",)), {"icl": icl}, reference=None)
+    with pytest.raises(ValueError, match="system 'b' predicts labels.*same index"):
+        compare(test, {"a": icl, "b": FixedSystem(icl.probs, classes=classes[::-1])}, reference=None)

@@ -79,6 +79,33 @@ def test_damaged_or_foreign_files_say_what_to_do(tmp_path):
         load_predictions(bad)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"systems": []}, "'systems' holds list, expected a JSON object"),
+    ({"settings": [1, 2]}, "'settings' holds list, expected a JSON object"),
+    ({"queries": {"0": "a"}}, "'queries' holds dict, expected a JSON list"),
+    ({"labels": [1, 2]}, "'labels' must be distinct strings"),
+    ({"labels": ["a", "a"]}, "'labels' must be distinct strings"),
+    ({"notes": "one"}, "'notes' holds str"),
+    ({"notes": [3]}, "'notes' must be strings"),
+    ({"systems": {"x": [0.5]}}, "damaged predictions file"),
+    ({"systems": {"x": {"probs": [[0.5, 0.5]], "seconds": "soon"}}}, "damaged predictions file"),
+])
+def test_a_file_of_the_wrong_shape_is_a_data_error(tmp_path, change, message):
+    """Before issue 35 these raised AttributeError/TypeError (a traceback from `ragicl eval`)."""
+    good = {"format": "ragicl-predictions/1", "dataset": "x", "labels": ["a", "b"],
+            "queries": [{"id": "0", "gold": "a"}], "settings": {}, "notes": [],
+            "systems": {"x": {"probs": [[0.5, 0.5]], "seconds": 1.0}}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(good))
+    assert load_predictions(path).probs["x"].shape == (1, 2)
+    path.write_text(json.dumps({**good, **change}))
+    with pytest.raises(DataError, match=message):
+        load_predictions(path)
+    path.write_text('{"format": "ragicl-predictions/1", "labels": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    with pytest.raises(DataError, match="not a readable predictions file"):
+        load_predictions(path)
+
+
 @pytest.fixture()
 def tiny(tmp_path):
     rows = [json.loads(line) for line in dataset_path("sst2", "train").read_text().splitlines()[:40]]

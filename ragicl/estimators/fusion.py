@@ -358,9 +358,11 @@ def neighbours(index: ExampleIndex, examples: Sequence[Example], k: int
     indexed examples, nearest first.
 
     The query itself (an indexed example with the same text) is excluded, as :class:`Retriever` does, so a
-    dev query drawn from the training set never votes for itself.
+    dev query drawn from the training set never votes for itself. ``k`` is capped at the index size, as
+    ``index.search`` caps it (no ``(n, k)`` array wider than the index: ``k=10**9`` is the whole index).
     """
-    retrieved = Retriever(k=min(k, len(index)), selection="topk").retrieve(index, list(examples))
+    k = max(0, min(int(k), len(index)))
+    retrieved = Retriever(k=k, selection="topk").retrieve(index, list(examples))
     label_of = index.label_ids
     positions = np.full((len(examples), k), -1, dtype=np.int64)
     labels = np.full((len(examples), k), -1, dtype=np.int64)

@@ -217,6 +217,34 @@ def gap(probs: np.ndarray, reference_probs: np.ndarray, *, system: str = "system
                exceed)
 
 
+def _gold(test: Dataset, systems: Mapping[str, ProbabilisticClassifier]
+          ) -> tuple[tuple[str, ...], np.ndarray, str | None]:
+    """The systems' common labels, the gold label ids of ``test`` in them, and a note when the test set
+    covers only some of them (``None`` when it covers all)."""
+    named = {name: tuple(str(c) for c in getattr(sys_, "classes_", ())) for name, sys_ in systems.items()}
+    first, labels = next(iter(named.items()))
+    for name, classes in named.items():
+        if classes != labels:
+            raise ValueError(f"system {name!r} predicts labels {list(classes)} but system {first!r} predicts "
+                             f"{list(labels)}; fit every system on the same index (same labels, same order).")
+    lookup = {lab: i for i, lab in enumerate(labels)}
+    gold = [ex.label for ex in test.examples]
+    unknown = sorted({str(lab) for lab in gold if lab not in lookup})
+    if unknown:
+        raise DataError(f"the test set has label(s) {unknown} that the systems cannot predict (system "
+                        f"{first!r} predicts labels {list(labels)}). Fix: evaluate on a test set of the same task, or fit the "
+                        "systems on data that has those labels.")
+    y = np.array([lookup[lab] for lab in gold], dtype=np.int64)
+    missing = [lab for lab in labels if lab not in set(gold)]
+    if not missing:
+        return labels, y, None
+    note = (f"the test set holds {len(labels) - len(missing)} of the {len(labels)} labels (none of "
+            f"{missing}): the systems still choose among all {len(labels)}; accuracy is over the test "
+            "examples, macro-F1 averages the labels in the test set or in a system's predictions (a missing "
+            "label a system predicts counts with F1 0)")
+    return labels, y, note
+
+
 _TRAINING_KEYS = ("kind", "base", "mode", "objective", "steps", "batch_size", "epochs", "examples_seen",
                   "epochs_seen", "final_loss", "dev_loss", "dev_accuracy", "dev_examples", "converged",
                   "dev_loss_still_falling", "stop_reason", "fast", "convergence_rule", "seconds")
@@ -252,8 +280,13 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
             on_result: Callable[[SystemResult], None] | None = None) -> Report:
     """Run every system on ``test`` and measure accuracy, macro-F1 and the TV gap to ``reference``.
 
-    ``systems`` maps a display name to a fitted classifier; all must share the same ``classes_`` (the
-    test set's label set, in the same order). ``reference=None`` skips the gap columns; otherwise the
+    ``systems`` maps a display name to a fitted classifier; all must share the same ``classes_`` (same
+    labels, same order), and every gold label of ``test`` must be one of them. A test set that covers only
+    some of the systems' labels is fine: the systems still choose among all their labels, accuracy is
+    over the test examples, and macro-F1 averages the per-label F1 over the labels that occur in the gold
+    labels or in the system's predictions (a label the test set lacks counts only if the system predicts
+    it, with F1 0); a note in the report names the labels the test set lacks. ``Report.labels`` are the
+    systems' labels. ``reference=None`` skips the gap columns; otherwise the
     reference must be one of ``systems``. When the reference scores with a fine-tuned checkpoint, its
     training record is attached (``Report.reference_training``) and a reference that did not converge
     is flagged in the notes (table, Markdown and JSON).
@@ -272,13 +305,10 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
     if reference is not None and reference not in systems:
         raise ValueError(f"reference {reference!r} is not among the systems {list(systems)}; "
                          "pass reference=None to skip the gap, or add it.")
-    labels = tuple(test.labels)
-    for name, sys_ in systems.items():
-        classes = tuple(getattr(sys_, "classes_", ()))
-        if classes != labels:
-            raise ValueError(f"system {name!r} predicts labels {list(classes)} but the test set has "
-                             f"{list(labels)}; fit every system on data with the same label set.")
-    y = test.label_array()
+    labels, y, coverage = _gold(test, systems)
+    if coverage is not None:
+        logger.info("%s", coverage)
+        notes = [*notes, coverage]
     results: list[SystemResult] = []
     for name, sys_ in systems.items():
         logger.info("evaluating %s on %d examples", name, len(test))

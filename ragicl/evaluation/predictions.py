@@ -130,13 +130,28 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise DataError(f"{path}: not a readable predictions file ({err}). Expected the JSON that `ragicl "
                         "eval --predictions` writes; pass another path or delete this file.") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{path}: format {got!r}, expected {FORMAT!r} (a file written by `ragicl eval "
                         "--predictions`); pass another path or delete this file.")
+    def damaged(why: str) -> DataError:
+        return DataError(f"{path}: damaged predictions file ({why}). Expected the JSON that `ragicl eval "
+                         "--predictions` writes; delete it (or pass another path) and run the evaluation again.")
+
+    shapes = {"labels": list, "queries": list, "systems": dict, "settings": dict, "notes": list}
+    for key, kind in shapes.items():
+        if key in ("settings", "notes") and key not in data:
+            continue
+        if not isinstance(data.get(key), kind):
+            got = type(data[key]).__name__ if key in data else "nothing"
+            raise damaged(f"{key!r} holds {got}, expected a JSON {'object' if kind is dict else 'list'}")
+    if not all(isinstance(lab, str) for lab in data["labels"]) or len(set(data["labels"])) != len(data["labels"]):
+        raise damaged(f"'labels' must be distinct strings, got {data['labels'][:10]!r}")
+    if not all(isinstance(n, str) for n in data.get("notes", [])):
+        raise damaged("'notes' must be strings")
     try:
         labels = tuple(data["labels"])
         ids = tuple(str(q["id"]) for q in data["queries"])
@@ -146,9 +161,8 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
                  for n, s in systems.items()}
         seconds = {n: float(s.get("seconds", 0.0)) for n, s in systems.items()}
         sources = {n: str(s.get("source", "")) for n, s in systems.items()}
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{path}: damaged predictions file ({type(err).__name__}: {err}); delete it and "
-                        "run the evaluation again.") from err
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise damaged(f"{type(err).__name__}: {err}") from err
     return Predictions(str(data.get("dataset", "")), labels, ids, gold, probs, seconds,
                        dict(data.get("settings", {})), sources, tuple(data.get("notes", ())))
 
