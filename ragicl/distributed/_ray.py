@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from .._exceptions import RagiclError, require
@@ -31,7 +33,11 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeout: float = 10.0) -> Any:
+LOOPBACK = "127.0.0.1"
+
+
+def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeout: float = 10.0,
+            node_ip_address: str = LOOPBACK) -> Any:
     """Make sure this process is connected to Ray and return the ``ray`` module.
 
     ``address``: ``"auto"`` (a running cluster if there is one, else a local one), ``"local"`` (always a
@@ -39,9 +45,16 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeou
     ``"ray://host:port"`` (Ray Client). If Ray is already initialized in this process it is reused. An
     explicit address is probed first (TCP, ``timeout`` seconds), so an unreachable one fails fast with a
     :class:`ClusterError` instead of Ray's minutes of retries.
+
+    A local cluster that ragicl starts listens on ``node_ip_address`` only: by default the loopback
+    address, so its GCS, raylet, workers and agents accept no connection from another machine (Ray on
+    Linux otherwise gives a local node the machine's external IP and its gRPC servers listen on every
+    interface). Pass another address only to make this node reachable, on a network you trust; a cluster
+    for several machines is started with ``ray start`` (docs/SCALE.md) and joined with ``address``.
     """
     ray = ray_module()
     explicit = address not in (None, "auto", "local")
+    hp: tuple[str, int] | None = None
     if explicit:
         hp = _host_port(str(address))
         if hp is None:
@@ -58,12 +71,14 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeou
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
     if address == "local" or (address in (None, "auto") and not os.environ.get("RAY_ADDRESS")):
         kwargs["num_cpus"] = num_cpus
-        address = "local" if address == "local" else "auto"
-        try:
-            return _init(ray, address=None if address == "local" else "auto", **kwargs)
-        except ConnectionError:  # no running cluster: start a local one
-            return _init(ray, address=None, **kwargs)
-    return _init(ray, address=address, **kwargs)
+        if address != "local":
+            try:
+                return _init(ray, address="auto", **kwargs)
+            except ConnectionError:  # no running cluster: start a local one
+                pass
+        return _start_local(ray, node_ip_address, **kwargs)
+    with _localhost_stays_local(hp is not None and _is_loopback(hp[0])):
+        return _init(ray, address=address, **kwargs)
 
 
 def _init(ray: Any, **kwargs: Any) -> Any:
@@ -73,6 +88,62 @@ def _init(ray: Any, **kwargs: Any) -> Any:
     ray.init(**{k: v for k, v in kwargs.items() if v is not None or k == "address"})
     logger.info("connected to Ray: %s", ray.cluster_resources())
     return ray
+
+
+def _start_local(ray: Any, node_ip_address: str, **kwargs: Any) -> Any:
+    """``ray.init`` of a new local cluster whose servers listen on ``node_ip_address`` (loopback by default).
+
+    Ray (checked on 2.60) turns a loopback ``_node_ip_address`` into the machine's external IP on Linux
+    unless its ``ENABLE_RAY_CLUSTER`` switch (the ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` environment variable,
+    read when ray is imported) is off, and only a loopback node IP keeps its gRPC servers off the other
+    interfaces. The switch is turned off for the duration of the start (it only decides how a localhost
+    node IP is resolved), then the node's address is checked: a Ray that ignores it is an error, not an
+    exposed cluster.
+    """
+    loopback = _is_loopback(node_ip_address)
+    with _localhost_stays_local(loopback):
+        _init(ray, address=None, _node_ip_address=node_ip_address, **kwargs)
+    got = ray.util.get_node_ip_address()
+    if loopback and not _is_loopback(got):
+        ray.shutdown()
+        raise ClusterError(f"the local Ray cluster came up on {got}, not on the loopback address this Ray "
+                           f"version was asked for ({node_ip_address}): its servers would accept connections "
+                           "from other machines, so it was shut down. Fix: start a one-machine cluster "
+                           "yourself (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head "
+                           "--include-dashboard=false`, see docs/SCALE.md) and pass its address (--ray "
+                           "127.0.0.1:6379).")
+    logger.info("local Ray cluster on %s (its servers listen there only)", got)
+    return ray
+
+
+@contextlib.contextmanager
+def _localhost_stays_local(on: bool) -> Iterator[None]:
+    """While ``on``: Ray resolves ``127.0.0.1``/``localhost`` as itself, not as the machine's external IP.
+
+    Ray's driver replaces a loopback node IP or cluster address with the external IP when its
+    ``ENABLE_RAY_CLUSTER`` constant is on (Linux). That constant decides nothing else in the driver, so
+    it is turned off around ``ray.init`` and restored after.
+    """
+    if not on:
+        yield
+        return
+    from ray._private import ray_constants  # private: _start_local checks the outcome
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def error_text(err: RagiclError) -> str:
