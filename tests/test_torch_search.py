@@ -204,3 +204,28 @@ def test_neighbour_comparison_rejects_a_wrong_neighbour(data):
     bad_s[0, 9] = float(q[0] @ db[bad_p[0, 9]])
     with pytest.raises(AssertionError):
         _assert_same_up_to_ties(db, q, bad_s, bad_p, ref_s, ref_p)
+
+
+def test_auto_is_the_torch_path_even_on_cuda_with_triton(monkeypatch, caplog):
+    """The fused Triton kernel never ran on a GPU: "auto" may not pick it, whatever the machine (issue 35).
+
+    The old rule chose it on CUDA whenever Triton imported and k <= 64; a CUDA database is faked here (the
+    rule only looked at ``db.is_cuda``), and Triton is made to look available."""
+    import types
+
+    from ragicl.index import _fused_topk
+
+    monkeypatch.setattr(_fused_topk, "triton_available", lambda: True)
+    cuda_db = types.SimpleNamespace(is_cuda=True)
+    with caplog.at_level("WARNING", logger="ragicl.index.torch_search"):
+        auto = TorchExactSearch(np.eye(8, dtype=np.float32), device="cpu")
+    assert auto.topk == "auto" and not caplog.records  # no warning for the default
+    assert not any(auto._use_fused(cuda_db, k) for k in (1, 10, 64))
+    assert not TorchExactSearch(np.eye(8, dtype=np.float32), device="cpu", topk="torch")._use_fused(cuda_db, 10)
+    with caplog.at_level("WARNING", logger="ragicl.index.torch_search"):
+        fused = TorchExactSearch(np.eye(8, dtype=np.float32), device="cpu", topk="fused")
+    assert fused._use_fused(cuda_db, 10)  # an explicit opt-in still gets the kernel ...
+    assert any("EXPERIMENTAL" in r.getMessage() and "device_run.sh fused" in r.getMessage()
+               for r in caplog.records)  # ... and is told it never ran on a GPU
+    s, p = fused.search(np.eye(8, dtype=np.float32)[:2], k=1)  # on CPU: the pure-torch equivalent, exact
+    assert p[:, 0].tolist() == [0, 1] and s[:, 0].tolist() == [1.0, 1.0]

@@ -1,4 +1,9 @@
-"""Exact top-k inner-product search with the selection fused into the matrix product (Triton).
+"""Exact top-k inner-product search with the selection fused into the matrix product (Triton). EXPERIMENTAL.
+
+EXPERIMENTAL: the kernel has only run under Triton's interpreter (``TRITON_INTERPRET=1``) on a CPU; no GPU
+has compiled or run it yet. :class:`~ragicl.index.torch_search.TorchExactSearch` uses it only when asked
+(``topk="fused"``, with a logged warning), never by default, until a GPU run has checked it against faiss
+(``scripts/gpu/device_run.sh fused``, which also runs ``test_compiled_kernel_on_cuda_matches_faiss``).
 
 ``torch.topk(q @ db.T)`` writes the ``Q x N`` score matrix to memory and reads it back; at ``Q=1000``,
 ``N=1e7`` that costs several times the product itself. :func:`fused_topk` never materialises it:

@@ -138,10 +138,13 @@ class TorchExactSearch:
         exact_copy: where the float32 copy used for re-ranking lives in reduced precision: ``"device"``,
             ``"host"`` (CPU memory; saves device memory, slower re-rank) or ``"auto"`` (device when it uses
             less than half the free device memory).
-        topk: how each top-k is selected: ``"torch"`` (matrix product per chunk, then ``torch.topk``),
-            ``"fused"`` (:mod:`ragicl.index._fused_topk`: selection fused into the product by a Triton
-            kernel, the score matrix never stored; a pure-torch equivalent where the kernel cannot run) or
-            ``"auto"`` (fused on CUDA when Triton imports and ``k <= 64``, torch otherwise).
+        topk: how each top-k is selected: ``"auto"`` (the default) and ``"torch"``: matrix product per
+            chunk, then ``torch.topk`` (the path measured on an H100 against faiss); ``"fused"``:
+            EXPERIMENTAL, :mod:`ragicl.index._fused_topk` (selection fused into the product by a Triton
+            kernel, the score matrix never stored; a pure-torch equivalent where the kernel cannot run).
+            The kernel has only run under Triton's CPU interpreter, never compiled on a GPU, so it is an
+            explicit opt-in that logs a warning; ``"auto"`` will not pick it until a GPU run has checked
+            it against faiss (``scripts/gpu/device_run.sh fused``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -173,6 +176,11 @@ class TorchExactSearch:
         self.exact_copy = exact_copy
         if topk not in ("auto", "fused", "torch"):
             raise ValueError(f"topk must be 'auto', 'fused' or 'torch', got {topk!r}.")
+        if topk == "fused":
+            logger.warning("TorchExactSearch(topk='fused') uses the EXPERIMENTAL fused Triton top-k kernel: it "
+                           "has only run under TRITON_INTERPRET=1 on a CPU, never compiled on a GPU. Check it "
+                           "against faiss (scripts/gpu/device_run.sh fused) before relying on it; topk='auto' "
+                           "uses the measured torch path.")
         self.topk = topk
         self.reduced = self.dtype != torch.float32
         self._unit = _UNIT_ROUNDOFF[_dtype_name(self.dtype)]
@@ -392,11 +400,8 @@ class TorchExactSearch:
         return best_s, best_p
 
     def _use_fused(self, db: Any, k: int) -> bool:
-        if self.topk != "auto":
-            return self.topk == "fused"
-        from ._fused_topk import MAX_K, triton_available
-
-        return bool(db.is_cuda) and k <= MAX_K and triton_available()
+        """Only on request: ``"auto"`` is the torch path until the kernel has run on a GPU (see ``topk``)."""
+        return self.topk == "fused"
 
 
 def order_ties(scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
