@@ -154,10 +154,12 @@ def check_finetuned(path: str | os.PathLike, option: str = "--finetuned") -> Pat
     return p
 
 
-def report_error(err: BaseException, verbose: bool) -> int:
-    """Print ``ragicl: error: <message>`` (and the traceback when ``verbose``); return the exit status."""
+def report_error(err: BaseException, verbose: bool, cause: BaseException | None = None) -> int:
+    """Print ``ragicl: error: <message>`` (and the traceback when ``verbose``, of ``cause`` when given: the
+    original exception a message was made from); return the exit status."""
     if verbose:
-        traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+        shown = cause if cause is not None else err
+        traceback.print_exception(type(shown), shown, shown.__traceback__, file=sys.stderr)
     message = str(err) or type(err).__name__
     if isinstance(err, OSError) and not isinstance(err, RagiclError) and err.filename is not None:
         message = f"{err.strerror or message}: {err.filename!r}"

@@ -473,9 +473,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (RagiclError, OSError, ValueError) as err:  # user input: one clear line (traceback with -v)
         return report_error(err, args.verbose)
+    except (MemoryError, RecursionError) as err:  # sizes/nesting from the input: said once, with the fix
+        return report_error(_resource_error(err), args.verbose, cause=err)
     except KeyboardInterrupt:
         print("ragicl: interrupted", file=sys.stderr)
         return 130
+
+
+def _resource_error(err: BaseException) -> RagiclError:
+    what = "ran out of memory" if isinstance(err, MemoryError) else "hit Python's recursion limit"
+    detail = str(err) or type(err).__name__
+    return RagiclError(f"{what} ({detail}). Fix: lower the sizes this run asked for (--k, --n, --batch-size, "
+                       "--max-prompt-tokens, --dev-size), check that the data holds flat records, or use a "
+                       "machine with more memory.")
 
 
 if __name__ == "__main__":

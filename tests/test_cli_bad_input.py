@@ -176,3 +176,22 @@ def test_eval_in_any_language_end_to_end(tmp_path, capsys, monkeypatch, smollm_p
     demos = [p for _, p in packed if p.included]
     assert demos and all(any(f"Отзыв ✨: {t}\nОценка/評価: {lab}" in p.text for t, lab in zip(texts, labels))
                          for p in demos)
+
+
+def test_memory_and_recursion_errors_are_one_message(tmp_path, tiny, capsys, monkeypatch):
+    """The last resort of main(): an input that makes a step run out of memory (or recurse too deep) ends
+    with exit 2 and what to change, not a traceback; -v still shows the original exception."""
+    import ragicl.data
+
+    def huge(*args, **kwargs):
+        raise MemoryError("Unable to allocate 238. GiB for an array with shape (8, 4000000000)")
+
+    monkeypatch.setattr(ragicl.data, "read_dataset", huge)
+    build = ["index", "build", str(tiny), "--out", str(tmp_path / "x"), "--embedder", "hash-64"]
+    _fails(build, capsys, "ran out of memory (Unable to allocate 238. GiB", "Fix: lower the sizes")
+    assert main(["-v", *build]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "MemoryError: Unable to allocate" in err
+    monkeypatch.setattr(ragicl.data, "read_dataset", lambda *a, **k: (_ for _ in ()).throw(RecursionError("deep")))
+    _fails(build, capsys, "hit Python's recursion limit (deep)")
+    assert not (tmp_path / "x").exists()

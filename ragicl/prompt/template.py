@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -53,6 +52,9 @@ _PRESETS: dict[str, str] = {
 
 # The characters str.splitlines() breaks a line at.
 _LINE_BREAKS = r"\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+# Unicode categories Cc (control characters), Zl and Zp (line and paragraph separators): never in a label.
+_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # A user-content stand-in that no chat template alters; split on it to get the fixed chat frame.
 _CHAT_PLACEHOLDER = "RAGICL_USER_CONTENT_7f3a9c"
@@ -278,10 +280,19 @@ class PromptTemplate:
         Raises :class:`DataError` when those words would write prompt structure of their own (see
         :meth:`check_text`): a line break or control character, the separator, or the inline answer cue.
         """
+        checked = self._checked_words
+        if label in checked:
+            return checked[label]
         words = verbalize(label, self.verbalizer)
         self.check_text(words, f"label {label!r}" + (f" (written {words!r})" if words != label else ""),
                         is_label=True)
+        checked[label] = words
         return words
+
+    @cached_property
+    def _checked_words(self) -> dict[str, str]:
+        """Labels already verbalized and checked (a template is frozen, so their words never change)."""
+        return {}
 
     def check_text(self, value: str, what: str, *, field: str | None = None, is_label: bool = False) -> None:
         """Refuse text that the prompt would read as the template's own structure.
@@ -297,7 +308,7 @@ class PromptTemplate:
         parsed = self._parsed
         found: str | None = None
         if is_label:
-            bad = sorted({ch for ch in value if unicodedata.category(ch) in ("Cc", "Zl", "Zp")})
+            bad = sorted(set(_BREAKING.findall(value)))
             if bad:
                 found = f"the character(s) {', '.join(repr(ch) for ch in bad)} (a label is written on one line)"
         else:
