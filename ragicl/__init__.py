@@ -29,6 +29,7 @@ from .evaluation.predictions import Predictions, load_predictions, save_predicti
 from .index.core import ExampleIndex
 from .index.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .lm.hf import LanguageModel, TransformersLM
+from .models import FinetuneFormatError, finetuned_model_path
 from .prompt.pack import Packer, PreparedQuery
 from .prompt.retrieve import Retriever
 from .prompt.template import PromptTemplate
@@ -47,6 +48,7 @@ __all__ = [
     "EstimatorFormatError",
     "Example",
     "ExampleIndex",
+    "FinetuneFormatError",
     "FusionClassifier",
     "FusionTuner",
     "Gap",
@@ -78,6 +80,7 @@ __all__ = [
     "TuneResult",
     "__version__",
     "compare",
+    "finetuned_model_path",
     "generation_gap",
     "load_predictions",
     "read_dataset",

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from . import _atomic
 from ._atomic import make_dir, unique_name
 from ._exceptions import RagiclError
 
@@ -196,9 +197,10 @@ def _converted(cache_name: str, folder: Path, gguf_file: str) -> Path:
 # ---------------------------------------------------------------- fine-tuned folders: the reading side
 FINETUNE_RECORD = "ragicl_finetune.json"
 FINETUNE_FORMAT = 2
+VERSION_PREFIX = "model-"  # a version folder is "model-" + 12 hex digits (ragicl._atomic.unique_name)
 #: the keys a versioned record adds to the training record (a flat-layout record has none of them)
-POINTER_KEYS = ("format_version", "version", "previous_version", "files", "checksums", "legacy_files", "digest")
-VERSION_NAME = re.compile(r"model-[0-9a-f]{12}")
+POINTER_KEYS = ("format_version", "version", "previous_version", "files", "checksums", "legacy_files",
+                _atomic.DIGEST_FIELD)
 FLAT_SIBLING = r"\.{name}-(tmp|old)-[a-z0-9_]{{8}}"  # what ragicl <= 0.1's save left beside the folder
 _WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|h5|msgpack)|.*\.index\.json")
 LOAD_ATTEMPTS = 20
@@ -207,12 +209,6 @@ T = TypeVar("T")
 
 class FinetuneFormatError(RagiclError, ValueError):
     """A fine-tuned model folder (``ragicl finetune --out``) is missing, incomplete, corrupt or unreadable."""
-
-
-def record_digest(record: dict[str, Any]) -> str:
-    """``"sha256:<hex>"`` of a record's content without its ``digest`` key (canonical JSON, sorted keys)."""
-    body = json.dumps({k: v for k, v in record.items() if k != "digest"}, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 def _fix(folder: Path) -> str:
@@ -256,10 +252,10 @@ def _check_schema(file: Path, record: dict[str, Any]) -> None:
         raise FinetuneFormatError(f"{file} has format_version {record.get('format_version')!r}; this ragicl "
                                   f"reads {FINETUNE_FORMAT} (and the earlier flat layout). Fix: upgrade ragicl, "
                                   "or fine-tune again.")
-    if not (isinstance(record.get("version"), str) and VERSION_NAME.fullmatch(record["version"])):
+    if not _atomic.is_strict_name(record.get("version"), VERSION_PREFIX):
         raise bad(f"'version' must name a model-<12 hex digits> folder inside it, got {record.get('version')!r}")
     prev = record.get("previous_version")
-    if prev is not None and not (isinstance(prev, str) and VERSION_NAME.fullmatch(prev)):
+    if prev is not None and not _atomic.is_strict_name(prev, VERSION_PREFIX):
         raise bad(f"'previous_version' must be null or a model-<12 hex digits> name, got {prev!r}")
     files, sums = record.get("files"), record.get("checksums")
     if not (isinstance(files, dict) and files and isinstance(sums, dict) and set(files) == set(sums)):
@@ -277,7 +273,7 @@ def _check_schema(file: Path, record: dict[str, Any]) -> None:
 def read_finetune_record(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``ragicl_finetune.json`` of a fine-tuned folder, checked; ``None`` when the folder has none.
 
-    A versioned record is returned only if its digest matches its content and its fields are well formed
+    A versioned record is returned only if its digest (``metadata_digest``) matches its content and its fields are well formed
     (else :class:`FinetuneFormatError`); a flat-layout record (no pointer keys, no digest) as it reads.
     """
     folder = Path(path)
@@ -298,9 +294,8 @@ def read_finetune_record(path: str | os.PathLike) -> dict[str, Any] | None:
         raise FinetuneFormatError(f"{file} holds a JSON {type(record).__name__}, expected an object. {_fix(folder)}")
     if not any(key in record for key in POINTER_KEYS):
         return record  # the flat layout of ragicl <= 0.1: the model files beside the record, no checksums
-    if record.get("digest") != record_digest(record):
-        raise FinetuneFormatError(f"{file} is corrupt: its content does not match its recorded digest (changed "
-                                  f"or damaged after saving). {_fix(folder)}")
+    if (why := _atomic.check_digest(record)) is not None:
+        raise FinetuneFormatError(f"{file} is corrupt: {why}. {_fix(folder)}")
     _check_schema(file, record)
     return record
 
@@ -314,10 +309,16 @@ def file_sha256(path: Path) -> str:
 def _version_folder(folder: Path, record: dict[str, Any], *, verify: bool, weights: bool) -> Path:
     """The record's version folder after checking its files (size; SHA-256 with ``verify``)."""
     version = folder / record["version"]
+    if version.is_symlink():
+        raise FinetuneFormatError(f"{version} is a symbolic link; a saved version is a folder inside {folder} "
+                                  f"(a link could point at another model). {_fix(folder)}")
     for name, size in record["files"].items():
         if not weights and _WEIGHT_FILE.fullmatch(PurePosixPath(name).name):
             continue
         file = version / name
+        if file.is_symlink():
+            raise FinetuneFormatError(f"{file} is a symbolic link; the files of a saved version are plain "
+                                      f"files. {_fix(folder)}")
         if not file.is_file():
             raise FinetuneFormatError(f"{folder} is missing {record['version']}/{name} (listed in its "
                                       f"{FINETUNE_RECORD}). {_fix(folder)}")
@@ -363,7 +364,7 @@ def _unfinished(folder: Path) -> bool:
     """A folder without a record or model config, holding what a fine-tune run writes before its first save."""
     with contextlib.suppress(OSError):
         if folder.is_dir() and not (folder / "config.json").exists():
-            return any(VERSION_NAME.fullmatch(p.name) or re.fullmatch(r"\.tmp-[0-9a-f]{12}", p.name)
+            return any(_atomic.is_strict_name(p.name, VERSION_PREFIX) or _atomic.is_strict_name(p.name, ".tmp-")
                        or p.name == "checkpoint" for p in folder.iterdir())
     return False
 

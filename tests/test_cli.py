@@ -290,5 +290,7 @@ def test_finetune_modes_and_aux_fewshot_from_the_cli(tmp_path, tiny_sst2, capsys
                  "--aux-fewshot", "2", "--index", str(index), "--steps", "2", "--batch-size", "2",
                  "--objective", "gold"]) == 0
     assert "fine-tuned" in capsys.readouterr().out
-    assert (aux_out / "config.json").exists()
+    from ragicl.models import finetuned_model_path
+
+    assert (finetuned_model_path(aux_out) / "config.json").exists()  # the current model version
     assert json.loads((aux_out / "ragicl_finetune.json").read_text())["objective"] == "gold"

@@ -215,11 +215,9 @@ def test_a_flipped_or_truncated_model_file_is_caught(tmp_path, name):
 
 def _rewrite(path: Path, **changes) -> None:
     """Change the record's fields and re-seal its digest (what a bug or a hand edit could produce)."""
-    from ragicl.models import record_digest
+    from ragicl._atomic import seal
 
-    record = {**_record(path), **changes}
-    record["digest"] = record_digest(record)
-    (path / "ragicl_finetune.json").write_text(json.dumps(record))
+    (path / "ragicl_finetune.json").write_text(json.dumps(seal({**_record(path), **changes})))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -238,6 +236,36 @@ def test_a_record_naming_paths_outside_the_folder_is_refused(tmp_path, changes, 
         worker.load(path)
     with pytest.raises(FinetuneFormatError, match=message):
         read_meta(path)
+
+
+def test_links_in_place_of_a_version_or_its_files_are_refused(tmp_path):
+    other = tmp_path / "other"
+    worker.save("b", other)
+    path = tmp_path / "ft"
+    worker.save("a", path)
+    version = finetuned_model_path(path)
+    weights = version / "model.safetensors"
+    weights.unlink()
+    weights.symlink_to(finetuned_model_path(other) / "model.safetensors")
+    with pytest.raises(FinetuneFormatError, match="model.safetensors is a symbolic link"):
+        worker.load(path)
+    os.rename(version, tmp_path / "moved")
+    version.symlink_to(tmp_path / "moved")
+    with pytest.raises(FinetuneFormatError, match=f"{version.name} is a symbolic link"):
+        worker.load(path)
+
+
+def test_a_removal_killed_midway_is_finished_by_the_next_save(tmp_path):
+    path = tmp_path / "ft"
+    worker.save("a", path)
+    for prefix in ("model-", ".tmp-"):  # the marker goes last, so what a killed removal left is still marked
+        left = path / f"{prefix}0123456789ab"
+        left.mkdir()
+        (left / ".ragicl-made").write_text("")
+        (left / "model.safetensors").write_bytes(b"x" * 10)
+    (path / "model-00000000000a").mkdir()  # emptied, not yet removed
+    worker.save("b", path)
+    _assert_tidy(path)
 
 
 def test_a_damaged_record_does_not_stop_the_next_save(tmp_path):

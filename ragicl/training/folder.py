@@ -7,7 +7,7 @@ Layout (format 2; docs/DESIGN.md, *Fine-tuning*)::
                                 of the record itself; replaced atomically (temp file, fsync, rename)
     DIR/model-<id>/             one saved version, immutable once published: the transformers files
                                 (config.json, model.safetensors, generation_config.json, the tokenizer's)
-                                and a copy of the training record; ``.ragicl-version`` marks it as ragicl's
+                                and a copy of the training record; ``.ragicl-made`` marks it as ragicl's
     DIR/checkpoint/state.pt     the resumable training state while a run trains (the final save removes it)
     DIR/ragicl_reference.json   train_reference's reuse stamp (settings and the version it describes)
     DIR/.lock                   advisory lock serializing writers
@@ -42,11 +42,10 @@ from ..models import (
     FINETUNE_RECORD,
     FLAT_SIBLING,
     POINTER_KEYS,
-    VERSION_NAME,
+    VERSION_PREFIX,
     FinetuneFormatError,
     file_sha256,
     read_finetune_record,
-    record_digest,
     recover_flat,
 )
 
@@ -55,14 +54,11 @@ logger = logging.getLogger(__name__)
 SAVE_STEPS = ("locked", "tmp-created", "model-written", "tokenizer-written", "synced", "version-published",
               "record-written", "record-replaced", "checkpoint-removed", "cleaned")
 LOCK = ".lock"
-MARKER = ".ragicl-version"
-MARKER_TEXT = "a model version saved by ragicl (ragicl.training.folder); removed by a later save\n"
+TMP_PREFIX = ".tmp-"
 REFERENCE_STAMP = "ragicl_reference.json"
+FLAT_STAMP_TEMP = "ragicl_reference.tmp"  # train_reference's temp file in ragicl <= 0.1
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
-TMP_DIR = re.compile(r"\.tmp-[0-9a-f]{12}")
-TEMP_FILE = re.compile(rf"\.({re.escape(FINETUNE_RECORD)}|{re.escape(REFERENCE_STAMP)})\.tmp-[0-9a-f]{{12}}"
-                       r"|ragicl_reference\.tmp")  # the last: train_reference's temp name in ragicl <= 0.1
 STATE_TEMP = re.compile(r"\.state\.pt\.(tmp-[0-9a-f]{12}|[a-z0-9_]{8})")  # ours, and tempfile.mkstemp's (<= 0.1)
 #: files ``save_pretrained`` writes (model and tokenizer): what a flat-layout folder's model consists of
 HF_FILE = re.compile(
@@ -79,24 +75,14 @@ def save_step(step: str) -> None:
 
 
 # ---------------------------------------------------------------- what is ours
-def _make_owned_dir(path: Path) -> Path:
-    """A new folder (plain mkdir permissions) marked as made by ragicl."""
-    _atomic.make_dir(path)
-    (path / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
-    return path
+def _is_temp_file(name: str) -> bool:
+    return (_atomic.is_temp_file(name, FINETUNE_RECORD) or _atomic.is_temp_file(name, REFERENCE_STAMP)
+            or name == FLAT_STAMP_TEMP)
 
 
-def _is_owned_dir(path: Path) -> bool:
-    """A real folder carrying ragicl's marker (whole, or cut short by a kill while it was written), or an
-    empty one (a kill between the mkdir and the marker, or at the end of a removal)."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        marker = path / MARKER
-        if marker.is_file() and not marker.is_symlink() and MARKER_TEXT.startswith(marker.read_text("utf-8")):
-            return True
-        return not any(path.iterdir())
-    return False
+def _is_owned(entry: Path, prefix: str) -> bool:
+    """A folder named ``prefix`` + 12 hex digits holding ragicl's marker (or empty): made by a save."""
+    return _atomic.is_strict_name(entry.name, prefix) and _atomic.is_owned_dir(entry)
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
@@ -107,11 +93,9 @@ def _is_checkpoint_dir(path: Path) -> bool:
 def _is_ours(entry: Path) -> bool:
     """An entry of an output folder that a ragicl run made (so the folder may be trained into)."""
     name = entry.name
-    if name in (LOCK, REFERENCE_STAMP, FINETUNE_RECORD) or TEMP_FILE.fullmatch(name):
+    if name in (LOCK, REFERENCE_STAMP, FINETUNE_RECORD) or _is_temp_file(name):
         return entry.is_file() and not entry.is_symlink()
-    if TMP_DIR.fullmatch(name) or VERSION_NAME.fullmatch(name):
-        return _is_owned_dir(entry)
-    return _is_checkpoint_dir(entry)
+    return _is_owned(entry, TMP_PREFIX) or _is_owned(entry, VERSION_PREFIX) or _is_checkpoint_dir(entry)
 
 
 def check_output(out: str | os.PathLike) -> Path:
@@ -149,8 +133,8 @@ def _rmtree(path: Path) -> None:
 
 def _remove_owned(path: Path) -> None:
     """Remove a folder of ours with its marker last: a kill midway leaves it marked (or empty), so a later
-    save still knows it is ragicl's and finishes the job."""
-    marker = path / MARKER
+    save still knows it is ragicl's and finishes the job (``shutil.rmtree`` may take the marker first)."""
+    marker = path / _atomic.MARKER
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             if Path(root, name) != marker:
@@ -167,7 +151,7 @@ def _remove_owned(path: Path) -> None:
 def _flat_copy_is_ours(path: Path) -> bool:
     """A hidden copy beside the folder (from the flat layout's save) holding only what that save wrote."""
     return all((e.is_file() and not e.is_symlink() and (HF_FILE.fullmatch(e.name) or e.name in (
-        FINETUNE_RECORD, REFERENCE_STAMP, "ragicl_reference.tmp"))) or _is_checkpoint_dir(e) for e in path.iterdir())
+        FINETUNE_RECORD, REFERENCE_STAMP, FLAT_STAMP_TEMP))) or _is_checkpoint_dir(e) for e in path.iterdir())
 
 
 def _clean_flat_siblings(out: Path) -> None:
@@ -186,10 +170,10 @@ def _clean(out: Path, keep: set[str] | None) -> None:
     """Remove what killed saves left in and beside ``out``; versions not in ``keep`` (``None``: keep all)."""
     for entry in list(out.iterdir()):
         name = entry.name
-        stale = VERSION_NAME.fullmatch(name) and keep is not None and name not in keep
-        if (TMP_DIR.fullmatch(name) or stale) and _is_owned_dir(entry):
+        stale = keep is not None and name not in keep and _is_owned(entry, VERSION_PREFIX)
+        if stale or _is_owned(entry, TMP_PREFIX):
             _remove_owned(entry)
-        elif TEMP_FILE.fullmatch(name) and entry.is_file() and not entry.is_symlink():
+        elif _is_temp_file(name) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
     _clean_flat_siblings(out)
 
@@ -258,8 +242,8 @@ def save(model: Any, tokenizer: Any, out: str | os.PathLike, meta: dict[str, Any
         flat = _flat_files(out, old)
         old_version = old.get("version") if old else None
         _clean(out, keep)
-        tmp = _make_owned_dir(out / _atomic.unique_name(".tmp-"))
-        version = "model-" + tmp.name.removeprefix(".tmp-")
+        tmp = _atomic.make_owned_dir(out / _atomic.unique_name(TMP_PREFIX))
+        version = VERSION_PREFIX + tmp.name.removeprefix(TMP_PREFIX)
         published = False
         try:
             save_step("tmp-created")
@@ -268,7 +252,7 @@ def save(model: Any, tokenizer: Any, out: str | os.PathLike, meta: dict[str, Any
             tokenizer.save_pretrained(tmp)
             save_step("tokenizer-written")
             (tmp / FINETUNE_RECORD).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MARKER)
+            files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != _atomic.MARKER)
             for path in [*files, *sorted(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
                 _atomic.fsync(path)
             save_step("synced")
@@ -278,7 +262,7 @@ def save(model: Any, tokenizer: Any, out: str | os.PathLike, meta: dict[str, Any
                       "checksums": {n: file_sha256(p) for n, p in names.items()}}
             if flat:
                 record["legacy_files"] = flat
-            record["digest"] = record_digest(record)
+            record = _atomic.seal(record)
             os.rename(tmp, out / version)
             _atomic.fsync(out)
             save_step("version-published")
