@@ -236,7 +236,8 @@ def _save_locked(est: Any, path: Path, index_path: str | os.PathLike | None) -> 
     _clean(path, keep, known)
     checkpoint("cleaned-before")
     old_entry = old.get("index") if isinstance(old, dict) else None
-    old_dir = old_entry.get("path") if isinstance(old_entry, dict) and old_entry.get("path") in keep else None
+    old_path = old_entry.get("path") if isinstance(old_entry, dict) else None
+    old_dir = old_path if isinstance(old_path, str) and old_path in keep else None
     index, entry, new_dir = est.index_, None, None
     if index is not None:
         ref = _index_reference(est, index, index_path)

@@ -156,3 +156,13 @@ def test_an_embedded_index_that_is_a_link_is_refused(tmp_path):
     (path / name).symlink_to(other)
     with pytest.raises(EstimatorFormatError, match="is a symbolic link.*'reference'"):
         worker.load(path)
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"index": {"kind": "embedded", "path": ["x"]}, "previous_index": 5}'])
+def test_a_save_over_a_damaged_estimator_json_replaces_it(damage, tmp_path):
+    path = worker.variant("a").save(tmp_path / "clf")
+    (path / "estimator.json").write_text(damage)
+    with pytest.raises(EstimatorFormatError):
+        worker.load(path)
+    worker.variant("b").save(path)
+    assert worker.check_consistent(worker.load(path)) == "b"

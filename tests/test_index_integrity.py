@@ -205,3 +205,15 @@ def test_a_version_folder_that_is_a_link_is_refused(variants, tmp_path):
     os.symlink(other / _manifest(other)["version"], path / version)
     with pytest.raises(IndexFormatError, match="is a symbolic link"):
         _load(path)
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"version": ["v-0123456789ab"], "previous_version": {}}', "{"])
+def test_a_save_over_a_damaged_manifest_replaces_it(damage, variants, tmp_path):
+    path = variants["a"].save(tmp_path / "idx")
+    old = _manifest(path)["version"]
+    (path / "manifest.json").write_text(damage)
+    with pytest.raises(IndexFormatError):
+        _load(path)
+    variants["b"].save(path)  # no TypeError/AttributeError from the damaged fields
+    assert worker.check_consistent(_load(path)) == "b"
+    assert not (path / old).exists()  # named by no readable manifest, but marked as ragicl's

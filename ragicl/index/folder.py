@@ -198,9 +198,10 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
     path.mkdir(parents=True, exist_ok=True)
     with _atomic.exclusive_lock(path / ".lock"):
         checkpoint("locked")
-        old = _current(path) or {}
+        old = _current(path)
+        old = old if isinstance(old, dict) else {}
         keep, known = _own_names(old)
-        old_version = old.get("version") if old.get("version") in keep else None
+        old_version = old.get("version") if isinstance(old.get("version"), str) and old["version"] in keep else None
         _clean(path, keep, known)
         tmp = _atomic.make_owned_dir(path / _atomic.unique_name(".tmp-"))
         version = tmp.name.replace(".tmp-", "v-", 1)
