@@ -167,8 +167,10 @@ def finetune(lm: str | LanguageModel, prompts: Sequence[Sequence[int]], targets:
     keyword arguments given override its fields (``steps=N``: a fast fixed-length run). ``objective`` is
     ``"labels"`` (cross-entropy of the softmax over all labels: the distribution the evaluation compares)
     or ``"gold"`` (summed NLL of the gold label's tokens; the dev split is still scored by the label
-    cross-entropy). With ``out`` the trained model, tokenizer and ``ragicl_finetune.json`` are saved
-    there atomically, and resumable checkpoints are written to ``out/checkpoint`` while training; a
+    cross-entropy). With ``out`` the trained model and tokenizer are saved there as a new version
+    (``out/model-<id>/``, named by ``out/ragicl_finetune.json``, the training record; crash-safe, see
+    :mod:`ragicl.training.folder`; a folder holding files ragicl did not make is refused before training),
+    and resumable checkpoints are written to ``out/checkpoint`` while training; a
     rerun with the same data and settings resumes from the last one (``TrainConfig(resume=False)``
     starts over). ``on_step`` is called with a :class:`ragicl.training.trainer.StepProgress` after every step.
     """

@@ -140,8 +140,10 @@ def _remove_owned(path: Path) -> None:
             if Path(root, name) != marker:
                 with contextlib.suppress(OSError):
                     os.unlink(Path(root, name))
-        for name in dirs:
-            _rmtree(Path(root, name))
+        for name in dirs:  # already emptied (bottom-up); a link is removed, never followed
+            sub = Path(root, name)
+            with contextlib.suppress(OSError):
+                sub.unlink() if sub.is_symlink() else _rmtree(sub)
     with contextlib.suppress(OSError):
         marker.unlink()
     with contextlib.suppress(OSError):
