@@ -29,6 +29,7 @@ from .evaluation.predictions import Predictions, load_predictions, save_predicti
 from .index.core import ExampleIndex
 from .index.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .lm.hf import LanguageModel, TransformersLM
+from .lm.llamacpp import LlamaCppLM
 from .models import FinetuneFormatError, finetuned_model_path
 from .prompt.pack import Packer, PreparedQuery
 from .prompt.retrieve import Retriever
@@ -59,6 +60,7 @@ __all__ = [
     "IndexFormatError",
     "KNNVoteClassifier",
     "LanguageModel",
+    "LlamaCppLM",
     "MissingDependencyError",
     "NotFittedError",
     "PackedPrompt",
