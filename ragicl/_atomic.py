@@ -111,6 +111,17 @@ def remove_owned_dir(path: str | os.PathLike, prefix: str, *, known: Collection[
         return False
     if path.name not in known and not is_owned_dir(path):
         return False
+    # the marker goes last: a removal killed midway leaves a folder that is still recognisably ragicl's
+    for entry in list(os.scandir(path)) if path.is_dir() else []:
+        if entry.name == MARKER:
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.unlink(path / MARKER)
     shutil.rmtree(path, ignore_errors=True)
     return True
 
