@@ -205,3 +205,99 @@ def test_tokenizer_alone_does_not_convert_the_model(monkeypatch, tmp_path, smoll
     chat = [{"role": "user", "content": "Is this film good?"}]
     assert (tok.apply_chat_template(chat, tokenize=False) ==
             smollm_tokenizer.apply_chat_template(chat, tokenize=False))
+
+
+# ------------------------------------------------------------------ loading options for large models (issue 36 §3)
+def _spy_loads(monkeypatch) -> list[tuple[str, dict]]:
+    """Record the keywords of every AutoModelForCausalLM / AutoTokenizer ``from_pretrained`` call (the real
+    loaders still run)."""
+    import transformers
+
+    calls: list[tuple[str, dict]] = []
+    for cls_name in ("AutoModelForCausalLM", "AutoTokenizer"):
+        cls = getattr(transformers, cls_name)
+        real = cls.from_pretrained.__func__
+
+        def spy(klass, path, *args, _real=real, _name=cls_name, **kwargs):
+            calls.append((_name, dict(kwargs)))
+            return _real(klass, path, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    return calls
+
+
+def test_load_options_reach_from_pretrained(smollm_path, smollm_lm, prompts, monkeypatch):
+    calls = _spy_loads(monkeypatch)
+    lm = TransformersLM(smollm_path, attn_implementation="eager", device_map="cpu",
+                        model_kwargs={"revision": "main", "max_position_embeddings": 4096}, batch_size=4)
+    assert lm._model is None and not calls  # the constructor stores only
+    conts = _ids(smollm_lm.tokenizer, [" positive", " negative", " not entailment"])
+    got = lm.score_continuations(prompts, conts)
+    model_kwargs = next(kw for name, kw in calls if name == "AutoModelForCausalLM")
+    assert model_kwargs == {"dtype": torch.float32, "device_map": "cpu", "attn_implementation": "eager",
+                            "revision": "main", "max_position_embeddings": 4096}
+    assert [kw for name, kw in calls if name == "AutoTokenizer"] == [{"revision": "main"}]  # same files
+    assert lm.model.config._attn_implementation == "eager" != smollm_lm.model.config._attn_implementation
+    assert lm.context_length == 4096  # a config override passed through model_kwargs took effect
+    assert lm.model.device.type == "cpu" and "device_map='cpu'" in repr(lm)
+    # eager and sdpa attention: the same scores up to float32 rounding (the padding tests' tolerance)
+    np.testing.assert_allclose(got, smollm_lm.score_continuations(prompts, conts), atol=2e-4, rtol=0)
+
+
+def test_bad_load_options_are_clear_before_anything_is_read(smollm_path, monkeypatch):
+    import importlib.util
+    from importlib.machinery import ModuleSpec
+
+    from ragicl import MissingDependencyError
+    from ragicl.lm import _hf_load
+
+    calls = _spy_loads(monkeypatch)
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find(name, *a))
+    for kwargs in ({"load_in_4bit": True}, {"load_in_8bit": True},
+                   {"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}):
+        with pytest.raises(MissingDependencyError, match="pip install bitsandbytes"):
+            TransformersLM(smollm_path, **kwargs).load()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: ModuleSpec(name, None)
+                        if name == "bitsandbytes" else real_find(name, *a))  # installed, but no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MissingDependencyError, match="needs a CUDA GPU"):
+        TransformersLM(smollm_path, load_in_4bit=True, device_map="auto").load()
+    for kwargs, error, match in (
+            ({"load_in_4bit": True, "load_in_8bit": True}, ValueError, "pass one of quantization_config"),
+            ({"device": "cpu", "device_map": "auto"}, ValueError, "pass device_map or device, not both"),
+            ({"device_map": "everywhere"}, ValueError, "device_map must be one of"),
+            ({"model_kwargs": {"torch_dtype": "float16"}}, ValueError, r"pass them as .*\['dtype'\]"),
+            ({"model_kwargs": ["trust_remote_code"]}, TypeError, "model_kwargs must be a dict")):
+        with pytest.raises(error, match=match):
+            TransformersLM(smollm_path, **kwargs).load()
+    assert not [c for c in calls if c[0] == "AutoModelForCausalLM"]
+    assert _hf_load.placement_device("auto") == "cpu" and _hf_load.placement_device({"": 0}) == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
+def test_device_map_auto_on_gpus_scores_like_one_device(smollm_path, smollm_lm, prompts):
+    """device_map="auto" (sharded over every visible GPU) in float32: the same scores as the CPU model,
+    within float32 rounding across devices; inputs go to the input embeddings' device."""
+    lm = TransformersLM(smollm_path, device_map="auto", dtype="float32", batch_size=4)
+    conts = _ids(smollm_lm.tokenizer, [" positive", " negative", " not entailment"])
+    got = lm.score_continuations(prompts, conts)
+    assert lm.model.hf_device_map and lm.model.get_input_embeddings().weight.device.type == "cuda"
+    np.testing.assert_allclose(got, smollm_lm.score_continuations(prompts, conts), atol=2e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
+def test_load_in_4bit_on_a_gpu(smollm_path, sst2_train_path):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    lm = TransformersLM(smollm_path, load_in_4bit=True)
+    assert getattr(lm.model, "is_quantized", False) and lm.model.device.type == "cuda"
+    tok = lm.tokenizer
+    rows = _rows(sst2_train_path, 12)
+    demos = [r for r in rows if r["label"] == "positive"][:2] + [r for r in rows if r["label"] == "negative"][:2]
+    good = _fewshot(tok, demos, "an absolute delight : funny , warm and beautifully acted . i loved it .")
+    bad = _fewshot(tok, demos, "a boring , ugly mess . the worst film of the year , a total waste of time .")
+    scores = lm.score_continuations([good, bad], _ids(tok, [" positive", " negative"]))
+    assert np.isfinite(scores).all() and scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]

@@ -92,7 +92,8 @@ def auto_batch_tokens(model: Any) -> int:
     if param.device.type != "cuda":
         return CPU_BATCH_TOKENS
     free, _ = torch.cuda.mem_get_info(param.device)
-    per_token = per_token_bytes(getattr(model, "config", None), param.element_size())
+    dtype = getattr(model, "dtype", param.dtype)  # the compute dtype: a 4/8-bit model's packed weights are 1 byte
+    per_token = per_token_bytes(getattr(model, "config", None), torch.empty((), dtype=dtype).element_size())
     budget = int(_CUDA_SHARE * free / per_token)
     budget = max(_CUDA_MIN, min(_CUDA_MAX, budget // 1024 * 1024))
     logger.debug("batch_tokens auto: %d (free %.1f GiB, %d bytes per token slot)", budget, free / 2**30,

@@ -153,7 +153,7 @@ class TransformersLM:
             return tokenizer, AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
         tokenizer, model = load_resolved(self.model_name, read)
-        if not _hf_load.is_dispatched(model):
+        if device_map is None:  # a device_map placed it (over several devices, or quantized): never move it
             model.to(torch.device(device))
         model.eval()
         self._model, self._tokenizer = model, tokenizer

@@ -42,8 +42,13 @@ Ids = Sequence[Sequence[int]]
 
 
 def model_device(model: Any) -> Any:
-    """The device of the model's parameters."""
-    return next(model.parameters()).device
+    """Where the model's inputs go: the device of its input embeddings (the first of several devices when
+    ``device_map`` spread it over them), else of its first parameter."""
+    try:
+        weight = model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):  # no embeddings to ask (e.g. a bare module)
+        weight = None
+    return weight.device if weight is not None else next(model.parameters()).device
 
 
 def to_device(tensor: Any, device: Any) -> Any:
