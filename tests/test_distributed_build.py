@@ -269,16 +269,15 @@ def test_a_killed_worker_loses_nothing_and_resumes(ray_cluster, ray_inputs, flat
 
 DRIVER = """
 import sys, time
-import ray
 from ragicl.index.embed import HashEmbedder
-from ragicl.distributed import build_distributed
+from ragicl.distributed import build_distributed, connect
 
 class SlowHash(HashEmbedder):
     def encode(self, texts, **kwargs):
         time.sleep(0.3)
         return super().encode(texts, **kwargs)
 
-ray.init(address=sys.argv[1], log_to_driver=False)
+connect(sys.argv[1])  # the fixture's cluster listens on 127.0.0.1; a bare ray.init would dial the external IP
 build_distributed(sys.argv[3:], sys.argv[2], embedder=SlowHash(32), shard_size=30, workers=1, load=False)
 """
 

@@ -82,3 +82,31 @@ def test_a_ray_that_ignores_the_loopback_request_is_shut_down():
     seen.clear()
     assert _start_local(ok, "127.0.0.1") is ok and "shut" not in seen
     assert _is_loopback("::1") and _is_loopback("localhost") and not _is_loopback("10.0.0.1")
+
+
+JOIN = """
+import sys
+from ragicl.distributed import connect
+ray = connect(sys.argv[1])
+print("JOINED", ray.get_runtime_context().gcs_address, ray.util.get_node_ip_address())
+ray.shutdown()
+"""
+
+
+@needs_ray
+@pytest.mark.parametrize("how", ["explicit", "RAY_ADDRESS"])
+def test_another_process_joins_the_loopback_cluster(ray_cluster, how):
+    """A second driver reaches the loopback-only cluster at 127.0.0.1 (Ray alone would dial the machine's
+    external address, where nothing listens, and wait for minutes)."""
+    import subprocess
+    import sys
+
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    assert _is_loopback(gcs.rsplit(":", 1)[0])
+    env = {**os.environ, "RAY_ADDRESS": gcs} if how == "RAY_ADDRESS" else dict(os.environ)
+    if how != "RAY_ADDRESS":
+        env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", JOIN, gcs if how == "explicit" else "auto"], env=env,
+                          capture_output=True, text=True, timeout=150, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"JOINED {gcs} 127.0.0.1" in proc.stdout

@@ -50,7 +50,9 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeou
     address, so its GCS, raylet, workers and agents accept no connection from another machine (Ray on
     Linux otherwise gives a local node the machine's external IP and its gRPC servers listen on every
     interface). Pass another address only to make this node reachable, on a network you trust; a cluster
-    for several machines is started with ``ray start`` (docs/SCALE.md) and joined with ``address``.
+    for several machines is started with ``ray start`` (docs/SCALE.md) and joined with ``address``. Joining
+    a loopback cluster (``"auto"`` finding one, ``RAY_ADDRESS`` or ``"127.0.0.1:PORT"``) keeps its address
+    loopback, where Ray alone would dial the machine's external address.
     """
     ray = ray_module()
     explicit = address not in (None, "auto", "local")
@@ -69,14 +71,20 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeou
     if ray.is_initialized():  # already connected (e.g. by the caller): reuse that cluster
         return ray
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
-    if address == "local" or (address in (None, "auto") and not os.environ.get("RAY_ADDRESS")):
-        kwargs["num_cpus"] = num_cpus
-        if address != "local":
-            try:
+    if address == "local":
+        return _start_local(ray, node_ip_address, num_cpus=num_cpus, **kwargs)
+    if address in (None, "auto"):
+        found = _running_cluster()  # RAY_ADDRESS, else a cluster running on this machine
+        found_hp = _host_port(found) if found else None
+        loopback = found_hp is not None and _is_loopback(found_hp[0])
+        if os.environ.get("RAY_ADDRESS"):
+            with _localhost_stays_local(loopback):
                 return _init(ray, address="auto", **kwargs)
-            except ConnectionError:  # no running cluster: start a local one
-                pass
-        return _start_local(ray, node_ip_address, **kwargs)
+        try:
+            with _localhost_stays_local(loopback):
+                return _init(ray, address="auto", num_cpus=num_cpus, **kwargs)
+        except ConnectionError:  # no running cluster: start a local one
+            return _start_local(ray, node_ip_address, num_cpus=num_cpus, **kwargs)
     with _localhost_stays_local(hp is not None and _is_loopback(hp[0])):
         return _init(ray, address=address, **kwargs)
 
@@ -135,6 +143,24 @@ def _localhost_stays_local(on: bool) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _running_cluster() -> str | None:
+    """The address ``ray.init(address="auto")`` would join (``RAY_ADDRESS``, the last cluster started on this
+    machine, or any GCS process found here), or ``None`` when Ray finds none or cannot say.
+
+    Needed to keep a loopback cluster (one ragicl started in another process) loopback: Ray would dial it
+    on the external address, where nothing listens, and wait minutes.
+    """
+    try:
+        from ray._private import services  # private: on any failure, fall back to Ray's own lookup
+    except ImportError:
+        return None
+    try:
+        found = services.get_ray_address_from_environment("auto", None)
+    except Exception:  # noqa: BLE001 - ConnectionError when none runs; anything else: let ray.init decide
+        return None
+    return found if isinstance(found, str) and _host_port(found) is not None else None
 
 
 def _is_loopback(host: str) -> bool:
