@@ -74,6 +74,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+_ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def unescape(text: str) -> str:
+    r"""``--template``/``--instruction`` text with ``\n``, ``\t``, ``\r`` and ``\\`` read as escapes.
+
+    Only those four: every other character, any Unicode included, is kept as typed (other backslashes too).
+
+    >>> unescape(r"Отзыв: {text}\nОценка: {label}")
+    'Отзыв: {text}\nОценка: {label}'
+    >>> unescape(r"a\\nb \d")
+    'a\\nb \\d'
+    """
+    return re.sub(r"\\([\\ntr])", lambda m: _ESCAPES[m.group(1)], text)
+
+
 def _check_creatable(path: Path, option: str) -> None:
     """``path`` does not exist: its nearest existing ancestor must be a writable folder."""
     parent = path.parent

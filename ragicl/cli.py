@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from ._cli_checks import (
     positive_float,
     positive_int,
     report_error,
+    unescape,
 )
 from ._cli_systems import PredictionsLog, add_best_args, build_systems, system_names
 from ._exceptions import RagiclError
@@ -70,22 +70,6 @@ def _read(path: str, args: argparse.Namespace, name: str | None = None):
     fields = args.input_fields.split(",") if getattr(args, "input_fields", None) else None
     return read_dataset(path, input_fields=fields, label_field=args.label_field,
                         output_field=args.output_field, name=name)
-
-
-_ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
-
-
-def unescape(text: str) -> str:
-    r"""``--template``/``--instruction`` text with ``\n``, ``\t``, ``\r`` and ``\\`` read as escapes.
-
-    Only those four: every other character, any Unicode included, is kept as typed (other backslashes too).
-
-    >>> unescape(r"Отзыв: {text}\nОценка: {label}")
-    'Отзыв: {text}\nОценка: {label}'
-    >>> unescape(r"a\\nb \d")
-    'a\\nb \\d'
-    """
-    return re.sub(r"\\([\\ntr])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def _template(args: argparse.Namespace, dataset):
