@@ -80,10 +80,10 @@ def _param_to_json(name: str, value: Any) -> Any:
     if name == "embedder" and hasattr(value, "name"):
         return str(value.name)  # get_embedder maps the name back ("hash-64", a model name or path)
     if name == "lm":
-        from .lm.factory import LMSpec
+        from .lm.factory import spec_of
 
-        spec = value if isinstance(value, LMSpec) else getattr(value, "to_spec", lambda: None)()
-        if isinstance(spec, LMSpec):  # a server or llama.cpp LM: how to reach it again (never an API key)
+        spec = spec_of(value)
+        if spec is not None:  # a server or llama.cpp LM: how to reach it again (never an API key)
             return {"LMSpec": spec.to_json()}
         lm_name = getattr(value, "model_name", None) or getattr(value, "name", None)
         if isinstance(lm_name, str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragicl.lm.factory import LMSpec, make_lm
+from ragicl.lm.factory import LMSpec, make_lm, spec_of
 from ragicl.lm.hf import TransformersLM
 from ragicl.lm.openai import OpenAICompatibleLM
 
@@ -24,7 +24,8 @@ def test_build_constructs_without_loading():
     srv = LMSpec("m", url="http://h:8000/v1", concurrency=3, cache="off", route="top_logprobs").build()
     assert isinstance(srv, OpenAICompatibleLM) and srv._client is None
     assert (srv.max_concurrency, srv.cache, srv.route) == (3, False, "top_logprobs")
-    assert LMSpec.from_json(srv.to_spec().to_json()) == srv.to_spec()
+    assert LMSpec.from_json(spec_of(srv).to_json()) == spec_of(srv)
+    assert spec_of(hf) is None  # saved by its name
 
 
 def test_make_lm_passes_objects_through_and_builds_names():

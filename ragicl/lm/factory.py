@@ -153,3 +153,22 @@ def make_lm(lm: str | LMSpec | LanguageModel, *, device: str = "auto", batch_siz
         return spec.build(show_progress=show_progress)
     return lm
 
+
+
+def spec_of(lm: Any) -> LMSpec | None:
+    """The :class:`LMSpec` that rebuilds ``lm`` when it is a server or llama.cpp LM (what a saved estimator
+    stores; never an API key), else None (a transformers LM is saved by its name)."""
+    if isinstance(lm, LMSpec):
+        return lm
+    kind = type(lm).__name__
+    if kind == "OpenAICompatibleLM":
+        cache = {True: "on", False: "off", None: "off"}.get(lm.cache, str(lm.cache))
+        tokenizer = lm.tokenizer_spec if isinstance(lm.tokenizer_spec, str) else None
+        return LMSpec(lm.model or "", engine="server", url=lm.base_url, tokenizer=tokenizer, route=lm.route,
+                      chat=lm.chat, concurrency=lm.max_concurrency, timeout=float(lm.timeout),
+                      max_retries=lm.max_retries, cache=cache, context_length=lm.context_length_override)
+    if kind == "LlamaCppLM":
+        tokenizer = lm.tokenizer_spec if isinstance(lm.tokenizer_spec, str) and lm.tokenizer_spec != "auto" else None
+        return LMSpec(lm.model_name, engine="llama.cpp", tokenizer=tokenizer, n_ctx=lm.n_ctx,
+                      n_threads=lm.n_threads, n_gpu_layers=lm.n_gpu_layers)
+    return None

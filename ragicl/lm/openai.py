@@ -235,17 +235,6 @@ class OpenAICompatibleLM:
         eos = getattr(self.tokenizer, "eos_token_id", None)
         return frozenset([int(eos)]) if eos is not None else frozenset()
 
-    def to_spec(self) -> Any:
-        """The :class:`~ragicl.lm.factory.LMSpec` that rebuilds this LM (no API key: it stays in the
-        environment), e.g. when a fitted estimator using it is saved."""
-        from .factory import LMSpec
-
-        cache = {True: "on", False: "off", None: "off"}.get(self.cache, str(self.cache))  # type: ignore[arg-type]
-        tokenizer = self.tokenizer_spec if isinstance(self.tokenizer_spec, str) else None
-        return LMSpec(self.model or "", engine="server", url=self.base_url, tokenizer=tokenizer, route=self.route,
-                      chat=self.chat, concurrency=self.max_concurrency, timeout=float(self.timeout),
-                      max_retries=self.max_retries, cache=cache, context_length=self.context_length_override)
-
     def __repr__(self) -> str:
         return f"OpenAICompatibleLM({self.base_url!r}, {self.model!r}, route={self.route!r})"
 
