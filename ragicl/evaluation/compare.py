@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .. import _atomic
 from .._exceptions import DataError, MissingDependencyError
 from ..training.checkpoint import read_meta, training_note
 from ..types import Dataset
@@ -165,19 +165,11 @@ class Report:
 
 
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it over: never a half-written file."""
+    """Write JSON to a temp file beside ``path`` and rename it over: never a half-written file. The file
+    gets a plain ``open``'s mode (0666 minus the umask), like every file ragicl writes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic.write_atomic(path, json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(obj: object) -> object:
