@@ -20,7 +20,7 @@ pip_install() {  # quiet pip; drops this machine's noise about local index folde
   return $rc
 }
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install "$TORCH_SPEC"
-pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,ray,server,dev,kernels]"
+pip_install -e ".[cpu,data,finetune,langchain,lmeval,report,ray,server,dev,kernels,retrieval]"
 # llama.cpp in process and its OpenAI-compatible server (tests/test_llamacpp.py, tests/test_server_lm.py): the
 # registry has only llama-cpp-python's source (about an hour to compile here), so take the wheel built on this
 # kind of machine from ../shared/wheels when it is there; without it those tests skip and say why.

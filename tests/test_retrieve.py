@@ -37,7 +37,7 @@ def dup_index(dup_data):
     return ExampleIndex.build(dup_data, embedder="hash-64")
 
 
-@pytest.mark.parametrize("strategy", ["topk", "balanced", "mmr", "random"])
+@pytest.mark.parametrize("strategy", ["topk", "balanced", "mmr", "dpp", "votek", "random"])
 def test_never_itself_nor_exact_duplicates(dup_data, dup_index, strategy):
     retriever = Retriever(k=8, selection=strategy)
     results = retriever.retrieve(dup_index, list(dup_data.examples))
@@ -87,7 +87,7 @@ def test_n_candidates_k0_and_validation(dup_index):
     assert Retriever(k=0).retrieve(dup_index, [BASE[5]])[0].positions == ()
     with pytest.raises(ValueError, match="non-negative integer"):
         Retriever(k=-1)
-    with pytest.raises(ValueError, match=r"valid: \['topk', 'balanced', 'mmr', 'random'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['topk', 'balanced', 'mmr', 'dpp', 'votek', 'random'\]"):
         Retriever(selection="nearest")
     with pytest.raises(ValueError, match="mmr_lambda"):
         Retriever(mmr_lambda=1.5)

@@ -23,6 +23,7 @@ ragicl._exceptions.IndexFormatError: manifest.json: field 'version' is '../x/v-0
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,6 +68,21 @@ def _files(v: Any) -> bool:
     return isinstance(v, dict) and all(_int(0)(v.get(name)) for name in FILES)
 
 
+_LEXICAL_FILE = re.compile(r"bm25/[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # a plain file inside the version's bm25/
+
+
+def _lexical(v: Any) -> bool:
+    """The optional BM25 part: its kind, parameters, and the size and checksum of each of its files."""
+    if v is None:
+        return True
+    if not isinstance(v, dict) or v.get("kind") != "bm25" or not isinstance(v.get("params"), dict):
+        return False
+    files, sums = v.get("files"), v.get("checksums")
+    return (isinstance(files, dict) and bool(files) and isinstance(sums, dict) and set(sums) == set(files)
+            and all(isinstance(n, str) and _LEXICAL_FILE.fullmatch(n) and _int(0)(s) for n, s in files.items())
+            and all(isinstance(c, str) and ":" in c for c in sums.values()))
+
+
 def _checksums(required: bool) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         if not isinstance(v, dict):
@@ -98,6 +114,8 @@ _SCHEMA: dict[str, tuple[Callable[[Any], bool], str, int | None]] = {
                          "null or a version folder name 'v-' + 12 hex digits (a folder inside this one)", None),
     "own_versions": (lambda v: isinstance(v, list) and all(_version(x) for x in v),
                      "a list of version folder names 'v-' + 12 hex digits", 3),
+    "lexical": (_lexical, "null or the BM25 part: {'kind': 'bm25', 'params': {...}, 'files': {'bm25/<name>': "
+                "size}, 'checksums': {'bm25/<name>': '<algorithm>:<hex>'}}", None),
 }
 
 

@@ -65,6 +65,7 @@ class ExampleIndex:
         self._search_params: dict[str, Any] = {}
         self._saved_manifest: dict[str, Any] | None = None
         self._fingerprint: str | None = None  # of the dataset, cleared by add()
+        self._lexical: Any = None  # the BM25 part (ragicl.index.lexical.LexicalIndex), after build_lexical()
 
     def __repr__(self) -> str:
         name = self._embedder.name if self._embedder else self._embedder_spec
@@ -166,6 +167,32 @@ class ExampleIndex:
         self._rows.extend(examples)
         self._fingerprint = None
         self._saved_manifest = None
+        if self._lexical is not None:  # BM25 weights depend on every document (idf, mean length): rebuild
+            self.build_lexical(**self._lexical.params)
+
+    def build_lexical(self, k1: float = 1.5, b: float = 0.75, method: str = "lucene",
+                      stopwords: str | Sequence[str] | None = "en", lower: bool = True) -> Any:
+        """Build the BM25 part over every example's query text (``search="bm25"``/``"hybrid"`` use it).
+
+        Parameters as :class:`~ragicl.index.lexical.LexicalIndex`; needs ``bm25s`` (``pip install
+        'ragicl[retrieval]'``). :meth:`save` stores it in the version folder, :meth:`load` reads it back;
+        :meth:`add` rebuilds it. Returns the :class:`~ragicl.index.lexical.LexicalIndex`.
+        """
+        from .lexical import LexicalIndex
+
+        self._require_built()
+        start = time.perf_counter()
+        self._lexical = LexicalIndex.build([self.query_text(ex) for ex in self.examples], k1=k1, b=b,
+                                           method=method, stopwords=stopwords, lower=lower)
+        self._saved_manifest = None
+        logger.info("built BM25 over %d examples (%d terms) in %.2f s", len(self), self._lexical.vocabulary_size,
+                    time.perf_counter() - start)
+        return self._lexical
+
+    @property
+    def lexical(self) -> Any:
+        """The BM25 part (:class:`~ragicl.index.lexical.LexicalIndex`) or None before :meth:`build_lexical`."""
+        return self._lexical
 
     # ------------------------------------------------------------------ search
     def embed(self, queries: Sequence[Query] | Query | np.ndarray) -> np.ndarray:
@@ -322,7 +349,7 @@ class ExampleIndex:
         self._require_built()
         path = Path(path)
         record = _folder.IndexFolder(self._describe(), self._cpu_index(), self._embeddings, self._rows.examples,
-                                     self._rows.keys)
+                                     self._rows.keys, self._lexical)
         self._saved_manifest = _folder.save(record, path)
         logger.info("saved %d examples to %s", len(self), path)
         return path
@@ -354,6 +381,7 @@ class ExampleIndex:
         self._rows, self._embeddings = Rows(folder.examples, folder.keys), folder.vectors
         self._search_params = dict(manifest.get("search_params") or {})
         self._install(folder.faiss_index)
+        self._lexical = folder.lexical
         self._fingerprint = manifest.get("dataset_fingerprint")
         self._saved_manifest = manifest
         return self

@@ -12,6 +12,7 @@ Layout (format 3; docs/DESIGN.md, *Index*)::
     <path>/v-<id>/index.faiss   the files of one version (immutable once published):
     <path>/v-<id>/embeddings.npy    float32 vectors (memory-mapped on load)
     <path>/v-<id>/examples.jsonl    one example per line, with its duplicate ``key``
+    <path>/v-<id>/bm25/         optional: the BM25 part (``index.lexical``, ``bm25s``'s files)
     <path>/v-<id>/.ragicl-made  the marker: ragicl made this folder (``_atomic.MARKER``)
     <path>/.lock                advisory lock serializing savers (never a link)
 
@@ -52,6 +53,7 @@ import numpy as np
 from .. import _atomic
 from .._exceptions import EmbedderMismatchError, IndexFormatError, require
 from ..types import Example
+from . import lexical as _lexical
 from ._manifest import FILES, READABLE_VERSIONS, check_manifest  # noqa: F401 (both part of this module's API)
 from .embed import Embedder, get_embedder
 
@@ -61,7 +63,7 @@ FORMAT_VERSION = 3
 # READABLE_VERSIONS (1, 2, 3): 1 is the flat layout of ragicl <= 0.x (files next to manifest.json), 2 has no
 # digest and no markers; FILES: the files of a version (both in _manifest, with the manifest's schema)
 CHECKSUM = "sha256"  # measured faster than blake2b on SHA-NI CPUs (docs/BENCHMARKS.md)
-SAVE_STEPS = ("locked", "tmp-created", "index.faiss", "embeddings.npy", "examples.jsonl", "synced",
+SAVE_STEPS = ("locked", "tmp-created", "index.faiss", "embeddings.npy", "examples.jsonl", "lexical", "synced",
               "version-published", "manifest-written", "manifest-replaced", "cleaned")
 LOAD_ATTEMPTS = 20
 fsync = _atomic.fsync
@@ -115,6 +117,7 @@ class IndexFolder:
     vectors: np.ndarray  # (count, dimension) float32, memory-mapped unless read with mmap=False
     examples: Sequence[Example]
     keys: Sequence[str]  # Example.key() of each example
+    lexical: Any = None  # the BM25 part (a ragicl.index.lexical.LexicalIndex), when there is one
 
 
 def make_manifest(fields: Mapping[str, Any], files: dict[str, int]) -> dict[str, Any]:
@@ -217,6 +220,8 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
                 fh.writelines(json.dumps({**ex.to_json(), "key": key}, ensure_ascii=False) + "\n"
                               for ex, key in zip(record.examples, record.keys))
             checkpoint("examples.jsonl")
+            lexical = _write_lexical(record.lexical, tmp)
+            checkpoint("lexical")
             for name in FILES:
                 fsync(tmp / name)
             fsync(tmp)
@@ -225,7 +230,8 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
             manifest = _atomic.seal({
                 **make_manifest(record.manifest, {name: (tmp / name).stat().st_size for name in FILES}),
                 "checksums": {name: file_checksum(tmp / name) for name in FILES},
-                "version": version, "previous_version": old_version, "own_versions": own})
+                "version": version, "previous_version": old_version, "own_versions": own,
+                **({"lexical": lexical} if lexical else {})})
             os.rename(tmp, path / version)
             fsync(path)
             checkpoint("version-published")
@@ -241,6 +247,46 @@ def save(record: IndexFolder, path: Path) -> dict[str, Any]:
                legacy_files=bool(old) and old.get("format_version") == 1)
         checkpoint("cleaned")
     return manifest
+
+
+def _write_lexical(lexical: Any, tmp: Path) -> dict[str, Any] | None:
+    """Write the BM25 part into ``tmp/bm25/`` (synced) and return its manifest entry; None without one."""
+    if lexical is None:
+        return None
+    folder = tmp / _lexical.FOLDER
+    lexical.write(folder)
+    _lexical.fsync_folder(folder, fsync)
+    files = _lexical.folder_files(folder)
+    return {"kind": "bm25", "library": "bm25s", "library_version": _lexical.library_version(),
+            "params": lexical.params, "files": files,
+            "checksums": {name: file_checksum(tmp / name) for name in files}}
+
+
+def _read_lexical(path: Path, base: Path, entry: Mapping[str, Any], count: int, *, mmap: bool, verify: bool,
+                  rebuild: str) -> Any:
+    """The BM25 part a manifest records, its files checked like the others; None (with a warning) when
+    ``bm25s`` is not installed."""
+    folder = base / _lexical.FOLDER
+    if folder.is_symlink() or not folder.is_dir():
+        raise IndexFormatError(f"{path} is missing {base.name}/{_lexical.FOLDER}/ (its manifest records a BM25 "
+                               f"part), or it is not a plain folder. {rebuild}")
+    for name, size in entry["files"].items():
+        file = base / name
+        if file.is_symlink() or not file.is_file():
+            raise IndexFormatError(f"{path} is missing {base.name}/{name} (listed in its manifest). {rebuild}")
+        if (actual := file.stat().st_size) != size:
+            raise IndexFormatError(f"{file} is {actual} bytes; the manifest says {size} (truncated or modified "
+                                   f"after saving). {rebuild}")
+        if verify:
+            _verify(file, entry["checksums"][name], rebuild)
+    if not _lexical.is_available():
+        logger.warning("%s has a BM25 part but bm25s is not installed: loaded without it (pip install "
+                       "'ragicl[retrieval]' to use search='bm25' or 'hybrid')", path)
+        return None
+    try:
+        return _lexical.LexicalIndex.read(folder, entry["params"], count, mmap=mmap)
+    except IndexFormatError as err:
+        raise IndexFormatError(f"{err} {rebuild}") from err
 
 
 def _recover_format1(path: Path) -> None:
@@ -341,7 +387,10 @@ def _read_version(path: Path, raw: bytes, *, mmap: bool, verify: bool, rebuild: 
         raise IndexFormatError(f"{path} is inconsistent: the manifest says {count} examples of dimension "
                                f"{dim}, the files hold {counts} (vectors {vectors.shape}, faiss d={cpu.d}). "
                                f"{rebuild}")
-    return IndexFolder(manifest, cpu, vectors, examples, keys)
+    lexical = None
+    if manifest.get("lexical") is not None:
+        lexical = _read_lexical(path, base, manifest["lexical"], count, mmap=mmap, verify=verify, rebuild=rebuild)
+    return IndexFolder(manifest, cpu, vectors, examples, keys, lexical)
 
 
 def check_embedder(path: Path, manifest: dict[str, Any], embedder: str | Embedder, *, device: str,
