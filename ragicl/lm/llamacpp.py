@@ -45,7 +45,8 @@ __all__ = ["LlamaCppLM", "resolve_gguf"]
 
 #: n_ctx when none is given: the model's training context, capped here (the KV cache is allocated up front)
 MAX_DEFAULT_CTX = 8192
-_INSTALL = ("Install it with: pip install llama-cpp-python (the registry has the source only, which compiles "
+_INSTALL = ("Install it with: pip install 'ragicl[llamacpp]'  (or: pip install llama-cpp-python; the registry "
+            "has the source only, which compiles "
             "llama.cpp: up to an hour on two cores; a prebuilt x86-64 Linux wheel for the ragicl development "
             "machines is in ../shared/wheels: pip install "
             "../shared/wheels/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl).")
@@ -72,7 +73,8 @@ class LlamaCppLM:
     ``type_k``, ``main_gpu``, ...) go to ``llama_cpp.Llama``. ``tokenizer``: ``"auto"`` (the ``transformers``
     tokenizer extracted from the GGUF when its ids agree with llama.cpp's on a probe text, else the exact
     adapter over llama.cpp's tokenizer), ``"llama"`` (that adapter), ``"hf"`` (the extracted one, an error
-    if it disagrees) or a tokenizer object whose ids are the model's. ``reuse_prefix``: keep the KV cache of
+    if it disagrees), another string (a tokenizer name or folder for :func:`ragicl.models.load_tokenizer`,
+    an error if it disagrees) or a tokenizer object, used as given. ``reuse_prefix``: keep the KV cache of
     the tokens a prompt shares with the previous one (see the module docstring).
 
     The constructor stores only; :meth:`load` (or first use) loads the weights, :attr:`tokenizer` only the
@@ -118,9 +120,9 @@ class LlamaCppLM:
         check_positive_int("n_batch", self.n_batch)
         if isinstance(self.n_gpu_layers, bool) or not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an int >= -1 (-1: all layers), got {self.n_gpu_layers!r}.")
-        if isinstance(self.tokenizer_spec, str) and self.tokenizer_spec not in ("auto", "llama", "hf"):
-            raise ValueError(f"tokenizer must be 'auto', 'llama', 'hf' or a tokenizer object, got "
-                             f"{self.tokenizer_spec!r}.")
+        if isinstance(self.tokenizer_spec, str) and not self.tokenizer_spec.strip():
+            raise ValueError("tokenizer must be 'auto', 'llama', 'hf', a tokenizer name or folder, or a tokenizer "
+                             "object; got an empty string.")
         if "vocab_only" in self.llama_kwargs or "model_path" in self.llama_kwargs:
             raise ValueError("vocab_only and model_path are set by LlamaCppLM; pass the model as its first argument.")
 
@@ -206,6 +208,15 @@ class LlamaCppLM:
 
     def _make_tokenizer(self) -> Any:
         meta, spec = self._meta(), self.tokenizer_spec
+        if spec not in ("auto", "llama", "hf"):  # a tokenizer by name: it must give llama.cpp's ids
+            from ragicl.models import load_tokenizer
+
+            named = load_tokenizer(spec)
+            problem = ltok.agrees(named, meta)
+            if problem is not None:
+                raise ValueError(f"tokenizer {spec!r} does not give {self.path}'s ids: {problem}. Leave "
+                                 "tokenizer='auto' (the GGUF's own).")
+            return named
         if spec != "llama":
             try:
                 hf = ltok.hf_from_gguf(self.path, default_cache_name(self.model_name))
