@@ -42,6 +42,7 @@ __all__ = ["check_rho", "votek_pool", "votek_rank"]
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, np.ndarray]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _CHUNK = 1024  # examples searched per pass when building the vote graph
+_TIE = 1e-9  # relative: vote scores this close are equal
 
 
 def check_rho(rho: object) -> float:
@@ -81,7 +82,9 @@ def votek_rank(graph: Any, size: int, rho: float = 10.0) -> np.ndarray:
     in_pool = np.zeros(n, dtype=bool)
     order: list[int] = []
     for _ in range(size):
-        u = int(np.argmax(np.where(in_pool, -np.inf, score)))  # ties: the lower position
+        masked = np.where(in_pool, -np.inf, score)
+        top = masked.max()  # ties (up to the rounding of the incremental updates): the lower position
+        u = int(np.flatnonzero(masked >= top - _TIE * max(1.0, abs(top)))[0])
         order.append(u)
         in_pool[u] = True
         if open_voter[u]:  # u no longer votes
