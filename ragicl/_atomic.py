@@ -7,9 +7,10 @@ Private helpers shared by the persistence code. The patterns:
 * :func:`make_dir` — ``os.mkdir`` with the mode a plain ``mkdir`` gives (``0o777`` minus the umask), unlike
   ``tempfile.mkdtemp``'s ``0o700``.
 * :func:`fsync` — flush a file or a folder (folders where the filesystem allows it).
-* :func:`exclusive_lock` — an advisory ``flock`` on a lock file (serializes writers of one folder on
-  POSIX; a no-op where ``fcntl`` is missing). The lock file is opened without following links: a ``.lock``
-  that is a symbolic link is refused, never created or truncated at its target.
+* :func:`exclusive_lock` — an exclusive lock on a lock file that serializes writers of one folder: an
+  advisory ``flock`` on POSIX, the ``filelock`` package where ``fcntl`` is missing (Windows). A ``.lock``
+  that is a symbolic link is refused, never created or truncated at its target (POSIX: the file is opened
+  with ``O_NOFOLLOW``, no ``O_TRUNC``).
 * **Only delete what ragicl made.** Folders a save creates have a strict name (a prefix and the 12 hex
   digits of :func:`unique_name`) and hold the marker file :data:`MARKER`, written right after the
   ``mkdir`` (:func:`make_owned_dir`). Cleaning removes a folder only if its name is strict *and* it holds
@@ -42,7 +43,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-try:  # POSIX only
+try:  # POSIX: flock; elsewhere (Windows) the filelock package (see exclusive_lock)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
@@ -202,17 +203,29 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, before_replace=N
     fsync(path.parent)
 
 
+def _symlink_error(lock_file: str | os.PathLike) -> OSError:
+    return OSError(errno.ELOOP, f"{lock_file} is a symbolic link; ragicl does not follow links for its lock "
+                   "file (that would create or truncate the file it points to). Fix: remove the link (a save "
+                   "creates a plain lock file).", str(lock_file))
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_file: str | os.PathLike, *, blocking: bool = True,
                    create: bool = True) -> Iterator[bool]:
-    """Hold an exclusive advisory lock on ``lock_file``; yields whether it is held.
+    """Hold an exclusive lock on ``lock_file``; yields whether it is held.
 
     With ``blocking=False`` (or ``create=False`` and no such file, or a read-only folder) it yields
     ``False`` instead of waiting or failing; callers then skip what needs the lock. The lock is released
-    when the block ends or the process dies (kill -9 included).
+    when the block ends or the process dies (kill -9 included). A ``lock_file`` that is a symbolic link is
+    an ``OSError`` (``ELOOP``) when the lock is required, ``False`` otherwise; its target is never opened.
+
+    POSIX: ``flock`` on the file opened with ``O_NOFOLLOW`` and without ``O_TRUNC`` (kept after release, mode
+    ``0o666`` minus the umask). Where ``fcntl`` is missing (Windows): :class:`filelock.FileLock` (see
+    docs/DESIGN.md on why not on POSIX too).
     """
-    if fcntl is None:  # pragma: no cover - no advisory locks: writers are not serialized
-        yield blocking
+    if fcntl is None:  # pragma: no cover - Windows (tested on POSIX by hiding fcntl)
+        with _filelock(lock_file, blocking=blocking, create=create) as held:
+            yield held
         return
     flags = os.O_RDWR | (os.O_CREAT if create else 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -222,9 +235,7 @@ def exclusive_lock(lock_file: str | os.PathLike, *, blocking: bool = True,
             yield False
             return
         if err.errno == errno.ELOOP or os.path.islink(lock_file):
-            raise OSError(errno.ELOOP, f"{lock_file} is a symbolic link; ragicl does not follow links for its "
-                          "lock file (that would create or truncate the file it points to). Fix: remove "
-                          "the link (a save creates a plain lock file).", str(lock_file)) from None
+            raise _symlink_error(lock_file) from None
         raise
     try:
         try:
@@ -237,3 +248,34 @@ def exclusive_lock(lock_file: str | os.PathLike, *, blocking: bool = True,
         yield True
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def _filelock(lock_file: str | os.PathLike, *, blocking: bool, create: bool) -> Iterator[bool]:
+    """:func:`exclusive_lock` through the ``filelock`` package (platforms without ``fcntl``)."""
+    from filelock import FileLock, Timeout  # a dependency of ragicl (and of huggingface_hub)
+
+    required = blocking and create
+    if os.path.islink(lock_file):  # filelock >= 3.20.1 refuses links too; this says why in ragicl's words
+        if required:
+            raise _symlink_error(lock_file)
+        yield False
+        return
+    if not create and not os.path.isfile(lock_file):
+        yield False
+        return
+    lock = FileLock(os.fspath(lock_file))
+    try:
+        lock.acquire(timeout=-1 if blocking else 0)
+    except Timeout:
+        yield False
+        return
+    except OSError:
+        if required:
+            raise
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
