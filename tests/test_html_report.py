@@ -19,6 +19,7 @@ from ragicl.evaluation.compare import Report
 from ragicl.evaluation.curves import Curve
 from ragicl.evaluation.html_report import (
     render_html,
+    report_format,
     write_html_report,
     write_markdown_report,
     write_report_file,
@@ -208,9 +209,12 @@ def test_from_json_needs_predictions_for_per_query_parts(tmp_path):
 def test_tune_result_with_missing_keys_and_real_object():
     from ragicl.estimators.tune import Trial, TuneResult
 
-    for partial in ({}, {"params": {"k": 4}}, {"trials": [{"params": {"k": 2}}, {"accuracy": 0.5}]}):
+    odd = ({}, {"params": {"k": 4}}, {"trials": [{"params": {"k": 2}}, {"accuracy": 0.5}]},
+           {"params": "k=4", "trials": {"a": 1}, "skipped": 3, "baselines": [1], "dev_accuracy": "high"},
+           {"trials": [{"accuracy": "<b>bold</b>", "log_loss": None, "params": ["k"]}]})
+    for partial in odd:  # a result from another version of the tuner: what is there is shown, nothing breaks
         raw = render_html(synthetic_report(3, 30)[0], tune=partial)
-        assert 'id="tuning"' in raw
+        assert 'id="tuning"' in raw and Page(raw).count("b") == 0
     res = TuneResult({"k": 8, "knn_k": 8}, 0.8, 0.5, {"retrieved-8": 0.7}, 100, 12.0,
                      (Trial({"k": 8, "knn_k": 8}, 0.8, 0.5, 1.0), Trial({"k": 8, "knn_k": 32}, 0.75, 0.6, 1.0)))
     page = Page(render_html(synthetic_report(3, 30)[0], tune=res))
@@ -228,6 +232,10 @@ def test_markdown_variant_and_suffix_dispatch(tmp_path):
     assert write_report_file(report, tmp_path / "r.HTML").read_text().startswith("<!DOCTYPE html>")
     with pytest.raises(ValueError, match=r"expected \.html .* or \.md"):
         write_report_file(report, tmp_path / "r.pdf")
+    assert not (tmp_path / "r.pdf").exists()
+    assert [report_format(p) for p in ("a.html", "b.HTM", "c.md", "d.markdown")] == ["html", "html", "md", "md"]
+    with pytest.raises(ValueError, match="has suffix '\\(none\\)'"):
+        report_format("report")
     (tmp_path / "dir.html").mkdir()
     with pytest.raises(IsADirectoryError, match="is a folder"):
         write_html_report(report, tmp_path / "dir.html")

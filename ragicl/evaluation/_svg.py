@@ -35,11 +35,13 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def fmt(v: float, digits: int = 3) -> str:
-    """A number for a label: ``digits`` decimals, ``n/a`` for NaN/None."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.{digits}f}"
+def fmt(v: object, digits: int = 3) -> str:
+    """A number for a label: ``digits`` decimals, ``n/a`` for NaN/None; anything else as escaped text."""
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a" if v is None else esc(v)
+    return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -16,7 +16,7 @@ from the data (dataset, labels, system names, notes) is escaped, and a Content-S
 scripts and any load from outside the file. The per-query distributions come from the report itself (a
 fresh ``compare``) or from ``predictions=`` (the ``ragicl eval --predictions`` record); without them the
 confusion and the intervals of the gap closed are left out, and the page says so. :func:`write_report_file`
-picks HTML or Markdown from the file's suffix.
+picks HTML or Markdown from the file's suffix (:func:`report_format` checks it before a long run).
 
 >>> import tempfile, pathlib
 >>> from ragicl.evaluation.compare import Report
@@ -53,7 +53,7 @@ from .compare import Report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["render_html", "write_html_report", "write_markdown_report", "write_report_file"]
+__all__ = ["render_html", "report_format", "write_html_report", "write_markdown_report", "write_report_file"]
 
 CONFUSION_LABELS = 12  # above this many labels, the confusion shows the labels in the most disagreements
 PER_LABEL_ROWS = 15  # above this many labels, the per-label table shows those where the systems differ most
@@ -227,15 +227,20 @@ def _params(p: Mapping[str, Any]) -> str:
     return ", ".join(f"{esc(k)}={esc(v)}" for k, v in p.items())
 
 
+def _mapping(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
 def _tune_section(tune: Mapping[str, Any], top: int) -> str:
-    params = tune.get("params") or {}
+    """What the tuner chose, why, against the plain systems, and its best ``top`` trials; every key optional."""
+    params = _mapping(tune.get("params"))
     out = []
     if params:
         out.append("<table class=compact><tbody>" + "".join(
             f"<tr><th scope=row>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in params.items()) + "</tbody></table>")
     if tune.get("reason"):
         out.append(f"<p>{esc(tune['reason'])}</p>")
-    baselines = tune.get("baselines") or {}
+    baselines = _mapping(tune.get("baselines"))
     if isinstance(tune.get("dev_accuracy"), (int, float)) and baselines:
         rows = [Row("chosen setting", [Bar(float(tune["dev_accuracy"]))], "best")]
         rows += [Row(str(k), [Bar(float(v))], "plain") for k, v in baselines.items() if isinstance(v, (int, float))]
@@ -243,25 +248,33 @@ def _tune_section(tune: Mapping[str, Any], top: int) -> str:
             rows, title="dev accuracy of the choice and the plain systems", domain=(0.0, 1.0),
             xlabel=f"accuracy on {tune.get('n_dev', '?')} dev queries from the training set"), "fig-tune",
             "The tuner never sees the test queries: it chooses on held-out training examples."))
-    trials = [t for t in tune.get("trials") or [] if isinstance(t, Mapping)]
+    trials = [t for t in tune.get("trials") or [] if isinstance(t, Mapping)] if isinstance(
+        tune.get("trials"), list) else []
     if trials:
-        ranked = sorted(trials, key=lambda t: (-float(t.get("accuracy", float("nan")) or 0),
-                                               float(t.get("log_loss", math.inf) or math.inf)))
-        keys = list(dict.fromkeys(k for t in ranked[:top] for k in (t.get("params") or {})))
+        ranked = sorted(trials, key=lambda t: (-_number(t.get("accuracy"), 0.0), _number(t.get("log_loss"), math.inf)))
+        keys = list(dict.fromkeys(k for t in ranked[:top] for k in _mapping(t.get("params"))))
         head = "<th>#</th><th>dev accuracy</th><th>dev log-loss</th>" + "".join(f"<th>{esc(k)}</th>" for k in keys)
         body = []
         for i, t in enumerate(ranked[:top], 1):
-            p = t.get("params") or {}
+            p = _mapping(t.get("params"))
             chosen = bool(params) and all(params.get(k) == v for k, v in p.items())
             body.append(f"<tr{' class=chosen' if chosen else ''}><td>{i}</td><td>{fmt(t.get('accuracy'))}</td>"
                         f"<td>{fmt(t.get('log_loss'))}</td>" + "".join(f"<td>{esc(p.get(k, ''))}</td>" for k in keys)
                         + "</tr>")
         out.append(f"<h4>Best {min(top, len(ranked))} of {len(ranked)} settings tried</h4><div class=scroll>"
                    f"<table class=compact><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
-    skipped = tune.get("skipped") or []
-    if skipped:
+    skipped = tune.get("skipped")
+    if isinstance(skipped, list) and skipped:
         out.append(f"<p class=muted>{len(skipped)} setting(s) not tried within the time budget.</p>")
     return "".join(out) or "<p class=muted>The tuner result holds nothing to show.</p>"
+
+
+def _number(v: Any, default: float) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f
 
 
 def _curve_section(title: str, c: Mapping[str, Any]) -> str:
@@ -391,15 +404,15 @@ def write_markdown_report(report: Report, path: str | os.PathLike, *, tune: Any 
         parts += ["", "## Notes", "", *[f"- {n}" for n in report.notes]]
     tune_d = tune_dict(tune)
     if tune_d:
-        parts += ["", f"## How {BEST} was chosen", "", f"Chosen: {_md_params(tune_d.get('params') or {})}"]
+        parts += ["", f"## How {BEST} was chosen", "", f"Chosen: {_md_params(_mapping(tune_d.get('params')))}"]
         if tune_d.get("reason"):
             parts += ["", str(tune_d["reason"])]
         trials = sorted((t for t in tune_d.get("trials") or [] if isinstance(t, Mapping)),
-                        key=lambda t: (-float(t.get("accuracy") or 0), float(t.get("log_loss") or math.inf)))
+                        key=lambda t: (-_number(t.get("accuracy"), 0.0), _number(t.get("log_loss"), math.inf)))
         if trials:
             parts += ["", markdown_table(["dev accuracy", "dev log-loss", "setting"],
                                          [[fmt(t.get("accuracy")), fmt(t.get("log_loss")),
-                                           _md_params(t.get("params") or {})] for t in trials[:top_trials]])]
+                                           _md_params(_mapping(t.get("params")))] for t in trials[:top_trials]])]
     for name, c in curve_dicts(curves):
         from .curves import Curve
         from .stats import Interval
@@ -419,14 +432,22 @@ def _md_params(p: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in p.items()).replace("|", "\\|")
 
 
-def write_report_file(report: Report, path: str | os.PathLike, **options: Any) -> Path:
-    """:func:`write_html_report` for ``.html``/``.htm``, :func:`write_markdown_report` for ``.md``/``.markdown``
-    (which ignores ``predictions``/``gold``); any other suffix is a ``ValueError`` naming the choices."""
+def report_format(path: str | os.PathLike) -> str:
+    """``"html"`` or ``"md"`` from ``path``'s suffix (``.html``/``.htm``, ``.md``/``.markdown``, any case); any
+    other suffix is a ``ValueError`` naming the choices. Cheap: call it before a long run to fail early."""
     suffix = Path(path).suffix.lower()
     if suffix in (".html", ".htm"):
-        return write_html_report(report, path, **options)
+        return "html"
     if suffix in (".md", ".markdown"):
-        options = {k: v for k, v in options.items() if k not in ("predictions", "gold")}
-        return write_markdown_report(report, path, **options)
+        return "md"
     raise ValueError(f"report file {str(path)!r} has suffix {suffix or '(none)'!r}; expected .html (a "
                      "self-contained page) or .md (Markdown), e.g. report.html.")
+
+
+def write_report_file(report: Report, path: str | os.PathLike, **options: Any) -> Path:
+    """:func:`write_html_report` or :func:`write_markdown_report` (which ignores ``predictions``/``gold``),
+    chosen by :func:`report_format` from the suffix of ``path``."""
+    if report_format(path) == "html":
+        return write_html_report(report, path, **options)
+    options = {k: v for k, v in options.items() if k not in ("predictions", "gold")}
+    return write_markdown_report(report, path, **options)
