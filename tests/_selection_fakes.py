@@ -45,7 +45,8 @@ def tiny_sentence_transformer(folder: Path, seed: int = 0) -> str:
     BertModel(_tiny_bert_config()).save_pretrained(raw)
     AutoTokenizer.from_pretrained(_minilm_folder()).save_pretrained(raw)
     word = models.Transformer(str(raw), max_seq_length=64)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    width = (getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension)()
+    pool = models.Pooling(width, pooling_mode="mean")
     SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(folder / "st"))
     return str(folder / "st")
 
