@@ -126,6 +126,11 @@ class RagiclExampleSelector(BaseExampleSelector):
             a single-field index, else each field under its own name.
         output_key: template variable that receives the verbalized label (or the output, generation).
         retriever: a ragicl :class:`~ragicl.prompt.retrieve.Retriever` choosing the candidates (default top-k).
+        selection, search, reranker: shortcuts for ``retriever=Retriever(k, selection=..., search=...,
+            reranker=...)`` (not together with ``retriever``): ``selection`` ``"topk"``, ``"balanced"``,
+            ``"mmr"``, ``"dpp"``, ``"votek"`` or ``"random"``; ``search`` ``"dense"``, ``"bm25"`` or
+            ``"hybrid"`` (BM25 needs ``index.build_lexical()``); ``reranker`` a cross-encoder hub id or folder.
+            Whatever selects, the examples kept are the first of its order that fit ``max_tokens``.
         fetch_k: candidates retrieved per query (default ``2 * k``): long ones that do not fit are skipped.
         verbalizer: label → answer text; default writes ``_`` as a space, like ``PromptTemplate``.
         add_generation_prompt: count the chat template's assistant cue (as a model receiving it would).
@@ -144,7 +149,8 @@ class RagiclExampleSelector(BaseExampleSelector):
                  example_prompt: Any = None, k: int = 8, max_tokens: int = 1024,
                  input_keys: str | Mapping[str, str] | None = None, output_key: str = "output",
                  retriever: Retriever | None = None, fetch_k: int | None = None,
-                 verbalizer: Mapping[str, str] | None = None, add_generation_prompt: bool = True) -> None:
+                 verbalizer: Mapping[str, str] | None = None, add_generation_prompt: bool = True,
+                 selection: str | None = None, search: str | None = None, reranker: Any = None) -> None:
         self._index_spec = index
         self._index: ExampleIndex | None = index if isinstance(index, ExampleIndex) else None
         self._tokenizer_spec = tokenizer
@@ -155,7 +161,7 @@ class RagiclExampleSelector(BaseExampleSelector):
         self.fetch_k = check_positive_int("fetch_k", fetch_k) if fetch_k is not None else None
         self._input_keys_spec = input_keys
         self.output_key = output_key
-        self.retriever = retriever if retriever is not None else Retriever(k=k)
+        self.retriever = _make_retriever(k, retriever, selection, search, reranker)
         self.verbalizer = dict(verbalizer) if verbalizer is not None else None
         self.add_generation_prompt = add_generation_prompt
         self.prompt: Any = None
@@ -365,6 +371,19 @@ class RagiclExampleSelector(BaseExampleSelector):
             new = Example(ex_id, inputs, label=label)
         index.add(new)
         return ex_id
+
+
+def _make_retriever(k: int, retriever: Retriever | None, selection: str | None, search: str | None,
+                    reranker: Any) -> Retriever:
+    """The selector's retriever: the one given, or one built from the shortcuts (top-k dense by default)."""
+    shortcuts = {name: v for name, v in (("selection", selection), ("search", search), ("reranker", reranker))
+                 if v is not None}
+    if retriever is not None:
+        if shortcuts:
+            raise ValueError(f"got retriever= and {sorted(shortcuts)}; pass either a Retriever or the shortcut "
+                             "options, e.g. Retriever(k, selection=..., search=...) alone.")
+        return retriever
+    return Retriever(k=k, **shortcuts)
 
 
 def _find_few_shot(prompt: Any, selector: RagiclExampleSelector) -> Any:
