@@ -28,8 +28,10 @@ from .evaluation.compare import Gap, Report, SystemResult, compare
 from .evaluation.predictions import Predictions, load_predictions, save_predictions
 from .index.core import ExampleIndex
 from .index.embed import Embedder, HashEmbedder, SentenceTransformerEmbedder
+from .lm.factory import LMSpec
 from .lm.hf import LanguageModel, TransformersLM
 from .lm.llamacpp import LlamaCppLM
+from .lm.openai import OpenAICompatibleLM
 from .models import FinetuneFormatError, finetuned_model_path
 from .prompt.pack import Packer, PreparedQuery
 from .prompt.retrieve import Retriever
@@ -59,10 +61,12 @@ __all__ = [
     "ICLGenerator",
     "IndexFormatError",
     "KNNVoteClassifier",
+    "LMSpec",
     "LanguageModel",
     "LlamaCppLM",
     "MissingDependencyError",
     "NotFittedError",
+    "OpenAICompatibleLM",
     "PackedPrompt",
     "Packer",
     "Prediction",

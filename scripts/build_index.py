@@ -31,7 +31,7 @@ def dataset_name(path: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from ragicl._cli_checks import positive_int
+    from ragicl.cli.checks import positive_int
     from ragicl.models import DEFAULT_EMBEDDER
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("ragicl").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    from ragicl._cli_checks import check_output_dir, report_error
     from ragicl._exceptions import RagiclError
+    from ragicl.cli.checks import check_output_dir, report_error
     from ragicl.index.core import build_and_save
 
     out = args.out or str(Path("indexes") / dataset_name(args.data))

@@ -9,8 +9,8 @@ import pickle
 import pytest
 from conftest import dataset_path
 
-from ragicl import cli
 from ragicl.cli import build_parser, main
+from ragicl.cli.settings import PromptOptions
 
 
 def _write_jsonl(path, rows):
@@ -136,7 +136,7 @@ def test_template_and_instruction_keep_any_unicode():
     args = build_parser().parse_args(["eval", "--index", "i", "--test", "t", "--template",
                                       r"Отзыв ✨: {text}\nОценка/評価: {label}", "--instruction",
                                       r"Réponds vite 😀\tsans phrase\\n."])
-    t = cli._template(args, from_records([{"text": "x", "label": "a"}]))
+    t = PromptOptions.from_args(args).template_for(from_records([{"text": "x", "label": "a"}]))
     assert t.example == "Отзыв ✨: {text}\nОценка/評価: {label}"
     assert t.instruction == "Réponds vite 😀\tsans phrase\\n."  # \\ is a backslash, so \\n stays two characters
 

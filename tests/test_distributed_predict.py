@@ -236,7 +236,7 @@ def test_cli_eval_with_ray_fans_the_lm_systems_out(ray_built, tmp_path, capsys, 
     assert f"vote k={best['knn_k']}" in chosen and f"weight {best['knn_weight']:.2f}" in chosen
     assert "estimator" not in calls[0][2]
     # the same run again with its saved predictions: nothing is scored on Ray and "ragicl best" is not re-tuned
-    import ragicl._cli_systems as cli_systems
+    import ragicl.cli.systems as cli_systems
 
     def no_tuning(*a, **k):
         raise AssertionError("tuned again")

@@ -191,3 +191,26 @@ def test_an_estimator_saved_with_a_server_lm_reloads_it(server, sst2, clean, tmp
     assert type(loaded.lm_).__name__ == "OpenAICompatibleLM" and loaded.lm_.base_url == server.url
     np.testing.assert_array_equal(loaded.predict_proba(list(test.examples)), clean[0])
     assert loaded.lm_.stats.sent == 0  # same cache: answered without a request
+
+
+def test_ragicl_eval_through_the_server(server, sst2, clean, tmp_path):
+    """The command line, end to end, with the LM behind the server: same probabilities as the library."""
+    import json
+
+    from ragicl.cli import main
+
+    index, test = sst2
+    index.save(tmp_path / "idx")
+    rows = [{"text": e.inputs["text"], "label": e.label} for e in test.examples]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["eval", "--index", str(tmp_path / "idx"), "--test", str(tmp_path / "test.jsonl"), "--k", "4",
+            "--max-prompt-tokens", "512", "--no-best", "--no-vote", "--lm", MODEL_ALIAS, "--lm-url", server.url,
+            "--lm-tokenizer", "SmolLM2-135M-Instruct", "--lm-context-length", "2048", "--lm-cache",
+            str(clean[1]), "--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "r.md")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    retrieved = next(s for s in report["systems"] if s["name"] == "retrieved-4")
+    assert retrieved["accuracy"]["estimate"] == pytest.approx(float(np.mean(clean[0].argmax(1) == [
+        ("negative", "positive").index(e.label) for e in test.examples])))
+    assert any(n.startswith(f"LM: {MODEL_ALIAS} (server, {server.url})") for n in report["notes"])
+    assert "retrieved-4" in (tmp_path / "r.md").read_text()

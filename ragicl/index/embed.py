@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .._cli_checks import model_unavailable
+from .._hub import model_unavailable
 from .._exceptions import (
     DataError,
     EmbedderMismatchError,

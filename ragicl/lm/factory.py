@@ -57,7 +57,9 @@ class LMSpec:
     load_in_4bit: bool = False
     attn_implementation: str | None = None
     model_kwargs: str | None = None
+    quantization_config: str | None = None
     n_ctx: int | None = None
+    n_batch: int | None = None
     n_threads: int | None = None
     n_gpu_layers: int = 0
     url: str | None = None
@@ -77,14 +79,19 @@ class LMSpec:
         if self.url is not None and self.engine not in ("auto", "server"):
             raise ValueError(f"url= is for a server, but engine={self.engine!r} runs the model in process; "
                              "drop one of them.")
-        if self.model_kwargs is not None:
+        for name in ("model_kwargs", "quantization_config"):
+            text = getattr(self, name)
+            if text is None:
+                continue
             try:
-                value = json.loads(self.model_kwargs)
+                value = json.loads(text)
             except ValueError as err:
-                raise ValueError(f"model_kwargs must be a JSON object, e.g. '{{\"trust_remote_code\": true}}'; "
-                                 f"got {self.model_kwargs!r} ({err}).") from None
+                raise ValueError(f"{name} must be a JSON object, e.g. '{{\"trust_remote_code\": true}}'; "
+                                 f"got {text!r} ({err}).") from None
             if not isinstance(value, dict):
-                raise ValueError(f"model_kwargs must be a JSON object, got {self.model_kwargs!r}.")
+                raise ValueError(f"{name} must be a JSON object, got {text!r}.")
+        if self.quantization_config is not None and (self.load_in_4bit or self.load_in_8bit):
+            raise ValueError("quantization_config and load_in_4bit/load_in_8bit both set: give one of them.")
 
     @property
     def resolved_engine(self) -> str:
@@ -113,13 +120,15 @@ class LMSpec:
 
             return LlamaCppLM(self.model, n_ctx=self.n_ctx or self.context_length, n_threads=self.n_threads,
                               n_gpu_layers=self.n_gpu_layers, tokenizer=self.tokenizer or "auto",
-                              show_progress=show_progress)
+                              show_progress=show_progress, **({"n_batch": self.n_batch} if self.n_batch else {}))
         from .hf import TransformersLM
 
         return TransformersLM(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
                               show_progress=show_progress, device_map=self.device_map,
                               load_in_8bit=self.load_in_8bit, load_in_4bit=self.load_in_4bit,
                               attn_implementation=self.attn_implementation,
+                              quantization_config=(json.loads(self.quantization_config) if self.quantization_config
+                                                   else None),
                               model_kwargs=json.loads(self.model_kwargs) if self.model_kwargs else None)
 
     def to_json(self) -> dict[str, Any]:
@@ -170,5 +179,6 @@ def spec_of(lm: Any) -> LMSpec | None:
     if kind == "LlamaCppLM":
         tokenizer = lm.tokenizer_spec if isinstance(lm.tokenizer_spec, str) and lm.tokenizer_spec != "auto" else None
         return LMSpec(lm.model_name, engine="llama.cpp", tokenizer=tokenizer, n_ctx=lm.n_ctx,
-                      n_threads=lm.n_threads, n_gpu_layers=lm.n_gpu_layers)
+                      n_threads=lm.n_threads, n_gpu_layers=lm.n_gpu_layers,
+                      n_batch=lm.n_batch if lm.n_batch != 512 else None)
     return None

@@ -18,8 +18,10 @@ import re
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
-from ._exceptions import RagiclError
+from .._exceptions import RagiclError
+from .._hub import model_unavailable
 
 #: Exit status of a run stopped by a user error (bad argument, unusable file or path, bad data).
 #: argparse uses the same status for malformed command lines.
@@ -185,61 +187,32 @@ def report_error(err: BaseException, verbose: bool, cause: BaseException | None 
     return USER_ERROR
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connect (a proxy, if configured, is assumed to)."""
-    import socket
-    from urllib.parse import urlparse
+def check_lm(spec: Any, option: str = "--lm") -> None:
+    """The LM the options describe must be usable before any data work: a server URL well formed (the server
+    itself is probed when the LM first loads), a GGUF file present, a transformers model known, local,
+    cached or downloadable."""
+    from ..lm.factory import LMSpec
+    from ..models import _GEMMA_ALIASES, _SMOLLM_ALIASES, DEFAULT_LM
 
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def model_unavailable(resolved: str, files: tuple[str, ...] = ("config.json",)) -> str | None:
-    """Why the model ``resolved`` (a folder or hub id) cannot be loaded, or ``None`` when it can be tried.
-
-    A local folder is fine; a hub id is fine when it is in the local Hugging Face cache or when the hub is
-    reachable (downloads allowed). Otherwise loading would only fail after minutes of retries, so this says
-    why now.
-    """
-    if Path(resolved).exists():
-        return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in files:
-            if isinstance(try_to_load_from_cache(resolved, name), str):
-                return None
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - huggingface_hub raises its own types for an invalid repo id
-        return "it is not an existing path nor a valid Hugging Face model id"
-    if offline:
-        return "it is not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set"
-    if not _hub_reachable():
-        return "it is not a local folder nor in the Hugging Face cache, and the hub is unreachable"
-    return None
-
-
-def check_lm(name: str, option: str = "--lm") -> None:
-    """A base LM that is neither known, local, cached nor downloadable fails now, not after the data work."""
-    from .models import _GEMMA_ALIASES, _SMOLLM_ALIASES
-
+    spec = spec if isinstance(spec, LMSpec) else LMSpec(str(spec))
+    engine, name = spec.resolved_engine, spec.model
+    if engine == "server":
+        if not str(spec.url).startswith(("http://", "https://")):
+            raise UsageError(f"--lm-url {spec.url!r} is not an http(s) URL; expected the server's API root, e.g. "
+                             "http://localhost:8000/v1.")
+        return
     if name.lower() in _SMOLLM_ALIASES | _GEMMA_ALIASES:
+        return
+    if engine == "llama.cpp":
+        if not Path(name).is_file():
+            raise UsageError(f"{option} {name!r} is not a GGUF file (llama.cpp runs .gguf files, or the default "
+                             f"models by name, e.g. {DEFAULT_LM!r}). Fix: check the path.")
         return
     why = model_unavailable(name)
     if why is not None:
-        from .models import DEFAULT_LM
-
         raise UsageError(f"{option} {name!r} cannot be loaded: {why}. Expected a known short name (e.g. "
-                         f"{DEFAULT_LM!r}), a local model folder, or a reachable hub id. Fix: check the name.")
+                         f"{DEFAULT_LM!r}), a local model folder, a GGUF file, a reachable hub id, or a served "
+                         "model with --lm-url. Fix: check the name.")
 
 
 def check_factory(factory: str, n: int, dimension: int) -> None:
@@ -270,3 +243,12 @@ def check_test_labels(test, index, test_path: str, index_path: str) -> None:
                          f"have (its labels: {list(index.labels)}); the systems can only predict the index's "
                          "labels. Fix: evaluate on a test set of the same task, or rebuild the index on "
                          "training data with the same labels.")
+
+
+def device_value(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether it exists here is checked
+    where the model loads, with the fix)."""
+    value = text.strip().lower()
+    if value in {"auto", "cpu", "cuda", "mps"} or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")

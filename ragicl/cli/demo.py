@@ -1,4 +1,4 @@
-"""``ragicl demo``: the main job (index SST-2, fine-tune briefly, compare, write the report)."""
+"""``ragicl demo``: the main job (index a dataset, fine-tune briefly, compare, write the report)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,24 @@ import gc
 import time
 from pathlib import Path
 
-from ._cli_checks import check_lm, check_output_dir
-from ._exceptions import RagiclError
+from .._exceptions import RagiclError
+from .checks import check_lm, check_output_dir
+from .settings import BestOptions, DataOptions, EvalOptions, PromptOptions, lm_spec
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The main job: index SST-2, fine-tune briefly, compare zero-shot / random-k / retrieved-k /
-    fine-tuned on a sample of the test set, print the table and write JSON."""
-    from ._cli_systems import build_systems
-    from .data import read_dataset
-    from .evaluation.compare import compare
-    from .index.core import ExampleIndex
-    from .prompt.template import PromptTemplate
-    from .training.reference import train_reference
+    """The main job: index the dataset, fine-tune briefly, compare zero-shot / random-k / retrieved-k / votes /
+    ragicl best / fine-tuned on a sample of the test set, print the table and write JSON."""
+    import dataclasses
+
+    from ..evaluation.compare import compare
+    from ..index.core import ExampleIndex
+    from ..training.reference import train_reference
+    from .systems import build_systems
 
     t_start = time.perf_counter()
+    lm, best = lm_spec(args), BestOptions.from_args(args)
+    prompt = dataclasses.replace(PromptOptions.from_args(args), template=None)
     data_dir = Path(args.data_dir) / args.dataset
     if not (data_dir / "train.jsonl").exists():
         raise RagiclError(f"no {data_dir}/train.jsonl: pass --data-dir pointing at a folder with "
@@ -29,10 +32,11 @@ def run_demo(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(args.out, "--out")
     index_dir = Path(args.index_dir) if args.index_dir else Path("indexes") / args.dataset
     check_output_dir(index_dir, "--index-dir", marker="manifest.json")
-    check_lm(args.lm)
-    train_full = read_dataset(data_dir / "train.jsonl", name=args.dataset)
+    check_lm(lm)
+    data = DataOptions()
+    train_full = data.read(data_dir / "train.jsonl", name=args.dataset)
     train = train_full.sample(args.n_train, seed=args.seed) if args.n_train else train_full
-    test_full = read_dataset(data_dir / "test.jsonl", name=args.dataset, labels=train.labels)
+    test_full = data.read(data_dir / "test.jsonl", name=args.dataset, labels=train.labels)
     test = test_full.sample(args.n, seed=args.seed)
     index = None
     if (index_dir / "manifest.json").exists():
@@ -40,26 +44,25 @@ def run_demo(args: argparse.Namespace) -> int:
         if index.manifest.get("dataset_fingerprint") != train.fingerprint():
             index = None
     if index is None:
-        index = ExampleIndex.build(train, device=args.device)
+        index = ExampleIndex.build(train, device=lm.device)
         index.save(index_dir)
-    try:
-        template = PromptTemplate.for_dataset(args.dataset)
-    except ValueError:
-        template = PromptTemplate.default(train.input_fields)
-    ft = train_reference(train, lm=args.lm, template=template, out=out_dir / f"finetuned-{args.dataset}",
+    template = prompt.template_for(train, preset=args.dataset)
+    ft = train_reference(train, lm=lm.model, template=template, out=out_dir / f"finetuned-{args.dataset}",
                          steps=args.steps, batch_size=args.ft_batch_size, seed=args.seed)
     ft_path, ft_steps, ft_seconds = ft.path, ft.steps, ft.seconds
     del ft  # it holds the trained model; evaluation reloads the checkpoint from disk
     gc.collect()
-    args.template = None
+    opts = EvalOptions(k=args.k, selection=args.selection, seed=args.seed, finetuned=str(out_dir /
+                                                                                         f"finetuned-{args.dataset}"))
     notes = [(f"test set sampled: {len(test)} of {len(test_full)} examples (seed {args.seed}) to fit the "
              "time budget; intervals are bootstrap 95%"),
-             (f"fine-tuned reference: {args.lm}, full fine-tune, {ft_steps} steps x {args.ft_batch_size} "
+             (f"fine-tuned reference: {lm.model}, full fine-tune, {ft_steps} steps x {args.ft_batch_size} "
              f"examples ({ft_steps * args.ft_batch_size} of {len(train)} seen once at most), "
              f"{ft_seconds:.0f} s — deliberately short for this machine"),
              (f"index: {len(index)} examples, {index.embedder.name}, factory {index.factory!r}; "
-             f"k={args.k}, max_prompt_tokens={args.max_prompt_tokens}")]
-    systems = build_systems(args, index, str(ft_path), template, notes)
+             f"k={args.k}, max_prompt_tokens={prompt.max_prompt_tokens}")]
+    del ft_path
+    systems = build_systems(index, template, lm=lm, opts=opts, best=best, prompt=prompt, notes=notes)
     report = compare(test, systems, reference="fine-tuned", notes=notes)
     print(report.table())
     report.to_json(out_dir / f"report-{args.dataset}.json")

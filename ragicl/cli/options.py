@@ -1,0 +1,165 @@
+"""The command line's options, declared once per group and added to the commands that use them.
+
+A command gets exactly the groups that apply to it (``ragicl tune --help`` lists no test-set options), and
+the same option means the same thing everywhere (one ``--device`` type, one set of ``--lm`` options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..models import DEFAULT_EMBEDDER, DEFAULT_LM
+from .checks import device_value, k_value, non_negative_int, positive_float, positive_int
+
+ESCAPES_HELP = r"\n, \t and \r are a newline, a tab and a carriage return, \\ a backslash; any Unicode is kept"
+TEMPLATE_HELP = r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'; " + ESCAPES_HELP
+DEVICE_HELP = "where the models run: auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps (default auto)"
+VOTE_KS = (8, 32)
+
+
+def data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data files")
+    g.add_argument("--input-fields", default=None,
+                   help="comma-separated input field names (default: from meta.json or inferred)")
+    g.add_argument("--label-field", default="label", help="the label column (default: label)")
+    g.add_argument("--output-field", default=None,
+                   help="target column of a generation dataset (makes the task generation)")
+
+
+def prompt_args(p: argparse.ArgumentParser, *, budget: bool = True) -> None:
+    g = p.add_argument_group("prompt")
+    g.add_argument("--template", default=None, help=TEMPLATE_HELP)
+    g.add_argument("--instruction", default=None, help=f"text placed before the demonstrations; {ESCAPES_HELP}")
+    if budget:
+        g.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
+                       help="token budget of each whole prompt, in the LM's own tokens; demonstrations that do "
+                            "not fit are dropped (default 1024)")
+
+
+def lm_args(p: argparse.ArgumentParser, *, what: str = "base LM that scores the labels", serve: bool = True,
+            scoring: bool = True) -> None:
+    """--lm and how it runs: transformers in process (default), llama.cpp in process, or a server."""
+    if serve:
+        g = p.add_argument_group("language model", "Which LM and which engine runs it. Default: transformers in "
+                                 "this process; a .gguf file runs on llama.cpp; --lm-url talks to a server.")
+        g.add_argument("--lm", default=DEFAULT_LM,
+                       help=f"{what}: short name, hub id, folder, .gguf file, or with --lm-url the served model's "
+                            f"id (default {DEFAULT_LM})")
+    else:
+        g = p.add_argument_group("language model")
+        g.add_argument("--lm", default=DEFAULT_LM, help=f"{what}: short name, hub id or folder (default {DEFAULT_LM})")
+    engines = ["auto", "transformers", "llama.cpp", "server"] if serve else ["auto", "transformers"]
+    g.add_argument("--lm-engine", default="auto", choices=engines,
+                   help=("what runs the LM: auto (a server with --lm-url, llama.cpp for .gguf, else transformers); "
+                         "llama.cpp also runs the default models by name, from their packaged GGUF files")
+                   if serve else "what runs the LM (fine-tuning: transformers)")
+    g.add_argument("--device", type=device_value, default="auto", help=DEVICE_HELP)
+    if scoring:
+        g.add_argument("--batch-size", type=positive_int, default=None,
+                       help="most prompts per LM forward pass (default: as many as the device's token budget holds)")
+    t = p.add_argument_group("transformers options (large models)")
+    t.add_argument("--dtype", default="auto", help="weights dtype: auto (bf16 on CUDA, float32 on CPU), float32, "
+                   "bfloat16, float16")
+    t.add_argument("--device-map", default=None, help="'auto' shards the model over the GPUs (accelerate)")
+    t.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA)")
+    t.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit weights (CUDA)")
+    t.add_argument("--attn-implementation", default=None, help="eager, sdpa or flash_attention_2")
+    t.add_argument("--quantization-config", default=None, metavar="JSON",
+                   help="a transformers quantization config as JSON (e.g. bitsandbytes or GPTQ settings)")
+    t.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="more from_pretrained keyword arguments, e.g. '{\"revision\": \"main\"}'")
+    if not serve:
+        return
+    c = p.add_argument_group("llama.cpp options (GGUF files)")
+    c.add_argument("--n-ctx", type=positive_int, default=None,
+                   help="context window (default: the GGUF's training context, at most 8192)")
+    c.add_argument("--n-threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's)")
+    c.add_argument("--n-batch", type=positive_int, default=None, help="tokens per llama.cpp decode call (default 512)")
+    c.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1: all; default 0)")
+    s = p.add_argument_group("LM server (vLLM, SGLang, TGI, llama.cpp, Ollama, OpenAI; docs/SERVERS.md)")
+    s.add_argument("--lm-url", default=None, metavar="URL",
+                   help="OpenAI-compatible API root, e.g. http://localhost:8000/v1; the API key is read from "
+                        "$RAGICL_API_KEY or $OPENAI_API_KEY")
+    s.add_argument("--lm-tokenizer", default=None,
+                   help="tokenizer the prompts are counted with, for a server or llama.cpp (default: the model's "
+                        "own; for llama.cpp also llama or hf)")
+    s.add_argument("--lm-concurrency", type=positive_int, default=8, help="requests in flight (default 8)")
+    s.add_argument("--lm-timeout", type=positive_float, default=120.0, help="seconds per request (default 120)")
+    s.add_argument("--lm-retries", type=non_negative_int, default=8,
+                   help="retries of a failed request, with backoff (default 8)")
+    s.add_argument("--lm-route", default="auto", choices=["auto", "prompt_logprobs", "echo", "top_logprobs", "chat"],
+                   help="how labels are scored (default auto: probe the server, use the best route that passes)")
+    s.add_argument("--lm-chat", action="store_true", help="a chat-only server (/v1/chat/completions)")
+    s.add_argument("--lm-cache", default="on", metavar="on|off|FILE",
+                   help="on-disk cache of answers: a rerun sends no request (default on: $RAGICL_CACHE)")
+    s.add_argument("--lm-context-length", type=positive_int, default=None,
+                   help="the served model's context length, when the server does not report it")
+
+
+def eval_args(p: argparse.ArgumentParser, *, k: int = 16) -> None:
+    g = p.add_argument_group("systems")
+    g.add_argument("--k", type=k_value, default=k,
+                   help=f"demonstrations per prompt (default {k}); 0 runs the zero-shot system only; 'max' packs "
+                        "as many as --max-prompt-tokens holds (many-shot)")
+    g.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"],
+                   help="how retrieved-k picks demonstrations: topk (most similar), balanced (round-robin over "
+                        "labels), mmr (similar but diverse); default topk")
+    g.add_argument("--seed", type=int, default=0, help="seed of test sampling, random-k and tuning (default 0)")
+
+
+def best_args(p: argparse.ArgumentParser, *, toggles: bool = True) -> None:
+    """Options of the tuned 'ragicl best' (and, with ``toggles``, the switches of the tuned and vote rows)."""
+    g = p.add_argument_group("ragicl best (tuned on dev queries from the training set)")
+    if toggles:
+        g.add_argument("--no-best", dest="best", action="store_false",
+                       help="skip the tuned 'ragicl best' system (tuning scores dev queries with the LM)")
+        g.add_argument("--no-vote", dest="vote", action="store_false",
+                       help=f"skip the kNN-vote rows (k = {', '.join(map(str, VOTE_KS))}; no LM)")
+    g.add_argument("--dev-size", type=positive_int, default=150,
+                   help="dev queries drawn from the index's training examples (default 150)")
+    g.add_argument("--tune-budget", type=non_negative_int, default=600,
+                   help="seconds for tuning (default 600); on a slow machine fewer dev queries are used "
+                        "(at least 50) so the budget holds")
+    g.add_argument("--vote-dev-size", type=positive_int, default=None,
+                   help="choose the kNN vote's size and temperature first, without the LM, by leave-one-out "
+                        "accuracy over this many training queries (default: jointly on the dev queries)")
+
+
+def index_build_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("data", nargs="+",
+                   help="dataset file: .jsonl, .json, .csv or .parquet; with --ray, several files, folders or "
+                        "globs (e.g. data/*.parquet), read in sorted-path order")
+    b.add_argument("--out", default=None,
+                   help="index folder to write (default indexes/<dataset name>); a new folder, an empty one "
+                        "or an existing index")
+    b.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                   help=f"sentence-transformers model: short name, hub id or folder (default "
+                        f"{DEFAULT_EMBEDDER}); hash-64 is a fast fake for tests")
+    b.add_argument("--factory", default="Flat",
+                   help="faiss index_factory string, e.g. Flat (exact, default), IVF256,Flat, HNSW32; with --ray: "
+                        "Flat or an IVF factory")
+    b.add_argument("--device", type=device_value, default="auto", help="where the embedder (and faiss) run: "
+                   "auto, cpu, cuda, cuda:N or mps (default auto)")
+    b.add_argument("--batch-size", type=positive_int, default=64, help="texts per embedding batch (default 64)")
+    r = b.add_argument_group("distributed build (Ray)")
+    r.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="build a sharded index on Ray: auto (the running cluster, else a local one), local, "
+                        "host:port or ray://host:port; an interrupted build resumes (pip install 'ragicl[ray]')")
+    r.add_argument("--workers", type=positive_int, default=None,
+                   help="with --ray: embedding actors (default one per GPU, else half the CPUs)")
+    r.add_argument("--shard-size", type=positive_int, default=None,
+                   help="with --ray: rows per shard, the unit of work, resume and search (default 50000)")
+
+
+def demo_args(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--dataset", default="sst2", help="dataset folder name under --data-dir (default sst2)")
+    d.add_argument("--data-dir", default=os.environ.get("RAGICL_DATA", "../shared/datasets"),
+                   help="folder of datasets, each with train.jsonl and test.jsonl (default $RAGICL_DATA or "
+                        "../shared/datasets)")
+    d.add_argument("--n", type=positive_int, default=200, help="test examples (sampled; default 200)")
+    d.add_argument("--n-train", type=positive_int, default=None, help="sample the training set (default: all)")
+    d.add_argument("--index-dir", default=None, help="where the index is kept (default indexes/<dataset>)")
+    d.add_argument("--steps", type=positive_int, default=40, help="fine-tuning steps (default 40)")
+    d.add_argument("--ft-batch-size", type=positive_int, default=16, help="fine-tuning examples per step (default 16)")
+    d.add_argument("--out", default="runs/demo", help="folder for the checkpoint and report (default runs/demo)")

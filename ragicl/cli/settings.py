@@ -1,0 +1,144 @@
+"""What a command line asks for, as typed records: the only place that reads argparse's ``Namespace``.
+
+Each command turns its parsed arguments into these frozen records (``from_args``) and passes them on; the
+systems, the predictions log, the demo and the library calls below them never see ``argparse``. The LM is a
+:class:`~ragicl.lm.factory.LMSpec` (model, engine, and the engine's options).
+
+>>> import argparse
+>>> DataOptions.from_args(argparse.Namespace(input_fields="premise,hypothesis", label_field="label",
+...                                          output_field=None)).input_fields
+('premise', 'hypothesis')
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from ..lm.factory import LMSpec
+from ..models import DEFAULT_LM
+
+__all__ = ["BestOptions", "DataOptions", "EvalOptions", "PromptOptions", "lm_spec"]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How dataset files are read: ``read_dataset``'s field options."""
+
+    input_fields: tuple[str, ...] | None = None
+    label_field: str = "label"
+    output_field: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DataOptions:
+        fields = getattr(args, "input_fields", None)
+        return cls(tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else None,
+                   getattr(args, "label_field", "label"), getattr(args, "output_field", None))
+
+    def read(self, path: Any, name: str | None = None, labels: Any = None) -> Any:
+        from ..data import read_dataset
+
+        return read_dataset(path, input_fields=list(self.input_fields) if self.input_fields else None,
+                            label_field=self.label_field, output_field=self.output_field, name=name,
+                            labels=labels)
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """The prompt: template and instruction (escapes already read) and the token budget of a prompt."""
+
+    template: str | None = None
+    instruction: str | None = None
+    max_prompt_tokens: int = 1024
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PromptOptions:
+        from .checks import unescape
+
+        template, instruction = getattr(args, "template", None), getattr(args, "instruction", None)
+        return cls(unescape(template) if template else None, unescape(instruction) if instruction else None,
+                   getattr(args, "max_prompt_tokens", 1024))
+
+    def template_for(self, dataset: Any, preset: str | None = None) -> Any:
+        """The :class:`~ragicl.prompt.template.PromptTemplate` for ``dataset``: the given one (checked
+        against its fields), else ``preset``'s (a known dataset name) or the default for its fields."""
+        from dataclasses import replace
+
+        from ..prompt.template import PromptTemplate
+
+        if self.template:
+            template = PromptTemplate(example=self.template, instruction=self.instruction or "")
+            template.validate(dataset.input_fields)
+            return template
+        base = None
+        if preset is not None:
+            try:
+                base = PromptTemplate.for_dataset(preset)
+            except ValueError:
+                base = None
+        base = base or PromptTemplate.default(dataset.input_fields)
+        return replace(base, instruction=self.instruction) if self.instruction else base
+
+
+@dataclass(frozen=True)
+class BestOptions:
+    """The tuned "ragicl best" and the kNN-vote rows (eval and demo)."""
+
+    best: bool = True
+    vote: bool = True
+    dev_size: int = 150
+    tune_budget: int | None = 600
+    vote_dev_size: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BestOptions:
+        return cls(getattr(args, "best", True), getattr(args, "vote", True), getattr(args, "dev_size", 150),
+                   getattr(args, "tune_budget", 600), getattr(args, "vote_dev_size", None))
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``ragicl eval`` (and the demo) scores: the systems' shared settings and the run's files."""
+
+    k: int | str = 16
+    selection: str = "topk"
+    seed: int = 0
+    n: int | None = None
+    finetuned: str | None = None
+    predictions: str | None = None
+    rescore: tuple[str, ...] = ()
+    json: str | None = None
+    report: str | None = None
+    ray: str | None = None
+    workers: int | None = None
+    index: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvalOptions:
+        return cls(getattr(args, "k", 16), getattr(args, "selection", "topk"), getattr(args, "seed", 0),
+                   getattr(args, "n", None), getattr(args, "finetuned", None), getattr(args, "predictions", None),
+                   tuple(getattr(args, "rescore", None) or ()), getattr(args, "json", None),
+                   getattr(args, "report", None), getattr(args, "ray", None), getattr(args, "workers", None),
+                   getattr(args, "index", None))
+
+
+def lm_spec(args: argparse.Namespace, *, scoring: bool = True) -> LMSpec:
+    """The ``--lm*`` options (and ``--device``/``--batch-size``) as an :class:`LMSpec` (checked there).
+    ``scoring=False`` for ``finetune``, whose ``--batch-size`` is examples per optimizer step."""
+    def get(name: str, default: Any = None) -> Any:
+        return getattr(args, name, default)
+
+    cache = get("lm_cache", "on")
+    return LMSpec(model=get("lm") or DEFAULT_LM, engine=get("lm_engine", "auto"),
+                  batch_size=get("batch_size") if scoring else None,
+                  tokenizer=get("lm_tokenizer"), device=get("device", "auto"), dtype=get("dtype", "auto"),
+                  device_map=get("device_map"), load_in_8bit=bool(get("load_in_8bit", False)),
+                  load_in_4bit=bool(get("load_in_4bit", False)), attn_implementation=get("attn_implementation"),
+                  model_kwargs=get("model_kwargs"), quantization_config=get("quantization_config"),
+                  n_ctx=get("n_ctx"), n_batch=get("n_batch"), n_threads=get("n_threads"),
+                  n_gpu_layers=get("n_gpu_layers", 0) or 0, url=get("lm_url"),
+                  concurrency=get("lm_concurrency", 8) or 8, timeout=get("lm_timeout", 120.0) or 120.0,
+                  max_retries=get("lm_retries", 8) if get("lm_retries") is not None else 8,
+                  route=get("lm_route", "auto") or "auto", chat=bool(get("lm_chat", False)), cache=cache or "on",
+                  context_length=get("lm_context_length"))

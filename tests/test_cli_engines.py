@@ -1,0 +1,61 @@
+"""The command line's LM options (engines) and its per-command option groups (issue 36 §1, issue 38 §3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragicl.cli import build_parser, main
+from ragicl.cli.settings import lm_spec
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_each_command_lists_only_its_options(capsys):
+    tune = _help(capsys, "tune")
+    for option in ("--k ", "--no-best", "--no-vote", "--test", "--n ", "--finetuned"):
+        assert option not in tune, option
+    assert "seed of the dev sample" in tune and "--lm-url" in tune and "--ks" in tune
+    evaluate = _help(capsys, "eval")
+    for option in ("--lm-url", "--lm-concurrency", "--device-map", "--load-in-4bit", "--n-gpu-layers", "--report"):
+        assert option in evaluate, option
+    finetune = _help(capsys, "finetune")
+    assert "--lm-url" not in finetune and "--device-map" in finetune
+
+
+@pytest.mark.parametrize("argv, engine", [
+    (["--lm", "Qwen/Qwen2.5-7B", "--lm-url", "http://gpu:8000/v1", "--lm-concurrency", "32"], "server"),
+    (["--lm", "models/q.gguf", "--n-ctx", "4096", "--n-gpu-layers", "-1"], "llama.cpp"),
+    (["--lm", "SmolLM2-135M-Instruct", "--lm-engine", "llama.cpp"], "llama.cpp"),
+    (["--lm", "big/model", "--device-map", "auto", "--dtype", "bfloat16"], "transformers"),
+])
+def test_lm_options_become_one_spec(argv, engine):
+    args = build_parser().parse_args(["eval", "--index", "i", "--test", "t", *argv])
+    spec = lm_spec(args)
+    assert spec.resolved_engine == engine
+    assert spec.build() is not None  # constructs without loading or connecting
+
+
+def test_one_device_type_everywhere():
+    parser = build_parser()
+    for argv in (["index", "build", "d.jsonl"], ["eval", "--index", "i", "--test", "t"]):
+        assert parser.parse_args([*argv, "--device", "cuda:1"]).device == "cuda:1"
+        assert parser.parse_args([*argv, "--device", "mps"]).device == "mps"
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--device", "gpu"])
+
+
+def test_bad_engine_combinations_are_one_line_errors(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    assert main(["finetune", "--train", str(data), "--out", str(tmp_path / "ft"), "--lm", "m.gguf"]) == 2
+    assert "fine-tuning trains a transformers model" in capsys.readouterr().err
+    assert main(["eval", "--index", str(tmp_path), "--test", str(data), "--lm-url", "localhost:8000"]) == 2
+    assert "is not an http(s) URL" in capsys.readouterr().err
+    assert main(["eval", "--index", str(tmp_path), "--test", str(data), "--lm", "missing.gguf"]) == 2
+    assert "is not a GGUF file" in capsys.readouterr().err
+    assert main(["eval", "--index", str(tmp_path), "--test", str(data), "--model-kwargs", "{oops"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
