@@ -50,7 +50,7 @@ def test_docs_example_runs(page, monkeypatch, sst2_train_path):
 
 
 def test_lm_eval_page_shows_the_tested_task_yaml():
-    """The YAML on the page is the task file the test suite runs (tests/fixtures/lmeval_task)."""
+    """The YAML on the page is the task file ragicl ships and tests/test_lm_eval.py runs."""
     shown = blocks(ROOT / "docs" / "integrations" / "lm_eval.md", "yaml")
-    fixture = (ROOT / "tests" / "fixtures" / "lmeval_task" / "sst2_ragicl.yaml").read_text(encoding="utf-8")
-    assert [code for _, code in shown] == [fixture]
+    shipped = (ROOT / "ragicl" / "integrations" / "lmeval_tasks" / "ragicl_sst2.yaml").read_text(encoding="utf-8")
+    assert [code for _, code in shown] == [shipped]

@@ -88,9 +88,8 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(backend, tmp_path,
         target.write_text("do not truncate")
     lock = tmp_path / ".lock"
     os.symlink(target, lock)
-    with pytest.raises(OSError, match="symbolic link") as err:
-        with _atomic.exclusive_lock(lock):
-            pass
+    with pytest.raises(OSError, match="symbolic link") as err, _atomic.exclusive_lock(lock):
+        pass
     assert err.value.errno == errno.ELOOP
     for kwargs in ({"blocking": False}, {"create": False}):  # optional locks just say "not held"
         with _atomic.exclusive_lock(lock, **kwargs) as held:
