@@ -96,7 +96,7 @@ def test_training_a_tiny_bi_encoder_lowers_the_loss_and_saves_an_embedder(fake_s
 
 # ------------------------------------------------------------------------------------ real
 def test_real_smollm2_scores_and_minilm_fine_tuning_on_sst2(sst2_train_path, smollm_lm, minilm, tmp_path):
-    train = read_dataset(sst2_train_path, name="sst2").sample(60, seed=11)
+    train = read_dataset(sst2_train_path, name="sst2").sample(40, seed=11)
     index = ExampleIndex.build(train, embedder=minilm, device="cpu")
     packer = Packer(smollm_lm.tokenizer, PromptTemplate(), max_prompt_tokens=128,
                     context_length=smollm_lm.context_length).fit(index.examples)

@@ -17,7 +17,7 @@ from ragicl.integrations.langchain import RagiclExampleSelector  # noqa: E402
 
 @pytest.fixture(scope="module")
 def index(sst2_train_path, minilm):
-    idx = ExampleIndex.build(read_dataset(sst2_train_path).sample(150, seed=2), embedder=minilm, device="cpu")
+    idx = ExampleIndex.build(read_dataset(sst2_train_path).sample(100, seed=2), embedder=minilm, device="cpu")
     idx.build_lexical()
     return idx
 

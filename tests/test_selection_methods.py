@@ -237,7 +237,7 @@ def test_mdl_keeps_the_lowest_entropy_packed_prompt(packer, small, smollm_tokeni
 # ------------------------------------------------------------------------- real data, exact budget
 @pytest.fixture(scope="module")
 def sst2_real(sst2_train_path, sst2_test_path, minilm):
-    train = read_dataset(sst2_train_path, name="sst2").sample(400, seed=3)
+    train = read_dataset(sst2_train_path, name="sst2").sample(200, seed=3)
     index = ExampleIndex.build(train, embedder=minilm, device="cpu")
     index.build_lexical()
     return index, read_dataset(sst2_test_path, name="sst2").subset(range(6))

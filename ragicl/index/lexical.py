@@ -11,7 +11,8 @@ with every file's size and checksum in the manifest (docs/DESIGN.md, *Index*).
 
 The texts are the index's query texts (the input fields joined by newlines), the same the embedder sees.
 Ties are broken by position (lower first), so a search is deterministic. Documents that share no term with
-the query score 0; they come after every matching one, in position order.
+the query score 0 (``bm25l``/``bm25+``: the same positive floor for all); they come after every matching one,
+in position order.
 
 >>> lex = LexicalIndex.build(["a red apple", "green apple pie", "blue sky"], stopwords=None)
 >>> lex.search(["apple pie"], k=2).positions.tolist()
