@@ -82,7 +82,7 @@ def test_compare_rejects_bad_input():
     with pytest.raises(DataError, match="empty"):
         compare(_test_set([]), {"a": sys_}, reference=None)
     with pytest.raises(ValueError, match="reference 'fine-tuned' is not among"):
-        compare(test, {"a": sys_})
+        compare(test, {"a": sys_}, reference="fine-tuned")
     with pytest.raises(ValueError, match="predicts labels"):
         compare(test, {"a": FixedSystem([[1.0, 0.0]], classes=("no", "yes"))}, reference=None)
     with pytest.raises(ValueError, match="differ in shape"):
@@ -174,3 +174,12 @@ def test_a_test_set_with_some_of_the_labels_is_scored_over_all_of_them():
         compare(Dataset((Example("0", {"text": "t"}, label="maybe"),), ("text",)), {"icl": icl}, reference=None)
     with pytest.raises(ValueError, match="system 'b' predicts labels.*same index"):
         compare(test, {"a": icl, "b": FixedSystem(icl.probs, classes=classes[::-1])}, reference=None)
+
+
+def test_reference_auto_uses_a_fine_tuned_system_when_there_is_one():
+    test = _test_set(["yes", "no"])
+    icl, ft = FixedSystem([[0.7, 0.3], [0.2, 0.8]]), FixedSystem([[0.6, 0.4], [0.4, 0.6]])
+    assert compare(test, {"retrieved-4": icl}, n_boot=50).reference is None  # the tour's call: no TV columns
+    assert compare(test, {"retrieved-4": icl, "fine-tuned": ft}, n_boot=50).reference == "fine-tuned"
+    with pytest.raises(ValueError, match="not among the systems"):
+        compare(test, {"retrieved-4": icl}, reference="fine-tuned")

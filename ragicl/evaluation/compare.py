@@ -267,7 +267,7 @@ def reference_training(name: str, system: object) -> dict | None:
 
 
 def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
-            reference: str | None = "fine-tuned", n_boot: int = 2000, seed: int = 0,
+            reference: str | None = "auto", n_boot: int = 2000, seed: int = 0,
             notes: Sequence[str] = (),
             on_result: Callable[[SystemResult], None] | None = None) -> Report:
     """Run every system on ``test`` and measure accuracy, macro-F1 and the TV gap to ``reference``.
@@ -278,8 +278,9 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
     over the test examples, and macro-F1 averages the per-label F1 over the labels that occur in the gold
     labels or in the system's predictions (a label the test set lacks counts only if the system predicts
     it, with F1 0); a note in the report names the labels the test set lacks. ``Report.labels`` are the
-    systems' labels. ``reference=None`` skips the gap columns; otherwise the
-    reference must be one of ``systems``. When the reference scores with a fine-tuned checkpoint, its
+    systems' labels. ``reference="auto"`` (default) measures the gap to a system named ``"fine-tuned"`` when
+    there is one and skips the gap columns otherwise; ``reference=None`` always skips them; a name must be
+    one of ``systems``. When the reference scores with a fine-tuned checkpoint, its
     training record is attached (``Report.reference_training``) and a reference that did not converge
     is flagged in the notes (table, Markdown and JSON).
 
@@ -294,6 +295,8 @@ def compare(test: Dataset, systems: Mapping[str, ProbabilisticClassifier], *,
                         "generation gap tools for generation tasks.")
     if not systems:
         raise ValueError("systems is empty; pass e.g. {'retrieved-16': clf, 'fine-tuned': ft}.")
+    if reference == "auto":
+        reference = "fine-tuned" if "fine-tuned" in systems else None
     if reference is not None and reference not in systems:
         raise ValueError(f"reference {reference!r} is not among the systems {list(systems)}; "
                          "pass reference=None to skip the gap, or add it.")
