@@ -177,7 +177,7 @@ def test_a_test_set_with_some_of_the_labels_is_scored_over_all_of_them():
 
 
 def test_reference_auto_uses_a_fine_tuned_system_when_there_is_one():
-    test = _test_set(["yes", "no"])
+    test = _test_set(["positive", "negative"])
     icl, ft = FixedSystem([[0.7, 0.3], [0.2, 0.8]]), FixedSystem([[0.6, 0.4], [0.4, 0.6]])
     assert compare(test, {"retrieved-4": icl}, n_boot=50).reference is None  # the tour's call: no TV columns
     assert compare(test, {"retrieved-4": icl, "fine-tuned": ft}, n_boot=50).reference == "fine-tuned"
