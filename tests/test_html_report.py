@@ -120,6 +120,15 @@ def test_full_report_shows_what_compare_measured(tmp_path):
     assert "synthetic systems" in text and "ragicl eval --report report.html" in text
 
 
+def test_reference_training_line():
+    report, _ = synthetic_report(3, 30)
+    training = {"steps": 150, "examples_seen": 1200, "dev_accuracy": None, "converged": False, "note": "short"}
+    raw = render_html(Report(report.dataset, report.n, report.labels, report.systems, report.gaps, report.reference,
+                             report.notes, training))
+    assert "fine-tuned training: 150 steps, 1200 examples seen, not converged (see the notes)" in raw
+    assert "(reference, not converged)" in raw and "None" not in raw
+
+
 def test_gap_closed_intervals_contain_the_estimate():
     from ragicl.evaluation._html_data import distributions, gap_closed
 

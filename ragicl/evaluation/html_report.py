@@ -338,8 +338,10 @@ def render_html(report: Report, *, tune: Any = None, curves: Any = None, predict
     body = [f"<header><h1>{esc(title)}</h1><p class=sub>{esc(sub)}</p>"]
     training = report.reference_training or {}
     if training:
-        bits = [f"{k.replace('_', ' ')} {training[k]}" for k in ("steps", "examples_seen", "dev_accuracy", "converged")
-                if k in training]
+        bits = [text.format(fmt(training[k], 3) if k == "dev_accuracy" else training[k]) for k, text in (
+            ("steps", "{} steps"), ("examples_seen", "{} examples seen"), ("dev_accuracy", "dev accuracy {}"))
+            if training.get(k) is not None]
+        bits.append("converged" if training.get("converged") else "not converged (see the notes)")
         body.append(f"<p class=sub>{esc(ref)} training: {esc(', '.join(bits))}</p>")
     gap_rows, gap_note = gap_closed(report, probs, gold_ids)
     body.append(_summary(report, gap_rows) + "</header>")
