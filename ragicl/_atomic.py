@@ -279,3 +279,23 @@ def _filelock(lock_file: str | os.PathLike, *, blocking: bool, create: bool) -> 
         yield True
     finally:
         lock.release()
+
+
+def write_json_atomic(path: str | os.PathLike, data: object) -> None:
+    """Write ``data`` as indented JSON with :func:`write_atomic` (parents created; numpy scalars and arrays and
+    dataclasses serialised): the one JSON writer of the package. The file gets a plain ``open``'s mode."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(obj: object) -> object:
+    import dataclasses
+
+    if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "shape", None) == ():
+        return obj.item()  # a numpy scalar
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):
+        return obj.tolist()  # a numpy array
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")

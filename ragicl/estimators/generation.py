@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._atomic import write_json_atomic
 from .._estimator import EstimatorMixin, split_index_folder
 from .._exceptions import DataError, NotFittedError, check_positive_int
-from ..evaluation.compare import write_json_atomic
 from ..evaluation.stats import (
     Interval,
     bootstrap_ci,

@@ -14,18 +14,17 @@ labels, next to accuracy and macro-F1 of every system.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .. import _atomic
+from .._atomic import write_json_atomic
 from .._exceptions import DataError, MissingDependencyError
 from ..training.checkpoint import read_meta, training_note
 from ..types import Dataset
@@ -162,24 +161,6 @@ class Report:
         if path is not None:
             write_json_atomic(path, data)
         return data
-
-
-def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it over: never a half-written file. The file
-    gets a plain ``open``'s mode (0666 minus the umask), like every file ragicl writes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic.write_atomic(path, json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)  # type: ignore[call-overload]
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
 def gap(probs: np.ndarray, reference_probs: np.ndarray, *, system: str = "system",

@@ -118,7 +118,7 @@ class SavedSystem:
 
 def save_predictions(path: str | os.PathLike, predictions: Predictions) -> None:
     """Write ``predictions`` to ``path`` atomically (a crash mid-write keeps the previous file)."""
-    from .compare import write_json_atomic
+    from .._atomic import write_json_atomic
 
     write_json_atomic(path, predictions.to_json())
 

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .compare import Report, write_json_atomic
+from .._atomic import write_json_atomic
+from .compare import Report
 
 logger = logging.getLogger(__name__)
 

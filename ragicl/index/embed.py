@@ -19,15 +19,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .._hub import model_unavailable
+from .._device import DeviceError, resolve_device  # noqa: F401  (re-exported: ragicl.index.embed)
 from .._exceptions import (
     DataError,
     EmbedderMismatchError,
     MissingDependencyError,
-    RagiclError,
     check_positive_int,
     require,
 )
+from .._hub import model_unavailable
 from ..models import DEFAULT_EMBEDDER, resolve_embedder
 
 logger = logging.getLogger(__name__)
@@ -162,48 +162,6 @@ class SentenceTransformerEmbedder:
         vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=show and len(texts) > batch_size,
                                convert_to_numpy=True, normalize_embeddings=True)
         return _normalize(vectors)  # float16 on CUDA, and re-normalizing is cheap
-
-
-class DeviceError(RagiclError, ValueError):
-    """A device name torch does not know, or a device this machine or torch build does not have."""
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; any other name is checked to exist.
-
-    >>> resolve_device("cpu")
-    'cpu'
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-        index = torch.device(device).index
-    except (RuntimeError, TypeError) as err:
-        raise DeviceError(f"unknown device {device!r} ({err}); expected 'auto', 'cpu', 'cuda', 'cuda:N' or "
-                          "'mps'. Fix: pass one of those.") from None
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"device {device!r} asked for, but {build} (torch {torch.__version__}). "
-                              "Fix: use device='cpu' (or 'auto'), or install a CUDA build of torch on a GPU "
-                              "machine.")
-        if index is not None and index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA "
-                              f"device(s) are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1}). "
-                              "Fix: pick an existing index.")
-    elif kind == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise DeviceError(f"device {device!r} asked for, but Apple's MPS backend is not available here "
-                              f"(torch {torch.__version__}; it needs macOS on Apple silicon). Fix: use "
-                              "device='cpu' or 'auto'.")
-    elif kind != "cpu":
-        raise DeviceError(f"device {device!r} is not supported; expected 'auto', 'cpu', 'cuda', 'cuda:N' or "
-                          "'mps'.")
-    return device
 
 
 def _model_name(model: Any) -> str:

@@ -49,23 +49,17 @@ _UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``; ``"cuda"`` without one is an error."""
-    import torch
+    """Where an exact search runs: the package's one resolver (:func:`ragicl._device.resolve_device`), with
+    ``"gpu"`` read as ``"cuda"``; an exact search runs on the CPU or a CUDA GPU only."""
+    from .._device import DeviceError
+    from .._device import resolve_device as resolve
 
-    name = str(device).lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "gpu":
-        name = "cuda"
-    if name == "cpu":
-        return "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but torch sees no CUDA device (torch {torch.__version__}, "
-                             f"built with CUDA {torch.version.cuda}). Fix: use device='cpu' or 'auto', or "
-                             "install a CUDA build of torch on a GPU machine.")
-        return name
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    name = "cuda" if str(device).lower() == "gpu" else str(device).lower()
+    resolved = resolve(name)
+    if resolved not in ("cpu",) and not resolved.startswith("cuda"):
+        raise DeviceError(f"device={device!r}: an exact torch search runs on 'cpu' or 'cuda[:N]'. Fix: pass one "
+                          "of those, or 'auto'.")
+    return resolved
 
 
 def resolve_dtype(dtype: Any, device: str) -> Any:

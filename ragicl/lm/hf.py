@@ -160,7 +160,6 @@ class TransformersLM:
         return self
 
     def _resolve_device(self) -> str:
-        import torch
 
         if self.device_map is not None:
             _hf_load.check_device_map(self.device_map)
@@ -168,9 +167,9 @@ class TransformersLM:
                 raise ValueError(f"pass device_map or device, not both (got device_map={self.device_map!r} and "
                                  f"device={self.device!r}); device_map places the model itself.")
             return _hf_load.placement_device(self.device_map)
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        from .._device import resolve_device
+
+        return resolve_device(self.device)
 
     def _resolve_dtype(self, device: str) -> Any:
         return _hf_load.resolve_dtype(self.dtype, device)

@@ -61,7 +61,7 @@ class CrossEncoderReranker:
         """The ``CrossEncoder`` (loaded once)."""
         if self._model is None:
             st = require("sentence_transformers", "cpu", "sentence-transformers")
-            from ..index.embed import resolve_device
+            from .._device import resolve_device
 
             device = resolve_device(self.device)
             logger.info("loading cross-encoder %s on %s", self.model, device)
