@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from ..estimators.classifier import ICLClassifier
-from ..evaluation.stats import Interval, bootstrap_ci
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel, TransformersLM
 from ..prompt.template import PromptTemplate
+from ..stats import Interval, bootstrap_ci
 from ..types import Dataset
 
 logger = logging.getLogger(__name__)

@@ -47,7 +47,12 @@ import numpy as np
 from .._atomic import write_json_atomic
 from .._estimator import EstimatorMixin, split_index_folder
 from .._exceptions import DataError, NotFittedError, check_positive_int
-from ..evaluation.stats import (
+from ..index.core import ExampleIndex
+from ..lm.hf import LanguageModel
+from ..models import DEFAULT_LM
+from ..prompt.step import PromptStep, make_packer, resolve_k
+from ..prompt.template import PromptTemplate
+from ..stats import (
     Interval,
     bootstrap_ci,
     clopper_pearson,
@@ -55,11 +60,6 @@ from ..evaluation.stats import (
     hoeffding_interval,
     sequence_tv_mc,
 )
-from ..index.core import ExampleIndex
-from ..lm.hf import LanguageModel
-from ..models import DEFAULT_LM
-from ..prompt.step import PromptStep, make_packer, resolve_k
-from ..prompt.template import PromptTemplate
 from ..types import Dataset, PackedPrompt, Query
 from ._common import as_examples, ensure_lm_and_retriever, fit_source, make_retriever
 

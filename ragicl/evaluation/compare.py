@@ -26,9 +26,9 @@ import numpy as np
 
 from .._atomic import write_json_atomic
 from .._exceptions import DataError, MissingDependencyError
+from ..stats import Interval, accuracy, bootstrap_ci, exceedance, macro_f1, tv_distance
 from ..training.checkpoint import read_meta, training_note
 from ..types import Dataset
-from .stats import Interval, accuracy, bootstrap_ci, exceedance, macro_f1, tv_distance
 
 logger = logging.getLogger(__name__)
 

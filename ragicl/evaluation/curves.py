@@ -47,8 +47,8 @@ from ..analysis.bounds import (
 )
 from ..index.core import ExampleIndex
 from ..index.embed import Embedder, PrecomputedEmbedder, get_embedder
+from ..stats import Interval, bootstrap_ci, tv_distance
 from ..types import Dataset
-from .stats import Interval, bootstrap_ci, tv_distance
 
 logger = logging.getLogger(__name__)
 
