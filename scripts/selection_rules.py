@@ -1,155 +1,191 @@
-"""Would another rule have picked "ragicl best" better than the tuner's best dev accuracy?
+#!/usr/bin/env python
+"""Which selection rule makes "ragicl best" hold up on the test set? Every rule, from one LM pass.
 
-The tuner (``FusionTuner``) keeps the setting with the best accuracy on its dev queries (ties: log-loss, then
-cost). Two alternatives are scored here on a test set, against that rule:
+Input: the folders ``scripts/tune_scores.py`` writes (each of FusionTuner's prompt configurations scored once on
+the tuner's dev queries and once on the test sample). For each dataset the dev answers of every setting are
+built exactly as ``FusionTuner.fit`` builds them (same configurations in the same search order, same mixing
+grid, same code: :func:`ragicl.estimators.tune.grid_answers`), each rule × dev weighting chooses
+(:func:`ragicl.estimators._tune_rules.choose`; the unlabeled queries are the test inputs, whose neighbours the
+score files hold), and the chosen setting is mixed on the test queries by :func:`combine` (batch calibration
+over the whole test sample, as ``ragicl eval`` mixes it). Each choice is compared with the plain systems on
+the same test queries: retrieved-k, zero-shot and the kNN votes k = 8 and 32 (plain and weighted); the
+target of issue 37 is ``max(retrieved-k, kNN vote k=8, kNN vote k=32) - 0.01``::
 
-- ``fallback``: keep the choice only when its paired dev interval against the best plain system
-  (``TuneResult.gain_over_plain``) lies above 0; otherwise take that plain system (retrieved-k or a kNN vote);
-- ``log-loss``: the setting with the lowest dev log-loss (a smoother score than accuracy on 200 queries).
-
-Input: a ``ragicl tune --json`` file (every trial's dev accuracy and log-loss), the index it was tuned on, and
-the test sample of ``ragicl eval --n N --seed 0``. Each trial's test distribution is rebuilt with the tuner's
-own ``combine`` from one LM pass, the retrieved-k prompt's label distribution on the test queries (read from a
-``ragicl eval --predictions`` file, or scored here with ``--lm``), plus the index's neighbours; settings that
-need other LM passes (label-aware order, ``prior`` calibration, another k) are left out unless they are the
-tuner's own choice, whose test accuracy the predictions file's "ragicl best" row gives::
-
-    ragicl tune --index indexes/cr --lm gemma-3-270m --ks 8 --dev-size 200 --tune-budget 2400 --json runs/tune/cr.json
-    python scripts/selection_rules.py --tune runs/tune/cr.json --index indexes/cr \\
-        --test ../shared/datasets/cr/test.jsonl --n 500 --predictions runs/best-gemma/cr.predictions.json
+    python scripts/selection_rules.py --scores runs/tune37/smollm2 --datasets sst2,cr,subj --json rules.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
 import numpy as np
+from tune_scores import config_name, load_parts
 
-from ragicl import ExampleIndex, ICLClassifier, read_dataset
-from ragicl.estimators.fusion import (
-    CANDIDATE_POOL,
-    CANDIDATE_TEMPERATURE,
-    FusionParts,
-    candidate_labels,
-    combine,
-    knn_distribution,
-    neighbours,
-)
-from ragicl.estimators.tune import Trial, _plain_trials, _rank_key
-from ragicl.prompt.template import PromptTemplate
+from ragicl.estimators._tune_rules import RULES, WEIGHTINGS, choose, estimate_shift, kind
+from ragicl.estimators.fusion import FusionParts, _softmax_masked, combine
+from ragicl.estimators.tune import FusionTuner, grid_answers, lm_configs
+from ragicl.evaluation.stats import bootstrap_ci
 
-DEPTH = 128  # neighbours collected per test query: the deepest vote of the tuner's default grid
+PLAIN_TEST = {"zero-shot": (8, None, 0.0), "kNN vote k=8": (8, None, 1.0), "kNN vote k=32": (32, None, 1.0),
+              "kNN vote k=8 weighted": (8, 0.05, 1.0), "kNN vote k=32 weighted": (32, 0.05, 1.0)}
+GRIDS = ("full", "no zero-shot mix")  # the tuner's grid, or without zero-shot LM scores mixed with a vote
 
 
-def parts_on_test(index: ExampleIndex, examples: Sequence[Any], lm_probs: np.ndarray) -> FusionParts:
-    """The test queries' parts as ``FusionClassifier.parts`` collects them for the retrieved-k prompt (every
-    label scored), from that prompt's label distribution ``lm_probs`` (``(n, L)``, ``index.labels`` order)."""
-    _, labels, scores = neighbours(index, list(examples), DEPTH)
-    n, n_labels = lm_probs.shape
-    with np.errstate(divide="ignore"):
-        logp = np.log(np.asarray(lm_probs, dtype=np.float64))
-    return FusionParts(logp, labels, scores, n_labels, np.ones((n, n_labels), dtype=bool))
+def _key(cfg: Mapping[str, Any]) -> tuple:
+    return (cfg["k"], cfg["candidates"], cfg["label_aware"])
 
 
-def rebuildable(params: Mapping[str, Any], k: int) -> bool:
-    """Whether a trial's test distribution follows from the retrieved-``k`` pass alone."""
-    return params["k"] == k and not params["label_aware"] and params["calibration"] != "prior"
+class Scores:
+    """One dataset's saved scores: per configuration the dev and test parts, in the tuner's search order."""
+
+    def __init__(self, folder: Path, tuner: FusionTuner | None = None) -> None:
+        self.meta = json.loads((folder / "meta.json").read_text())
+        grid = self.meta.get("grid", {})
+        self.tuner = tuner or FusionTuner(ks=(self.meta["k"],), **{k: tuple(v) if isinstance(v, list) else v
+                                                                  for k, v in grid.items()})
+        n_labels = len(self.meta["labels"])
+        plain, extras = lm_configs(self.tuner.ks, self.tuner.candidates, self.tuner.label_aware, n_labels,
+                                   self.tuner.max_full_labels)
+        self.dev: dict[tuple, tuple[FusionParts, int]] = {}
+        self.test: dict[tuple, FusionParts] = {}
+        self.missing: list[str] = []
+        for cfg in plain + extras:
+            dev, test = folder / f"{config_name(cfg)}.dev.npz", folder / f"{config_name(cfg)}.test.npz"
+            if not (dev.exists() and test.exists()):
+                self.missing.append(config_name(cfg))
+                continue
+            parts, self.y_dev, info = load_parts(dev)
+            self.dev[_key(cfg)] = (parts, info["lm_tokens"])
+            self.test[_key(cfg)], self.y_test, _ = load_parts(test)
+        # the tuner's order: the plain configurations, then the others cheapest first (dev LM tokens)
+        rest = sorted((c for c in extras if _key(c) in self.dev), key=lambda c: self.dev[_key(c)][1])
+        self.configs = [c for c in plain if _key(c) in self.dev] + rest
+        self.n_plain = sum(_key(c) in self.dev for c in plain)
+
+    def answers(self, budget: int | None = None) -> tuple[list, dict[tuple, np.ndarray], list[str]]:
+        """The dev answers of every setting (as ``FusionTuner.fit`` makes them), the LM prior of each
+        configuration, and the configurations an ``lm_budget`` of ``budget`` tokens would skip."""
+        out, priors, skipped, used = [], {}, [], 0
+        for i, cfg in enumerate(self.configs):
+            parts, tokens = self.dev[_key(cfg)]
+            if i >= self.n_plain and budget is not None and used + tokens > budget:
+                skipped.append(config_name(cfg))
+                continue
+            used += tokens
+            priors[_key(cfg)] = _softmax_masked(parts.lm_logp).mean(0)
+            out += [a for a, _ in grid_answers(parts, self.y_dev, cfg, priors[_key(cfg)], self.tuner.vote_grid(),
+                                               self.tuner.weights, self.tuner.calibrations, keep_vote=i == 0,
+                                               lm_tokens=tokens)]
+        return out, priors, skipped
+
+    def test_distribution(self, params: Mapping[str, Any], priors: Mapping[tuple, np.ndarray]) -> np.ndarray:
+        key = _key(params) if _key(params) in self.test else _key(self.configs[0])
+        return combine(self.test[key], knn_k=int(params["knn_k"]), knn_temperature=params["knn_temperature"],
+                       knn_weight=float(params["knn_weight"]), calibration=params["calibration"],
+                       prior=priors.get(key))
+
+    def plain_on_test(self) -> dict[str, np.ndarray]:
+        """Per-query correctness of the plain systems on the test sample."""
+        k = self.meta["k"]
+        out = {}
+        first = self.test[_key(self.configs[0])]
+        for name, (knn_k, temp, w) in PLAIN_TEST.items():
+            parts = first if name != "zero-shot" else self.test[(0, None, False)]
+            p = combine(parts, knn_k=knn_k, knn_temperature=temp, knn_weight=w)
+            out[name] = p.argmax(1) == self.y_test
+        ret = self.test.get((k, None, False))
+        if ret is not None:
+            out[f"retrieved-{k}"] = combine(ret, knn_k=8, knn_temperature=None, knn_weight=0.0).argmax(1) == self.y_test
+        return out
+
+    def weights(self, weighting: str) -> np.ndarray | None:
+        if weighting == "none":
+            return None
+        dev, test = self.dev[_key(self.configs[0])][0], self.test[_key(self.configs[0])]
+        return estimate_shift(self.y_dev, dev.neighbor_labels, dev.neighbor_scores, test.neighbor_labels,
+                              test.neighbor_scores, dev.n_labels, weighting).weights
 
 
-def trial_distribution(parts: FusionParts, params: Mapping[str, Any]) -> np.ndarray:
-    """A rebuildable trial's ``(n, L)`` test distribution: candidates mask the LM's label scores (the same
-    numbers scored alone, renormalized over the candidates) and the vote is mixed in by ``combine``."""
-    ranked = knn_distribution(parts.neighbor_labels, parts.neighbor_scores, parts.n_labels, k=CANDIDATE_POOL,
-                              temperature=CANDIDATE_TEMPERATURE, smoothing=0.0)
-    mask = candidate_labels(ranked, params["candidates"])
-    masked = FusionParts(np.where(mask, parts.lm_logp, -np.inf), parts.neighbor_labels, parts.neighbor_scores,
-                         parts.n_labels, mask)
-    return combine(masked, knn_k=int(params["knn_k"]), knn_temperature=params["knn_temperature"],
-                   knn_weight=float(params["knn_weight"]), calibration=params["calibration"])
+def evaluate(scores: Scores, rules: Sequence[str] = RULES, weightings: Sequence[str] = WEIGHTINGS,
+             grids: Sequence[str] = GRIDS, budget: int | None = None) -> dict[str, Any]:
+    """Every rule's choice and its test accuracy against the plain systems, for one dataset."""
+    answers, priors, skipped = scores.answers(budget)
+    plain = scores.plain_on_test()
+    k = scores.meta["k"]
+    target_names = [n for n in (f"retrieved-{k}", "kNN vote k=8", "kNN vote k=32") if n in plain]
+    target = max(target_names, key=lambda n: plain[n].mean())
+    rows = {}
+    for grid in grids:
+        pool = [a for a in answers if grid == "full" or not (a.params["k"] == 0 and kind(a.params) == "fusion")]
+        for weighting in weightings:
+            w = scores.weights(weighting)
+            for rule in rules:
+                choice = choose(pool, scores.y_dev, rule, w)
+                a = pool[choice.index]
+                correct = scores.test_distribution(a.params, priors).argmax(1) == scores.y_test
+                diff = correct.astype(float) - plain[target].astype(float)
+                ci = bootstrap_ci(diff)
+                rows[f"{rule}|{weighting}|{grid}"] = {
+                    "params": dict(a.params), "kind": kind(a.params), "dev_accuracy": float(np.mean(a.pred == scores.y_dev)),
+                    "test_accuracy": float(correct.mean()), "minus_target": float(diff.mean()),
+                    "minus_target_ci": [float(ci.low), float(ci.high)], "reason": choice.reason}
+    return {"dataset": scores.meta["dataset"], "n_test": len(scores.y_test), "n_dev": len(scores.y_dev),
+            "plain": {n: float(c.mean()) for n, c in plain.items()}, "target": target,
+            "target_accuracy": float(plain[target].mean()), "missing": scores.missing, "skipped": skipped,
+            "lm_tokens_dev": {config_name(c): scores.dev[_key(c)][1] for c in scores.configs}, "rules": rows}
 
 
-def picks(result: Mapping[str, Any]) -> dict[str, Trial]:
-    """Each rule's pick among the trials of a saved :class:`TuneResult` (``to_json``)."""
-    if result.get("vote_trials"):
-        raise ValueError("this tuning run ranked its votes leave-one-out first (vote_dev_size); its plain votes are "
-                         "not among its trials, so the fallback rule cannot be rebuilt: tune without it.")
-    trials = [Trial(t["params"], t["accuracy"], t["log_loss"], 0.0) for t in result["trials"]]
-    choice = min(trials, key=_rank_key)
-    plain = _plain_trials(trials)
-    rival = max(plain.values(), key=lambda t: t.accuracy)
-    gain = result.get("gain_over_plain")
-    fallback = choice if gain is None or gain["low"] > 0 else rival
-    return {"accuracy": choice, "fallback": fallback, "log-loss": min(trials, key=lambda t: (t.log_loss,
-                                                                                             _rank_key(t)))}
-
-
-def evaluate(result: Mapping[str, Any], parts: FusionParts, gold: np.ndarray, k: int,
-             best_row: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
-    """Each rule's pick with its dev and test accuracy (None where the pick cannot be rebuilt)."""
-    chosen = {key: v for key, v in result["params"].items() if key != "output_temperature"}
-    out = {}
-    for rule, t in picks(result).items():
-        if rebuildable(t.params, k):
-            test = float((trial_distribution(parts, t.params).argmax(1) == gold).mean())
-        elif dict(t.params) == chosen and best_row is not None:
-            test = float((best_row.argmax(1) == gold).mean())
-        else:
-            test = None
-        out[rule] = {"params": dict(t.params), "dev_accuracy": t.accuracy, "dev_log_loss": t.log_loss,
-                     "test_accuracy": test}
-    return out
+def summary(results: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table: per rule, the mean and worst margin over the target and the misses (< -0.01)."""
+    names = list(results[0]["rules"])
+    lines = ["| rule (selector, dev weights, grid) | mean test acc | mean − target | worst − target | misses "
+             "(< −0.01) |" + "".join(f" {r['dataset']} |" for r in results),
+             "|---|---|---|---|---|" + "---|" * len(results)]
+    for name in sorted(names, key=lambda n: -np.mean([r["rules"][n]["minus_target"] for r in results])):
+        m = [r["rules"][name]["minus_target"] for r in results]
+        acc = [r["rules"][name]["test_accuracy"] for r in results]
+        lines.append(f"| {name.replace('|', ', ')} | {np.mean(acc):.4f} | {np.mean(m):+.4f} | {min(m):+.3f} | "
+                     f"{sum(x < -0.01 - 1e-12 for x in m)} |" + "".join(f" {x:+.3f} |" for x in m))
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tune", required=True, help="a `ragicl tune --json` file")
-    ap.add_argument("--index", required=True, help="the index it was tuned on")
-    ap.add_argument("--test", required=True, help="test dataset file")
-    ap.add_argument("--n", type=int, default=500, help="test queries (seed 0), as ragicl eval --n")
-    ap.add_argument("--predictions", default=None, help="`ragicl eval --predictions` file of the same test sample")
-    ap.add_argument("--lm", default=None, help="without --predictions: score the retrieved-k prompt with this LM")
-    ap.add_argument("--max-prompt-tokens", type=int, default=1024)
+    ap.add_argument("--scores", required=True, help="folder of scripts/tune_scores.py output (one folder per dataset)")
+    ap.add_argument("--datasets", default=None, help="comma-separated (default: every complete folder)")
+    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--weightings", default=",".join(WEIGHTINGS))
+    ap.add_argument("--lm-budget", type=int, default=None, help="re-derive the choices under this lm_budget")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    result = json.loads(Path(args.tune).read_text())
-    k = int(result["params"]["k"])
-    index = ExampleIndex.load(args.index, device="cpu")
-    labels = tuple(index.labels)
-    test = read_dataset(args.test)
-    test = test.sample(args.n, seed=0) if args.n < len(test) else test
-    gold = np.array([labels.index(ex.label) for ex in test.examples])
-    best_row = None
-    if args.predictions:
-        from ragicl.evaluation.predictions import load_predictions
-
-        saved = load_predictions(args.predictions)
-        if tuple(saved.labels) != labels or [labels.index(g) for g in saved.gold] != gold.tolist():
-            raise SystemExit(f"{args.predictions} is not this test sample (labels or gold answers differ); give "
-                             "the --n and test file of its `ragicl eval` run.")
-        if f"retrieved-{k}" not in saved.probs:
-            raise SystemExit(f"{args.predictions} has no 'retrieved-{k}' row (it has {sorted(saved.probs)}); the "
-                             f"tuning run's k is {k}: give the predictions of `ragicl eval --k {k}`, or --lm.")
-        lm_probs, best_row = saved.probs[f"retrieved-{k}"], saved.probs.get("ragicl best")
-    elif args.lm:
-        lm_probs = ICLClassifier(args.lm, PromptTemplate.default(index.dataset.input_fields), k=k,
-                                 max_prompt_tokens=args.max_prompt_tokens, seed=0).fit(index).predict_proba(
-            list(test.examples))
-    else:
-        raise SystemExit("give --predictions (a `ragicl eval --predictions` file) or --lm (to score retrieved-k)")
-    parts = parts_on_test(index, test.examples, lm_probs)
-    print(f"retrieved-{k} on the test sample: {float((lm_probs.argmax(1) == gold).mean()):.3f}; "
-          f"dev interval of the choice against the best plain system: {result.get('gain_over_plain')}")
-    rows = evaluate(result, parts, gold, k, best_row)
-    for rule, row in rows.items():
-        test_acc = "not rebuildable" if row["test_accuracy"] is None else f"{row['test_accuracy']:.3f}"
-        print(f"{rule:>9}: dev {row['dev_accuracy']:.3f} (log-loss {row['dev_log_loss']:.3f}), test {test_acc}  "
-              f"{row['params']}")
+    root = Path(args.scores)
+    names = args.datasets.split(",") if args.datasets else sorted(p.name for p in root.iterdir()
+                                                                  if (p / "meta.json").exists())
+    results = []
+    for name in names:
+        scores = Scores(root / name)
+        if scores.missing:
+            print(f"{name}: not complete (missing {scores.missing}); skipped", flush=True)
+            continue
+        res = evaluate(scores, args.rules.split(","), args.weightings.split(","), budget=args.lm_budget)
+        results.append(res)
+        plain = ", ".join(f"{n} {a:.3f}" for n, a in res["plain"].items())
+        print(f"{name} ({res['n_test']} test, {res['n_dev']} dev): {plain}; target {res['target']} "
+              f"{res['target_accuracy']:.3f}", flush=True)
+    if results:
+        print(summary(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -48,6 +48,22 @@ def test_candidates_top_mass_ties_by_label_order():
     assert candidate_labels(p, None).all() and candidate_labels(p, 9).all()
 
 
+def test_candidate_set_size_adapts_to_the_neighbours_label_mass_and_keeps_what_it_must():
+    from ragicl.estimators.fusion import labels_of_nearest
+
+    p = np.array([[0.9, 0.05, 0.03, 0.02], [0.3, 0.3, 0.2, 0.2], [0.5, 0.3, 0.2, 0.0]])
+    # the fewest top labels holding 80 % of the mass: 1 where the neighbours agree, 3 where they do not
+    np.testing.assert_array_equal(candidate_labels(p, 1, mass=0.8).sum(1), [1, 3, 2])
+    assert candidate_labels(p, 3, mass=0.8).sum(1).tolist() == [3, 3, 3]  # the count is a floor
+    assert candidate_labels(p, 1, mass=1.0)[2].tolist() == [True, True, True, False]  # no label of zero mass
+    keep = np.zeros_like(p, dtype=bool)
+    keep[0, 3] = True
+    got = candidate_labels(p, 1, keep=keep)
+    assert got[0].tolist() == [True, False, False, True] and got[1:].sum() == 2  # kept, on top of the top 1
+    nl = np.array([[2, 2, 0, -1, 1], [1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(labels_of_nearest(nl, 4, top=4), [[1, 0, 1, 0], [0, 1, 0, 0]])
+
+
 def test_calibration_and_combine():
     p = np.array([[0.8, 0.2], [0.6, 0.4]])
     batch = calibrate(p, "batch")
@@ -143,22 +159,41 @@ def test_end_points_equal_the_plain_systems(trec, smollm_lm):
 
 @pytest.mark.slow
 def test_candidates_score_only_plausible_labels_and_show_them(trec, smollm_lm):
+    """A candidate set holds the top labels by kNN mass, and never drops a label of the VOTE_TOP nearest
+    neighbours or of the prompt's demonstrations; only its labels are scored, each with the number full
+    scoring gives; label-aware prompts demonstrate every candidate label."""
+    from ragicl.estimators.fusion import CANDIDATE_POOL, CANDIDATE_TEMPERATURE, VOTE_TOP
+
     index, test = trec
     queries = list(test.examples)[:4]
     full = FusionClassifier(smollm_lm, TEMPLATE, k=3, knn_weight=0.0, label_aware=False).fit(index)
     few = FusionClassifier(smollm_lm, TEMPLATE, k=3, knn_weight=0.0, label_aware=False, candidates=2)
     few.fit(index, icl=full.icl_)
-    pf, pc = full.parts(queries), few.parts(queries)
-    assert len(index.labels) > 2
-    assert (np.isfinite(pc.lm_logp).sum(1) == 2).all() and np.array_equal(np.isfinite(pc.lm_logp), pc.candidates)
+    pf, plan = full.parts(queries), few.plan(queries)
+    pc = few.score(plan)
+    assert len(index.labels) > 2 and np.array_equal(np.isfinite(pc.lm_logp), pc.candidates)
+    positions, nl, ns = neighbours(index, queries, 32)
+    top = candidate_labels(knn_distribution(nl, ns, len(index.labels), k=CANDIDATE_POOL,
+                                            temperature=CANDIDATE_TEMPERATURE, smoothing=0.0), 2)
+    for row, (mask, prompt) in enumerate(zip(pc.candidates, plan.prompts)):
+        kept = set(np.flatnonzero(mask))
+        assert set(np.flatnonzero(top[row])) <= kept  # the 2 with the most kNN mass
+        assert {int(x) for x in nl[row, :VOTE_TOP] if x >= 0} <= kept  # every label the k=8 vote sees
+        shown = {index.labels.index(index.examples[index.position_of(i)].label) for i in prompt.included}
+        assert shown <= kept  # every label the prompt demonstrates
+        assert kept == set(np.flatnonzero(top[row])) | {int(x) for x in nl[row, :VOTE_TOP] if x >= 0} | shown
+    assert (pc.candidates.sum(1) < len(index.labels)).any()  # the sets do leave labels out
     # a candidate's score is the same number the full scoring gives for the same prompt
     np.testing.assert_allclose(pc.lm_logp[pc.candidates], pf.lm_logp[pc.candidates], atol=1e-4)
     probs = few.predict_proba(queries)
     assert np.all(probs[~pc.candidates] == 0.0) and np.allclose(probs.sum(1), 1.0)
     # label-aware: every candidate label is demonstrated in the prompt
     aware = FusionClassifier(smollm_lm, TEMPLATE, k=3, candidates=2, label_aware=True).fit(index, icl=full.icl_)
-    nearest = neighbours(index, queries, 32)[0]
-    for q, row, mask in zip(queries, nearest, pc.candidates):
+    aware_plan = aware.plan(queries)
+    for q, row, prompt in zip(queries, positions, aware_plan.prompts):
+        shown = {index.examples[index.position_of(i)].label for i in prompt.included}
+        assert {index.labels[c] for c in np.flatnonzero(aware_plan.candidates[list(queries).index(q)])} >= shown
+    for q, row, mask in zip(queries, positions, top):
         pool = label_aware_order([int(p) for p in row if p >= 0], index.label_ids, np.flatnonzero(mask), 3)
         prompt = aware.icl_.packer_.pack(q, pool, max_examples=3)
         shown = {index.examples[index.position_of(i)].label for i in prompt.included}
@@ -186,15 +221,17 @@ def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_l
                         knn_ks=(4, 8), temperatures=(None, 0.05), weights=(0.0, 0.5, 1.0),
                         calibrations=("none", "batch", "prior")).fit(index)
     res = tuner.result_
-    assert res.n_dev == 16 and len(res.trials) > 0
-    best = min(res.trials, key=_rank_key)
+    assert res.n_dev == 16 and len(res.trials) > 0 and res.rule == "best"
     chosen = {k: v for k, v in res.params.items() if k != "output_temperature"}
-    assert chosen == dict(best.params) and res.dev_accuracy == best.accuracy
+    top = max(t.accuracy for t in res.trials)  # rule "best": the best dev accuracy, then the lowest log-loss
+    best = [t for t in res.trials if dict(t.params) == chosen]
+    assert len(best) == 1 and best[0].accuracy == top == res.dev_accuracy
+    assert best[0].log_loss == pytest.approx(min(t.log_loss for t in res.trials if t.accuracy == top), abs=1e-9)
     assert res.dev_accuracy >= max(res.baselines.values())  # the plain systems are rows of the same grid
-    assert "retrieved-2" in res.baselines and "kNN vote k=8" in res.baselines
+    assert {"zero-shot", "retrieved-2", "kNN vote k=8", "kNN vote k=32 weighted"} <= set(res.baselines)
     assert (res.prior is not None) == (res.params["calibration"] == "prior")
     est = tuner.best_estimator_
-    assert est.knn_weight == res.params["knn_weight"] and est.k == 2
+    assert est.knn_weight == res.params["knn_weight"] and est.k == res.params["k"] in (0, 2)
     # the output temperature was fitted for the chosen setting on dev log-loss: the best of its grid, never
     # worse than leaving the mixture as it is, and it changes no dev prediction
     t = res.params["output_temperature"]
@@ -223,23 +260,29 @@ def test_tuner_picks_the_best_dev_setting_from_training_data_only(trec, smollm_l
 
 
 def test_many_label_tasks_keep_the_vote_alone_in_the_grid(trec, smollm_lm):
-    """Above ``max_full_labels`` every prompt configuration has candidate labels; the vote alone (weight 1)
-    must still be a row of the grid, once, and the kNN votes must be reported as the plain systems."""
+    """Above ``max_full_labels`` the other prompt configurations have candidate labels, but retrieved-k over
+    every label and zero-shot are still scored; the vote alone (weight 1) is a row of the grid, once per vote
+    setting, and the kNN votes are reported with the plain systems."""
     index = trec[0]
     n_labels = len(index.labels)
     tuner = FusionTuner(smollm_lm, TEMPLATE, dev_size=12, ks=(2,), candidates=(None, 2, 3), label_aware=(False,),
                         knn_ks=(8, 32), temperatures=(None,), weights=(0.0, 1.0), calibrations=("none",),
                         max_full_labels=n_labels - 1).fit(index)
     res = tuner.result_
-    assert {t.params["candidates"] for t in res.trials} == {2, 3}  # every label is never scored
+    # retrieved-k over every label (and zero-shot) stays a candidate; candidate sets for the rest
+    assert {t.params["candidates"] for t in res.trials} == {None, 2, 3}
+    assert {(s["k"], s["candidates"]) for s in res.searched} == {(0, None), (2, None), (2, 2), (2, 3)}
     votes = [t for t in res.trials if t.params["knn_weight"] == 1.0]
-    assert sorted(t.params["knn_k"] for t in votes) == [8, 32]  # one copy per vote setting
-    assert set(res.baselines) == {"kNN vote k=8", "kNN vote k=32"}
+    # one copy per vote setting, the weighted plain votes added to the grid
+    assert sorted((t.params["knn_k"], t.params["knn_temperature"] or 0) for t in votes) == [
+        (8, 0), (8, 0.05), (32, 0), (32, 0.05)]
+    assert set(res.baselines) == {"zero-shot", "retrieved-2", "kNN vote k=8", "kNN vote k=32",
+                                  "kNN vote k=8 weighted", "kNN vote k=32 weighted"}
     assert res.dev_accuracy >= max(res.baselines.values())
-    assert "best plain system: kNN vote" in res.reason and "nan" not in res.reason
+    assert "best plain system: " in res.reason and "nan" not in res.reason
     # each vote row is the vote itself: KNNVoteClassifier's majority over the same neighbours
     dev = list(index.dataset.sample(12, seed=0).examples)
-    for t in votes:
+    for t in [t for t in votes if t.params["knn_temperature"] is None]:
         knn = KNNVoteClassifier(k=t.params["knn_k"]).fit(index)
         assert t.accuracy == pytest.approx(np.mean([p == ex.label for p, ex in zip(knn.predict(dev), dev)]))
 
@@ -262,9 +305,11 @@ def test_vote_settings_chosen_first_on_leave_one_out_queries(trec, smollm_lm):
                                                                                       queries)]))
     best = min(res.vote_trials, key=_rank_key)
     chosen = (best.params["knn_k"], best.params["knn_temperature"])
+    plain_votes = {(8, None), (32, None), (8, 0.05), (32, 0.05)}  # always in the grid besides the chosen one
     assert {(t.params["knn_k"], t.params["knn_temperature"]) for t in res.trials
-            if t.params["knn_weight"] > 0} == {chosen}
-    assert (res.params["knn_k"], res.params["knn_temperature"]) == chosen  # the LM alone keeps it too
+            if t.params["knn_weight"] > 0} == {chosen} | plain_votes
+    lm_alone = [t for t in res.trials if t.params["knn_weight"] == 0]
+    assert {(t.params["knn_k"], t.params["knn_temperature"]) for t in lm_alone} == {chosen}  # it keeps the chosen
     assert {"retrieved-2", "kNN vote k=8", "kNN vote k=32"} <= set(res.baselines)
     assert "leave-one-out" in res.reason
     js = res.to_json()
@@ -272,7 +317,7 @@ def test_vote_settings_chosen_first_on_leave_one_out_queries(trec, smollm_lm):
     plain = FusionTuner(smollm_lm, TEMPLATE, dev_size=12, **grid).fit(index).result_
     assert plain.n_vote_dev is None and not plain.vote_trials and "leave-one-out" not in plain.reason
     assert len({(t.params["knn_k"], t.params["knn_temperature"]) for t in plain.trials
-                if t.params["knn_weight"] > 0}) == 6
+                if t.params["knn_weight"] > 0}) == 6  # the grid holds the plain votes already
     with pytest.raises(ValueError, match="vote_dev_size"):
         FusionTuner(smollm_lm, TEMPLATE, vote_dev_size=0).fit(index)
 
@@ -307,83 +352,9 @@ def test_many_shot_fills_the_budget(trec, smollm_lm):
     tuner = FusionTuner(smollm_lm, TEMPLATE, max_prompt_tokens=budget, dev_size=8, ks=(2, "max"),
                         candidates=(None,), label_aware=(False,), knn_ks=(8,), temperatures=(None,),
                         weights=(0.0, 1.0), calibrations=("none",)).fit(index)
-    assert {t.params["k"] for t in tuner.result_.trials} == {2, "max"}
+    assert {t.params["k"] for t in tuner.result_.trials} == {0, 2, "max"}  # zero-shot is always a candidate
     with pytest.raises(ValueError, match="'max'"):
         ICLClassifier(smollm_lm, TEMPLATE, k="many").fit(index)
-
-
-# ----------------------------------------------------------------------------- the time budget
-
-
-class _Clock:
-    """A simulated clock: deterministic time for the budget logic on any machine."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class _TimedLM:
-    """The real LM, on a simulated clock that advances ``cost`` seconds per prompt scored."""
-
-    def __init__(self, lm, clock: _Clock, cost: float) -> None:
-        self.lm, self.clock, self.cost, self.prompts_scored = lm, clock, cost, 0
-
-    def __getattr__(self, name):
-        return getattr(self.lm, name)
-
-    def score_continuations(self, prompts, continuations, *, show_progress=None):
-        self.clock.t += self.cost * len(prompts)
-        self.prompts_scored += len(prompts)
-        return self.lm.score_continuations(prompts, continuations, show_progress=show_progress)
-
-
-@pytest.mark.slow
-def test_time_budget_shrinks_the_dev_set_and_skips_what_does_not_fit(trec, smollm_lm, monkeypatch):
-    """On a simulated clock at 1 s per dev query: with 130 s the first configuration scores all 60 dev
-    queries (a 16-query probe, then the rest), the second (same prompt size, 60 s estimated) fits, the other
-    two would overrun and are listed as not tried. With 40 s the dev set shrinks to what fits (probe + 24),
-    and nothing else is tried: the search ends at the budget instead of running past it."""
-    from ragicl.estimators import tune
-
-    clock = _Clock()
-    monkeypatch.setattr(tune, "_now", clock)
-    lm = _TimedLM(smollm_lm, clock, cost=1.0)
-    grid = {"ks": (2,), "candidates": (None, 2), "label_aware": (False, True), "knn_ks": (4, 8),
-            "temperatures": (None,), "weights": (0.0, 0.5, 1.0), "calibrations": ("none", "batch")}
-    index = trec[0]
-    res = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=130, min_dev_size=10, **grid).fit(index).result_
-    assert (res.n_dev, res.n_dev_requested, lm.prompts_scored, res.seconds) == (60, 60, 120, 120.0)
-    assert [dict(s) for s in res.skipped] == [{"k": 2, "candidates": 2, "label_aware": False},
-                                              {"k": 2, "candidates": 2, "label_aware": True}]
-    assert {(t.params["candidates"], t.params["label_aware"]) for t in res.trials} == {(None, False), (None, True)}
-    assert "requested" not in res.reason
-
-    clock.t, lm.prompts_scored = 0.0, 0
-    res = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=40, min_dev_size=10, **grid).fit(index).result_
-    assert (res.n_dev, res.n_dev_requested, lm.prompts_scored, res.seconds) == (40, 60, 40, 40.0)
-    assert len(res.skipped) == 3
-    assert "40 held-out training examples (of 60 requested: the time budget)" in res.reason
-    assert res.to_json()["n_dev_requested"] == 60 and res.to_json()["n_dev"] == 40
-
-    # the probe and the rest are scored in two calls; joined, they equal one call over the same 35 queries
-    dev = list(index.dataset.sample(60, seed=0).examples)[:35]
-    fc = FusionClassifier(smollm_lm, TEMPLATE, k=2, candidates=None, label_aware=False).fit(index)
-    one, two = fc.parts(dev, knn_k=8), tune._concat(fc.parts(dev[:16], knn_k=8), fc.parts(dev[16:], knn_k=8))
-    np.testing.assert_allclose(two.lm_logp, one.lm_logp, atol=1e-4)  # batch composition: float noise only
-    for name in ("neighbor_labels", "neighbor_scores", "candidates"):
-        np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
-
-    # too small a budget for the floor: the probe and the floor run (here 20 > 16), nothing else is tried
-    clock.t = 0.0
-    tiny = FusionTuner(lm, TEMPLATE, dev_size=60, time_budget=10, min_dev_size=20, **grid).fit(index).result_
-    assert tiny.n_dev == 20 and len(tiny.skipped) == 3
-    with pytest.raises(ValueError, match="time_budget"):
-        FusionTuner(lm, TEMPLATE, time_budget=-1).fit(index)
-    with pytest.raises(ValueError, match="min_dev_size"):
-        FusionTuner(lm, TEMPLATE, min_dev_size=0).fit(index)
 
 
 def test_gain_over_plain_is_the_paired_difference_on_the_same_queries():

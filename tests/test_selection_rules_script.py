@@ -1,4 +1,5 @@
-"""scripts/selection_rules.py: rebuilds tuner trials on a test set from one LM pass, and scores selection rules."""
+"""scripts/tune_scores.py + scripts/selection_rules.py: every configuration scored once on dev and test, then each
+rule's choice re-derived from the saved dev scores is the tuner's own choice, and scored on the test queries."""
 
 from __future__ import annotations
 
@@ -8,89 +9,61 @@ import numpy as np
 import pytest
 from _scripts import load_script
 
-from ragicl import FusionClassifier, PromptTemplate
-from ragicl.estimators.fusion import _softmax_masked
+from ragicl import ICLClassifier, PromptTemplate
+from ragicl.estimators._tune_rules import choose
+from ragicl.estimators.baselines import KNNVoteClassifier
 from ragicl.estimators.tune import FusionTuner
 
-
-def _script():
-    return load_script("selection_rules")
-
-
-def _trial(k: int, w: float, acc: float, ll: float, **extra) -> dict:
-    params = {"k": 8, "candidates": None, "label_aware": False, "knn_k": k, "knn_temperature": None,
-              "knn_weight": w, "calibration": "none", **extra}
-    return {"params": params, "accuracy": acc, "log_loss": ll}
-
-
-def test_each_rule_picks_by_hand():
-    script = _script()
-    trials = [_trial(8, 0.0, 0.80, 0.45),             # retrieved-8: the best plain system
-              _trial(32, 1.0, 0.70, 0.60),            # kNN vote k=32
-              _trial(32, 0.4, 0.83, 0.50),            # the best dev accuracy
-              _trial(64, 0.1, 0.81, 0.40)]            # the lowest dev log-loss
-    result = {"params": trials[2]["params"], "trials": trials,
-              "gain_over_plain": {"difference": 0.03, "low": -0.01, "high": 0.07}}
-    got = script.picks(result)
-    assert got["accuracy"].params == trials[2]["params"]
-    assert got["fallback"].params == trials[0]["params"]  # its interval includes 0: the plain system
-    assert got["log-loss"].params == trials[3]["params"]
-    result["gain_over_plain"] = {"difference": 0.03, "low": 0.005, "high": 0.07}
-    assert script.picks(result)["fallback"].params == trials[2]["params"]  # above 0: the choice stays
-    result["gain_over_plain"] = None  # the choice is the plain system itself
-    assert script.picks(result)["fallback"].params == trials[2]["params"]
-    with pytest.raises(ValueError, match="vote_dev_size"):
-        script.picks({**result, "vote_trials": [trials[1]]})
-    assert script.rebuildable(trials[0]["params"], 8)
-    assert not script.rebuildable({**trials[0]["params"], "label_aware": True}, 8)
-    assert not script.rebuildable({**trials[0]["params"], "calibration": "prior"}, 8)
-    assert not script.rebuildable(trials[0]["params"], 4)
-
-
 TEMPLATE = PromptTemplate(example="Question: {text}\nType: {label}")
+GRID = {"dev_size": 12, "ks": (2,), "candidates": (None, 2), "label_aware": (False, True), "knn_ks": (4, 8),
+        "temperatures": (None, 0.05), "weights": (0.0, 0.5, 1.0), "calibrations": ("none", "batch", "prior")}
 
 
 @pytest.mark.slow
-def test_rebuilt_trials_are_the_classifiers_own_distributions(trec, smollm_lm, smollm_path, tmp_path):
-    """Every trial of a real tuning run, rebuilt from the k-shot pass over every label, is the distribution
-    FusionClassifier gives with those settings (its candidates scored in their own LM pass); main runs end
-    to end on a saved index, with the LM scoring the test queries itself."""
-    script = _script()
+def test_rules_rederived_from_saved_scores_are_the_tuners_choices(trec, smollm_lm, tmp_path):
+    scores_script, rules_script = load_script("tune_scores"), load_script("selection_rules")
     index, test = trec
     queries = list(test.examples)
-    tuner = FusionTuner(smollm_lm, TEMPLATE, dev_size=16, ks=(2,), candidates=(None, 2), label_aware=(False,),
-                        knn_ks=(4, 8), temperatures=(None, 0.05), weights=(0.0, 0.5, 1.0),
-                        calibrations=("none", "batch")).fit(index)
-    result = tuner.result_.to_json()
-    full = FusionClassifier(smollm_lm, TEMPLATE, k=2, candidates=None, label_aware=False).fit(index)
-    parts = script.parts_on_test(index, queries, _softmax_masked(full.parts(queries).lm_logp))
-    scored = {}
-    for t in result["trials"]:
-        p = t["params"]
-        fc = FusionClassifier(smollm_lm, TEMPLATE, **p).fit(index, icl=full.icl_)
-        if p["candidates"] not in scored:
-            scored[p["candidates"]] = fc.parts(queries)
-        np.testing.assert_allclose(script.trial_distribution(parts, p), fc.mix(scored[p["candidates"]]),
-                                   atol=1e-4)
-    assert len(scored) == 2  # both candidate settings were tried and checked
-    labels = tuple(index.labels)
-    gold = np.array([labels.index(ex.label) for ex in queries])
-    rows = script.evaluate(result, parts, gold, 2)
-    choice = {k: v for k, v in result["params"].items() if k != "output_temperature"}
-    assert rows["accuracy"]["params"] == choice and rows["accuracy"]["dev_accuracy"] == result["dev_accuracy"]
-    for row in rows.values():  # every pick is rebuildable here: a test accuracy out of 10 queries
-        assert row["test_accuracy"] is not None and 10 * row["test_accuracy"] == pytest.approx(
-            round(10 * row["test_accuracy"]))
-    # main, on files
-    index.save(tmp_path / "index")
-    (tmp_path / "tune.json").write_text(json.dumps(result))
-    (tmp_path / "test.jsonl").write_text("".join(json.dumps({**ex.inputs, "label": ex.label}) + "\n"
-                                                 for ex in queries))
+    folder = tmp_path / "trec"
+    scores_script.score_all(index, queries, FusionTuner(smollm_lm, TEMPLATE, **GRID), folder, {"dataset": "trec"})
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["plain"] == ["k0-all-plain", "k2-all-plain"] and len(meta["extras"]) == 3
+    assert len(list(folder.glob("*.npz"))) == 2 * 5
+    saved = sorted(p.stat().st_mtime_ns for p in folder.glob("*.npz"))
+    scores_script.score_all(index, queries, FusionTuner(smollm_lm, TEMPLATE, **GRID), folder)  # resumes: nothing new
+    assert sorted(p.stat().st_mtime_ns for p in folder.glob("*.npz")) == saved
+    for rule in ("best", "crossfit", "one-se"):
+        tuner = FusionTuner(smollm_lm, TEMPLATE, rule=rule, **GRID)
+        res = tuner.fit(index).result_
+        scores = rules_script.Scores(folder, tuner)
+        answers, priors, skipped = scores.answers()
+        got = answers[choose(answers, scores.y_dev, rule).index].params
+        assert dict(got) == {k: v for k, v in res.params.items() if k != "output_temperature"}, rule
+        assert not skipped and len(answers) == len(res.trials)
+        # on the test queries the rebuilt choice is the tuner's estimator (float noise of batch composition)
+        est = tuner.best_estimator_.set_params(output_temperature=1.0)
+        np.testing.assert_allclose(scores.test_distribution(got, priors), est.predict_proba(queries), atol=1e-4)
+    # the plain systems on the test queries are the classifiers themselves
+    plain = scores.plain_on_test()
+    gold = [ex.label for ex in queries]
+    icl = ICLClassifier(smollm_lm, TEMPLATE, k=2).fit(index)
+    assert plain["retrieved-2"].tolist() == [p == g for p, g in zip(icl.predict(queries), gold)]
+    vote = KNNVoteClassifier(k=8).fit(index)
+    assert plain["kNN vote k=8"].tolist() == [p == g for p, g in zip(vote.predict(queries), gold)]
+    # an LM budget re-derives the choice of a budgeted search
+    budget = sum(scores.dev[rules_script._key(c)][1] for c in scores.configs[:2])
+    answers, _, skipped = scores.answers(budget)
+    assert len(skipped) == 3
+    res = FusionTuner(smollm_lm, TEMPLATE, lm_budget=budget, **GRID).fit(index).result_
+    assert dict(answers[choose(answers, scores.y_dev, "best").index].params) == {
+        k: v for k, v in res.params.items() if k != "output_temperature"}
+    # main: a table of every rule, and the JSON
     out = tmp_path / "rules.json"
-    assert script.main(["--tune", str(tmp_path / "tune.json"), "--index", str(tmp_path / "index"), "--test",
-                        str(tmp_path / "test.jsonl"), "--n", "10", "--lm", smollm_path, "--json", str(out)]) == 0
-    saved = json.loads(out.read_text())
-    assert set(saved) == {"accuracy", "fallback", "log-loss"} and saved["accuracy"]["params"] == choice
-    with pytest.raises(SystemExit, match="--predictions"):
-        script.main(["--tune", str(tmp_path / "tune.json"), "--index", str(tmp_path / "index"), "--test",
-                     str(tmp_path / "test.jsonl")])
+    assert rules_script.main(["--scores", str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["dataset"] for r in rows] == ["trec"] and rows[0]["target"] in ("retrieved-2", "kNN vote k=8",
+                                                                             "kNN vote k=32")
+    best = rows[0]["rules"]["best|none|full"]
+    assert best["minus_target"] == pytest.approx(best["test_accuracy"] - rows[0]["target_accuracy"])
+    assert len(rows[0]["rules"]) == 4 * 4 * 2  # rules x dev weightings x grids
+    assert meta["grid"]["calibrations"] == ["none", "batch", "prior"]  # main searched the grid of the scores

@@ -6,8 +6,11 @@ uses both. For each query it retrieves ``knn_k`` neighbours (far more than fit i
 1. forms the **kNN distribution** ``p_knn(y) ∝ α + Σ_i w_i [y_i = y]`` with ``w_i = softmax(s_i / τ)`` over
    the neighbours' cosine scores (``knn_temperature=None``: a plain majority vote);
 2. keeps the **candidate labels**: the ``candidates`` labels with the most kNN mass (all labels when ``None``
-   or when the task has no more than that). Only these are scored by the LM, so a 77-label task costs a
-   handful of label continuations per query, and the LM chooses among plausible labels;
+   or when the task has no more than that), grown to cover ``candidate_mass`` of that mass when set, and
+   never without a label of the :data:`VOTE_TOP` nearest neighbours or of the prompt's demonstrations (so
+   neither the small vote nor the prompt can point at a label the LM is not allowed to answer). Only these
+   are scored by the LM, so a 77-label task costs a handful of label continuations per query, and the LM
+   chooses among plausible labels;
 3. builds the ICL prompt from the nearest neighbours, **label-aware**: the nearest example of each candidate
    label goes in first, so every label the LM may answer is demonstrated at least once (``label_aware``);
 4. scores the candidates with the LM, optionally **calibrated** against a label prior: ``"batch"`` divides by
@@ -43,7 +46,7 @@ from ..models import DEFAULT_LM
 from ..prompt.retrieve import Retriever
 from ..prompt.step import MANY_SHOT, check_k, resolve_k
 from ..prompt.template import PromptTemplate
-from ..types import Example, Query
+from ..types import Example, PackedPrompt, Query
 from ._common import as_examples
 from .classifier import ICLClassifier
 
@@ -52,6 +55,22 @@ logger = logging.getLogger(__name__)
 CALIBRATIONS = ("none", "batch", "prior")
 CANDIDATE_POOL = 32  # neighbours whose similarity-weighted vote ranks the candidate labels
 CANDIDATE_TEMPERATURE = 0.05  # softmax temperature of that ranking over cosine scores
+VOTE_TOP = 8  # nearest neighbours whose labels every candidate set keeps (those of the k=8 vote)
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """A batch of queries ready for the LM (:meth:`FusionClassifier.plan`): their neighbours, candidate
+    labels and packed prompts (``None``: the LM is not run), and ``lm_tokens``, the LM work scoring them
+    costs: every prompt token plus, per candidate label, the answer tokens fed after the prompt's last
+    position (a label's first token is read off that position: ``len(answer) - 1`` each)."""
+
+    neighbor_labels: np.ndarray
+    neighbor_scores: np.ndarray
+    n_labels: int
+    candidates: np.ndarray
+    prompts: tuple[PackedPrompt, ...] | None
+    lm_tokens: int
 
 
 @dataclass(frozen=True)
@@ -97,17 +116,45 @@ def knn_distribution(neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n
     return np.divide(out, total, out=np.full_like(out, 1.0 / max(n_labels, 1)), where=total > 0)
 
 
-def candidate_labels(knn_p: np.ndarray, candidates: int | None) -> np.ndarray:
+def candidate_labels(knn_p: np.ndarray, candidates: int | None, *, keep: np.ndarray | None = None,
+                     mass: float | None = None) -> np.ndarray:
     """``(n, L)`` boolean mask of the ``candidates`` most probable labels per row (all when None or ≥ L).
 
-    Ties are broken by label order, so the mask is a function of the scores alone.
+    ``mass`` (in (0, 1]) grows each row's set to the fewest most probable labels that hold at least that share
+    of the row's mass (the size adapts: one label where the neighbours agree, more where they disagree);
+    ``keep`` (an ``(n, L)`` mask) is always in. Ties are broken by label order, so the mask is a function of
+    the scores alone.
+
+    >>> import numpy as np
+    >>> p = np.array([[0.5, 0.3, 0.15, 0.05], [0.9, 0.04, 0.03, 0.03]])
+    >>> candidate_labels(p, 1, mass=0.8).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 0, 0, 0]]
+    >>> candidate_labels(p, 1, keep=np.array([[0, 0, 0, 1], [0, 0, 0, 0]], bool)).astype(int).tolist()
+    [[1, 0, 0, 1], [1, 0, 0, 0]]
     """
     n, n_labels = knn_p.shape
     if candidates is None or candidates >= n_labels:
         return np.ones((n, n_labels), dtype=bool)
     order = np.lexsort((np.broadcast_to(np.arange(n_labels), knn_p.shape), -knn_p), axis=-1)
+    size = np.full(n, int(candidates))
+    if mass is not None:
+        ranked = np.take_along_axis(np.asarray(knn_p, dtype=np.float64), order, axis=1)
+        total = ranked.sum(1, keepdims=True)
+        share = np.cumsum(ranked, axis=1) / np.where(total > 0, total, 1.0)
+        # the fewest labels whose share reaches ``mass`` (a hair of float slack: 0.3 + 0.5 is 0.8)
+        size = np.maximum(size, (share < float(mass) - 1e-12).sum(1) + 1)
     mask = np.zeros((n, n_labels), dtype=bool)
-    np.put_along_axis(mask, order[:, :candidates], True, axis=1)
+    np.put_along_axis(mask, order, np.arange(n_labels)[None, :] < size[:, None], axis=1)
+    if keep is not None:
+        mask |= np.asarray(keep, dtype=bool)
+    return mask
+
+
+def labels_of_nearest(neighbor_labels: np.ndarray, n_labels: int, top: int = VOTE_TOP) -> np.ndarray:
+    """``(n, L)`` mask of the labels among each row's ``top`` nearest neighbours (``-1`` pads ignored)."""
+    mask = np.zeros((len(neighbor_labels), n_labels), dtype=bool)
+    rows, cols = np.nonzero(neighbor_labels[:, :top] >= 0)
+    mask[rows, neighbor_labels[:, :top][rows, cols]] = True
     return mask
 
 
@@ -182,7 +229,10 @@ class FusionClassifier:
     knn_k : neighbours in the vote (default 64), independent of how many fit in the prompt.
     knn_temperature : softmax temperature over cosine scores (None = plain majority vote).
     knn_weight : mixing weight ``w`` of the vote, in [0, 1].
-    candidates : score only this many labels per query, those with the most kNN mass (None = all).
+    candidates : score only this many labels per query, those with the most kNN mass (None = all), plus any
+        label of the :data:`VOTE_TOP` nearest neighbours or of the prompt's demonstrations.
+    candidate_mass : grow each query's candidate set to the fewest labels holding this share of the
+        neighbours' label mass (None = a fixed count); the set adapts to how much the neighbours agree.
     label_aware : put the nearest example of every candidate label in the prompt first.
     calibration : ``"none"``, ``"batch"`` or ``"prior"`` (needs ``prior``, set by :func:`ragicl.estimators.tune`).
     prior : label prior for ``calibration="prior"`` (a sequence over the index's labels).
@@ -200,7 +250,7 @@ class FusionClassifier:
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  k: int | str = 8, max_prompt_tokens: int | None = 1024, selection: str = "topk", knn_k: int = 64,
                  knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
-                 label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
+                 candidate_mass: float | None = None, label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
                  smoothing: float = 0.5, output_temperature: float = 1.0, batch_size: int | None = None,
                  device: str = "auto", seed: int = 0, show_progress: bool | None = None) -> None:
         self.lm = lm
@@ -212,6 +262,7 @@ class FusionClassifier:
         self.knn_temperature = knn_temperature
         self.knn_weight = knn_weight
         self.candidates = candidates
+        self.candidate_mass = candidate_mass
         self.label_aware = label_aware
         self.calibration = calibration
         self.prior = prior
@@ -227,6 +278,10 @@ class FusionClassifier:
         _check_weight(self.knn_weight)
         if self.candidates is not None:
             check_positive_int("candidates", self.candidates)
+        m = self.candidate_mass
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < float(m) <= 1):
+            raise ValueError(f"candidate_mass must be a share in (0, 1] of the neighbours' label mass, or None (a "
+                             f"fixed candidate count), got {m!r}.")
         if self.knn_temperature is not None and not float(self.knn_temperature) > 0:
             raise ValueError(f"knn_temperature must be > 0 or None (plain vote), got {self.knn_temperature!r}.")
         if self.calibration not in CALIBRATIONS:
@@ -260,25 +315,54 @@ class FusionClassifier:
             raise NotFittedError("this FusionClassifier is not fitted yet: call fit(index) first.")
 
     # ------------------------------------------------------------------ parts
-    def parts(self, queries: Sequence[Query] | Query, *, knn_k: int | None = None, score_lm: bool = True
-              ) -> FusionParts:
-        """Score ``queries`` with the LM (candidates only) and collect their neighbours, unmixed.
+    def plan(self, queries: Sequence[Query] | Query, *, knn_k: int | None = None, score_lm: bool = True
+             ) -> FusionPlan:
+        """Everything before the LM: neighbours, candidate labels, packed prompts and their LM work.
 
-        ``score_lm=False`` skips the LM (its log-probabilities are left uniform over the candidates): for a
-        mix that gives the LM no weight."""
+        No LM call: :attr:`FusionPlan.lm_tokens` is what :meth:`score` will feed the LM, counted from the
+        packed prompts, so a search can be budgeted in LM work before it runs (the same count on any machine).
+        ``score_lm=False`` packs nothing (a mix that gives the LM no weight)."""
         self._check_fitted()
         examples = as_examples(queries, self.input_fields_)
-        depth = max(knn_k or self.knn_k, 2 * self.k_, CANDIDATE_POOL)
+        depth = max(knn_k or self.knn_k, 2 * self.k_, CANDIDATE_POOL, VOTE_TOP)
         positions, labels, scores = neighbours(self.index_, examples, depth)
         n_labels = len(self.classes_)
         ranked = knn_distribution(labels, scores, n_labels, k=CANDIDATE_POOL, temperature=CANDIDATE_TEMPERATURE,
                                   smoothing=0.0)
-        mask = candidate_labels(ranked, self.candidates)
-        if score_lm:
-            lm_logp = self._lm_logp(examples, positions, mask)
-        else:
+        mask = candidate_labels(ranked, self.candidates, keep=labels_of_nearest(labels, n_labels),
+                                mass=self.candidate_mass)
+        if not score_lm:
+            return FusionPlan(labels, scores, n_labels, mask, None, 0)
+        pools = self._prompt_positions(examples, positions)
+        label_of = self.index_.label_ids
+        if self.label_aware and self.k_ > 0:
+            pools = [label_aware_order(pool, label_of, np.flatnonzero(m), self.k_) for pool, m in zip(pools, mask)]
+        prompts = self.icl_.packer_.pack_batch(examples, pools, max_examples=self.k_)
+        if not mask.all():  # the prompt's demonstrations' labels stay answerable
+            for row, prompt in enumerate(prompts):
+                mask[row, [int(label_of[self.index_.position_of(i)]) for i in prompt.included]] = True
+        extra = np.array([len(ids) - 1 for ids in self.icl_.label_ids_], dtype=np.int64)
+        tokens = sum(p.n_tokens for p in prompts) + int((mask * extra[None, :]).sum())
+        return FusionPlan(labels, scores, n_labels, mask, tuple(prompts), tokens)
+
+    def score(self, plan: FusionPlan) -> FusionParts:
+        """The LM's label log-probabilities for a :meth:`plan` (candidates only), as :class:`FusionParts`."""
+        self._check_fitted()
+        if plan.prompts is None:
+            mask = plan.candidates
             lm_logp = np.where(mask, -np.log(np.maximum(mask.sum(axis=1, keepdims=True), 1)), -np.inf)
-        return FusionParts(lm_logp, labels, scores, n_labels, mask)
+        else:
+            lm_logp = self._lm_logp(list(plan.prompts), plan.candidates)
+        return FusionParts(lm_logp, plan.neighbor_labels, plan.neighbor_scores, plan.n_labels, plan.candidates)
+
+    def parts(self, queries: Sequence[Query] | Query, *, knn_k: int | None = None, score_lm: bool = True
+              ) -> FusionParts:
+        """Score ``queries`` with the LM (candidates only) and collect their neighbours, unmixed
+        (:meth:`plan`, then :meth:`score`).
+
+        ``score_lm=False`` skips the LM (its log-probabilities are left uniform over the candidates): for a
+        mix that gives the LM no weight."""
+        return self.score(self.plan(queries, knn_k=knn_k, score_lm=score_lm))
 
     def _prompt_positions(self, examples: list[Example], nearest: np.ndarray) -> list[list[int]]:
         if self.k_ == 0:
@@ -288,14 +372,9 @@ class FusionClassifier:
         retrieved = self.icl_.retriever_.retrieve(self.index_, examples, n_candidates=2 * self.k_)
         return [list(r.positions) for r in retrieved]
 
-    def _lm_logp(self, examples: list[Example], nearest: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _lm_logp(self, prompts: list[PackedPrompt], mask: np.ndarray) -> np.ndarray:
         icl = self.icl_
-        pools = self._prompt_positions(examples, nearest)
-        label_of = self.index_.label_ids
         out = np.full(mask.shape, -np.inf, dtype=np.float64)
-        if self.label_aware and self.k_ > 0:
-            pools = [label_aware_order(pool, label_of, np.flatnonzero(m), self.k_) for pool, m in zip(pools, mask)]
-        prompts = icl.packer_.pack_batch(examples, pools, max_examples=self.k_)
         if mask.all():  # every label for every query: one batched call
             out[:] = icl.label_logprobs(prompts, show_progress=self.show_progress)
             return out
@@ -348,7 +427,7 @@ class FusionClassifier:
 
 
 _PARAMS = ("lm", "template", "k", "max_prompt_tokens", "selection", "knn_k", "knn_temperature", "knn_weight",
-           "candidates", "label_aware", "calibration", "prior", "smoothing", "output_temperature", "batch_size",
+           "candidates", "candidate_mass", "label_aware", "calibration", "prior", "smoothing", "output_temperature", "batch_size",
            "device", "seed", "show_progress")
 
 
