@@ -34,7 +34,7 @@ from tune_scores import config_name, load_parts
 from ragicl.estimators._tune_rules import RULES, WEIGHTINGS, choose, estimate_shift, kind
 from ragicl.estimators.fusion import FusionParts, _softmax_masked, combine
 from ragicl.estimators.tune import FusionTuner, grid_answers, lm_configs
-from ragicl.evaluation.stats import bootstrap_ci
+from ragicl.stats import bootstrap_ci
 
 PLAIN_TEST = {"zero-shot": (8, None, 0.0), "kNN vote k=8": (8, None, 1.0), "kNN vote k=32": (32, None, 1.0),
               "kNN vote k=8 weighted": (8, 0.05, 1.0), "kNN vote k=32 weighted": (32, 0.05, 1.0)}

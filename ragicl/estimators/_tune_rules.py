@@ -145,7 +145,7 @@ def choose(answers: Sequence[Answers], y: np.ndarray, rule: str = "best", weight
 
 def _interval(d: np.ndarray, w: np.ndarray, seed: int) -> tuple[float, float]:
     if np.all(w == w[0]):
-        from ..evaluation.stats import bootstrap_ci
+        from ..stats import bootstrap_ci
 
         ci = bootstrap_ci(d, seed=seed)
         return float(ci.low), float(ci.high)

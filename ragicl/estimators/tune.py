@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import DataError, check_positive_int
-from ..evaluation.stats import bootstrap_ci
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
 from ..prompt.step import MANY_SHOT, check_k
 from ..prompt.template import PromptTemplate
+from ..stats import bootstrap_ci
 from ..types import Query
 from ._common import as_examples
 from ._tune_result import Trial, TuneResult, _config_name, _plain_trials, _rank_key
