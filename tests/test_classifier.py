@@ -130,3 +130,26 @@ def test_prompts_and_scores_equal_the_shared_step_and_the_hand_built_pipeline(lm
         assert one.shape == (len(queries), 1)
         # one label scored alone: the same numbers up to float32 batching noise of log-probs this size
         np.testing.assert_allclose(one[:, 0], logp[:, 1], rtol=0, atol=1e-4 * max(1.0, np.abs(logp).max()))
+
+
+@pytest.mark.parametrize("search, selection", [("bm25", "topk"), ("hybrid", "dpp"), ("dense", "votek"),
+                                               ("dense", "mdl")])
+def test_every_search_and_selection_reaches_the_classifier(lm, hash_index, small_train, search, selection):
+    """The retrieve stage's searches and the ICL-literature selections (issue 39) through ICLClassifier, on
+    the real SmolLM2: prompts within the exact budget, a distribution per query, and the choice visible in the
+    prompts (BM25 finds the query's own words; MDL keeps one of its candidate prompts)."""
+    from ragicl.prompt.step import PromptStep
+
+    clf = ICLClassifier(lm, TEMPLATE, k=4, max_prompt_tokens=256, search=search, selection=selection,
+                        mdl_samples=2).fit(hash_index)
+    queries = [{"text": "a gripping , beautifully shot film"}, {"text": "dull and far too long"}]
+    prompts = clf.prompts(queries)
+    assert all(p.n_tokens <= p.budget <= 256 and 1 <= len(p.included) <= 4 for p in prompts)
+    probs = clf.predict_proba(queries)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    assert isinstance(clf.prompt_step(), PromptStep) == (selection != "mdl")
+    if search == "bm25":  # lexical search: every chosen demonstration shares a word with its query
+        for q, p in zip(queries, prompts):
+            words = set(q["text"].split()) - {",", "and", "a"}
+            demos = [hash_index.examples[hash_index.position_of(i)].inputs["text"] for i in p.included]
+            assert all(words & set(d.split()) for d in demos), (q, demos)

@@ -59,3 +59,24 @@ def test_bad_engine_combinations_are_one_line_errors(tmp_path, capsys):
     assert "is not a GGUF file" in capsys.readouterr().err
     assert main(["eval", "--index", str(tmp_path), "--test", str(data), "--model-kwargs", "{oops"]) == 2
     assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_retrieval_options_reach_the_retrieved_system(tmp_path, capsys):
+    """index build --bm25 saves the lexical index; eval --search/--selection build retrieved-k with them."""
+    import json
+
+    rows = [{"text": t, "label": lab} for t, lab in [("a gripping film", "pos"), ("dull and long", "neg"),
+                                                    ("a joy to watch", "pos"), ("far too long", "neg"),
+                                                    ("beautifully shot", "pos"), ("tedious mess", "neg")]]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["index", "build", str(data), "--out", str(tmp_path / "idx"), "--embedder", "hash-32", "--bm25"]) == 0
+    from ragicl import ExampleIndex
+
+    assert ExampleIndex.load(tmp_path / "idx").lexical is not None
+    args = build_parser().parse_args(["eval", "--index", "i", "--test", "t", "--search", "hybrid", "--selection",
+                                      "dpp", "--rerank", "some/cross-encoder"])
+    from ragicl.cli.settings import EvalOptions
+
+    assert EvalOptions.from_args(args).retrieval == {"selection": "dpp", "search": "hybrid",
+                                                     "reranker": "some/cross-encoder"}

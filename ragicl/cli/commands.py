@@ -51,7 +51,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     embedder = get_embedder(args.embedder, device=args.device, batch_size=args.batch_size)
     check_factory(args.factory, len(dataset), embedder.dimension)  # .dimension loads the model: fails early
     index = build_and_save(dataset, out, embedder=embedder, factory=args.factory, device=args.device,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, lexical=args.bm25)
     print(f"built {out}: {len(index)} examples, dim {index.dimension}, factory {index.factory!r}, "
           f"embedder {index.embedder.name}")
     return 0

@@ -102,10 +102,26 @@ def eval_args(p: argparse.ArgumentParser, *, k: int = 16) -> None:
     g.add_argument("--k", type=k_value, default=k,
                    help=f"demonstrations per prompt (default {k}); 0 runs the zero-shot system only; 'max' packs "
                         "as many as --max-prompt-tokens holds (many-shot)")
-    g.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"],
-                   help="how retrieved-k picks demonstrations: topk (most similar), balanced (round-robin over "
-                        "labels), mmr (similar but diverse); default topk")
+    retrieval_args(g)
     g.add_argument("--seed", type=int, default=0, help="seed of test sampling, random-k and tuning (default 0)")
+
+
+SELECTIONS = ["topk", "balanced", "mmr", "dpp", "votek", "mdl"]
+
+
+def retrieval_args(g) -> None:
+    """How demonstrations are found and chosen (the retrieve stage; docs/DESIGN.md, Retrieval)."""
+    g.add_argument("--selection", default="topk", choices=SELECTIONS,
+                   help="how retrieved-k chooses among the candidates: topk (most similar), balanced (round-robin "
+                        "over labels), mmr (similar but diverse), dpp (determinantal point process), votek "
+                        "(diverse, representative pool), mdl (the candidate prompt of lowest label entropy under "
+                        "the LM; slower); default topk")
+    g.add_argument("--search", default="dense", choices=["dense", "bm25", "hybrid"],
+                   help="how candidates are found: dense (the FAISS index, default), bm25 (lexical), hybrid (both, "
+                        "reciprocal-rank fusion); BM25 is built in memory unless the index saved one (--bm25)")
+    g.add_argument("--rerank", default=None, metavar="MODEL",
+                   help="re-order the candidates with this cross-encoder (hub id or folder), e.g. "
+                        "cross-encoder/ms-marco-MiniLM-L-6-v2")
 
 
 def best_args(p: argparse.ArgumentParser, *, toggles: bool = True) -> None:
@@ -142,6 +158,8 @@ def index_build_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--device", type=device_value, default="auto", help="where the embedder (and faiss) run: "
                    "auto, cpu, cuda, cuda:N or mps (default auto)")
     b.add_argument("--batch-size", type=positive_int, default=64, help="texts per embedding batch (default 64)")
+    b.add_argument("--bm25", action="store_true",
+                   help="also build and save a BM25 (lexical) index, for --search bm25/hybrid")
     r = b.add_argument_group("distributed build (Ray)")
     r.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="build a sharded index on Ray: auto (the running cluster, else a local one), local, "

@@ -45,6 +45,8 @@ class PredictionsLog:
         m, o, b, p = self.index.manifest, self.opts, self.best, self.prompt
         return {"index": m.get("dataset_fingerprint"), "embedder": m.get("embedder"), "factory": m.get("factory"),
                 "lm": lm_identity(self.lm), "k": str(o.k), "selection": o.selection, "template": p.template,
+                **({"search": o.search} if o.search != "dense" else {}),
+                **({"rerank": o.rerank} if o.rerank else {}),
                 "instruction": p.instruction, "max_prompt_tokens": p.max_prompt_tokens, "seed": o.seed,
                 "dev_size": b.dev_size if b.best else None, "tune_budget": b.tune_budget if b.best else None,
                 **({"vote_dev_size": b.vote_dev_size} if b.vote_dev_size else {})}

@@ -78,8 +78,8 @@ def eval_systems(index: Any, template: Any, *, lm: LMSpec, opts: EvalOptions, be
     if opts.k != 0:
         systems[f"random-{opts.k}"] = DistributedClassifier(opts.index, remote_lm, k=opts.k, selection="random",
                                                             **kw).fit()
-        systems[f"retrieved-{opts.k}"] = DistributedClassifier(opts.index, remote_lm, k=opts.k,
-                                                               selection=opts.selection, **kw).fit()
+        systems[f"retrieved-{opts.k}"] = DistributedClassifier(opts.index, remote_lm, k=opts.k, **opts.retrieval,
+                                                               **kw).fit()
     if best.vote:
         for k in VOTE_KS:
             systems[f"kNN vote k={k}"] = KNNVoteClassifier(k=k).fit(index)

@@ -113,6 +113,8 @@ class EvalOptions:
     ray: str | None = None
     workers: int | None = None
     index: str | None = None
+    search: str = "dense"
+    rerank: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalOptions:
@@ -120,7 +122,12 @@ class EvalOptions:
                    getattr(args, "n", None), getattr(args, "finetuned", None), getattr(args, "predictions", None),
                    tuple(getattr(args, "rescore", None) or ()), getattr(args, "json", None),
                    getattr(args, "report", None), getattr(args, "ray", None), getattr(args, "workers", None),
-                   getattr(args, "index", None))
+                   getattr(args, "index", None), getattr(args, "search", "dense"), getattr(args, "rerank", None))
+
+    @property
+    def retrieval(self) -> dict[str, Any]:
+        """The retrieved-k system's retrieval settings, as ICLClassifier keywords."""
+        return {"selection": self.selection, "search": self.search, "reranker": self.rerank}
 
 
 def lm_spec(args: argparse.Namespace, *, scoring: bool = True) -> LMSpec:

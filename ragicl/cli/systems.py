@@ -43,8 +43,7 @@ def build_systems(index: Any, template: Any, *, lm: LMSpec, opts: EvalOptions, b
     put("zero-shot", lambda: ICLClassifier(model, k=0, **common).fit(index))
     if opts.k != 0:  # --k 0: the zero-shot system alone (no "random-0"/"retrieved-0" copies of it)
         put(f"random-{opts.k}", lambda: ICLClassifier(model, k=opts.k, selection="random", **common).fit(index))
-        put(f"retrieved-{opts.k}", lambda: ICLClassifier(model, k=opts.k, selection=opts.selection,
-                                                         **common).fit(index))
+        put(f"retrieved-{opts.k}", lambda: ICLClassifier(model, k=opts.k, **opts.retrieval, **common).fit(index))
     if best.vote:
         for k in VOTE_KS:
             put(f"kNN vote k={k}", lambda k=k: KNNVoteClassifier(k=k).fit(index))

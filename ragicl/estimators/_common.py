@@ -9,6 +9,7 @@ baselines and fusion): query normalization, ``fit`` input checks, LM loading and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from ..lm.factory import LMSpec, make_lm
 from ..lm.hf import LanguageModel
 from ..prompt.step import MANY_SHOT, check_k
 from ..types import Dataset, Example, Query
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["as_examples", "dataset_from_xy", "fit_source", "load_lm", "softmax"]
 
@@ -112,4 +115,12 @@ def make_retriever(est: Any, k: int | str) -> Any:
 
     if not k:
         return None
-    return Retriever(k=1 if k == MANY_SHOT else int(k), selection=est.selection, seed=est.seed)
+    search = getattr(est, "search", "dense")
+    index = getattr(est, "index_", None)
+    if search in ("bm25", "hybrid") and index is not None and getattr(index, "lexical", None) is None:
+        logger.info("search=%r: building the BM25 index in memory (save it with the index to skip this: "
+                    "index.build_lexical(); index.save(path))", search)
+        index.build_lexical()
+    selection = "topk" if est.selection == "mdl" else est.selection  # MDL re-orders the top candidates
+    return Retriever(k=1 if k == MANY_SHOT else int(k), selection=selection, seed=est.seed, search=search,
+                     reranker=getattr(est, "reranker", None))

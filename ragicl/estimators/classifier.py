@@ -47,7 +47,14 @@ class ICLClassifier(EstimatorMixin):
     template : ``PromptTemplate``; default built from the index's input field names.
     k : number of demonstrations to aim for (0 = zero-shot). Fewer go in when the budget is tight.
     max_prompt_tokens : cap on the whole prompt, in the LM's tokens (None = the model's context).
-    selection : "topk", "balanced", "mmr" or "random" (the random-k baseline).
+    selection : how demonstrations are chosen among the retrieved candidates: "topk" (most similar),
+        "balanced" (round-robin over labels), "mmr" (similar but diverse), "dpp" (a determinantal point
+        process over the candidates, OpenICL's kernel), "votek" (a diverse, representative pool, Su et al.
+        2022), "mdl" (``mdl_samples`` candidate prompts per query scored by the LM, the one with the lowest
+        label entropy kept, Wu et al. 2022), or "random" (the random-k baseline).
+    search : how candidates are found: "dense" (the FAISS index), "bm25" (lexical) or "hybrid" (both, by
+        reciprocal-rank fusion); BM25 is built in memory at ``fit`` when the index has none saved.
+    reranker : a cross-encoder (hub id, folder or ``CrossEncoder``) that re-orders the candidates, or None.
     n_candidates : candidates handed to the packer (default 2k), so examples that don't fit are
         replaced by the next most relevant ones rather than leaving the budget unused.
     embedder : used only by ``fit(X, y)`` (raw texts and labels), to index them.
@@ -75,12 +82,16 @@ class ICLClassifier(EstimatorMixin):
     def __init__(self, lm: str | LanguageModel = DEFAULT_LM, template: PromptTemplate | None = None, *,
                  k: int | str = 16, max_prompt_tokens: int | None = 1024, selection: str = "topk",
                  n_candidates: int | None = None, batch_size: int | None = None, device: str = "auto",
-                 seed: int = 0, show_progress: bool | None = None, embedder: Any = DEFAULT_EMBEDDER) -> None:
+                 seed: int = 0, show_progress: bool | None = None, embedder: Any = DEFAULT_EMBEDDER,
+                 search: str = "dense", reranker: Any = None, mdl_samples: int = 5) -> None:
         self.lm = lm
         self.template = template
         self.k = k
         self.max_prompt_tokens = max_prompt_tokens
         self.selection = selection
+        self.search = search
+        self.reranker = reranker
+        self.mdl_samples = mdl_samples
         self.n_candidates = n_candidates
         self.batch_size = batch_size
         self.device = device
@@ -135,10 +146,17 @@ class ICLClassifier(EstimatorMixin):
     def _as_examples(self, queries: Sequence[Query] | Query) -> list[Example]:
         return as_examples(queries, self.input_fields_)
 
-    def prompt_step(self) -> PromptStep:
-        """The fitted retrieve-and-pack step (:class:`~ragicl.prompt.step.PromptStep`) behind :meth:`prompts`."""
+    def prompt_step(self) -> Any:
+        """The fitted retrieve-and-pack step behind :meth:`prompts`: a :class:`~ragicl.prompt.step.PromptStep`,
+        or with ``selection="mdl"`` an :class:`~ragicl.prompt.mdl.MDLStep` over one (it scores candidate
+        prompts with the LM)."""
         self._check_fitted()
-        return PromptStep(self.packer_, self.retriever_, self.index_, self.k_, self.n_candidates)
+        step = PromptStep(self.packer_, self.retriever_, self.index_, self.k_, self.n_candidates)
+        if self.selection == "mdl" and self.retriever_ is not None:
+            from ..prompt.mdl import MDLStep
+
+            return MDLStep(step, self.lm_, n_samples=self.mdl_samples, seed=self.seed, labels=self.classes_)
+        return step
 
     def prompts(self, queries: Sequence[Query] | Query) -> list[PackedPrompt]:
         """The packed prompts the LM would see for these queries (retrieval + exact packing)."""

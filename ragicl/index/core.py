@@ -400,8 +400,9 @@ def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, 
                    embedder: str | Embedder = DEFAULT_EMBEDDER, factory: str = "Flat", device: str = "auto",
                    batch_size: int | None = 64, input_fields: Sequence[str] | None = None,
                    label_field: str | None = "label", output_field: str | None = None,
-                   show_progress: bool | None = None) -> ExampleIndex:
-    """Read a dataset, build an :class:`ExampleIndex`, save it to ``out`` and log a summary.
+                   show_progress: bool | None = None, lexical: bool = False) -> ExampleIndex:
+    """Read a dataset, build an :class:`ExampleIndex` (with ``lexical``, its BM25 index too), save it to
+    ``out`` and log a summary.
 
     What ``scripts/build_index.py`` and ``ragicl index build`` run (conventional ``out``: ``indexes/<name>``).
 
@@ -418,6 +419,8 @@ def build_and_save(source: str | os.PathLike | Dataset, out: str | os.PathLike, 
         source, input_fields=input_fields, label_field=label_field, output_field=output_field)
     index = ExampleIndex.build(dataset, embedder=embedder, factory=factory, device=device,
                                batch_size=batch_size, show_progress=show_progress)
+    if lexical:
+        index.build_lexical()
     index.save(out)
     s = index.summary()
     logger.info("built %s: %d examples, dim %d, factory %r, embedder %s, fingerprint %s, %.1f MB, %.1f s",
