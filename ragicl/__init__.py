@@ -17,6 +17,7 @@ from ._exceptions import (
     NotFittedError,
     RagiclError,
 )
+from ._version import __version__
 from .data import read_dataset
 from .distributed import sharded as _sharded_layout  # noqa: F401  registers the layout: ExampleIndex.load opens it
 from .estimators.baselines import KNNVoteClassifier
@@ -39,8 +40,6 @@ from .prompt.template import PromptTemplate
 from .training.config import TrainConfig, TrainConfigError
 from .training.reference import train_reference
 from .types import Dataset, Example, PackedPrompt, Prediction, Retrieved, SearchResult
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BudgetError",

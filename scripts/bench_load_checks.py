@@ -76,7 +76,8 @@ def main() -> None:
               f"estimator.json {estimator.stat().st_size} B")
         timed: list[tuple[str, object]] = []
         try:
-            from ragicl import _atomic, _estimator_folder
+            from ragicl import _atomic
+            from ragicl.estimators import folder as _estimator_folder
             from ragicl.index._manifest import check_manifest
         except ImportError:
             print("(no metadata checks in this checkout: timing the loads only)")

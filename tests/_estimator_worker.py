@@ -1,7 +1,7 @@
 """Subprocess side of tests/test_estimator_reliability.py (not a test module; importing it does nothing).
 
     python tests/_estimator_worker.py kill-at STEP PATH   save variant "b" to PATH, SIGKILL itself at STEP
-                                                          (an _estimator_folder.SAVE_STEPS name, or
+                                                          (an estimators.folder.SAVE_STEPS name, or
                                                           "index:<step>" for a step of the embedded index save)
     python tests/_estimator_worker.py save-loop N PATH    save variants "a", "b", "a"... N times to PATH
 
@@ -93,7 +93,7 @@ def check_consistent(est) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from ragicl import _estimator_folder
+    from ragicl.estimators import folder as _estimator_folder
     from ragicl.index import folder as _index_io
 
     mode, arg, path = argv

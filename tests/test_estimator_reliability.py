@@ -23,8 +23,8 @@ import _estimator_worker as worker
 import pytest
 
 from ragicl import ICLClassifier, _atomic
-from ragicl import _estimator_folder as efolder
 from ragicl._exceptions import EstimatorFormatError, IndexFormatError
+from ragicl.estimators import folder as efolder
 
 WORKER = Path(__file__).with_name("_estimator_worker.py")
 COMMITTED = {"estimator-replaced", "cleaned"}  # steps after the commit: the new estimator is current

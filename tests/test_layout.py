@@ -137,3 +137,42 @@ def test_pipeline_stages_are_subpackages():
         assert (PKG / stage / "__init__.py").exists(), stage
     flat = sorted(p.name for p in PKG.glob("*.py"))
     assert len(flat) <= 14, f"too many flat modules at the top of the package: {flat}"
+
+
+# Layers, lowest first: a package may import its own layer and the layers below it, never one above (the
+# order is stated once more, with the reasons, in docs/DESIGN.md's module map). ``base`` is every top-level
+# module of the package (types, errors, atomic writes, devices, model names, data, statistics).
+LAYERS = ("base", "index", "prompt", "lm", "estimators", "training", "analysis", "evaluation", "integrations",
+          "distributed", "cli")
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "package"  # ragicl/__init__.py: the public face, may import anything
+    top = parts[1]
+    return top if top in LAYERS else "base"
+
+
+def test_imports_run_down_the_layers():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    upward = []
+    for module, imports in sorted(_graph().items()):
+        here = _layer(module)
+        if here == "package":
+            continue
+        for target in sorted(imports):
+            there = _layer(target)
+            if there == "package" or rank[there] > rank[here]:
+                upward.append(f"{module} ({here}) imports {target} ({there})")
+    assert not upward, "imports that climb the layers " + str(LAYERS) + ":\n" + "\n".join(upward)
+
+
+def test_every_subpackage_has_a_layer():
+    subpackages = sorted(p.parent.name for p in PKG.glob("*/__init__.py"))
+    assert set(subpackages) <= set(LAYERS), f"give these a place in LAYERS: {set(subpackages) - set(LAYERS)}"
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert _layer("ragicl.index.core") == "index" and _layer("ragicl.stats") == "base"
+    assert LAYERS.index("index") < LAYERS.index("evaluation")

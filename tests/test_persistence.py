@@ -11,7 +11,7 @@ import pytest
 from conftest import dataset_path
 
 from ragicl import ExampleIndex, HashEmbedder, ICLClassifier, ICLGenerator, PromptTemplate, read_dataset
-from ragicl._estimator import EstimatorFormatError
+from ragicl.estimators.base import EstimatorFormatError
 
 pytestmark = pytest.mark.slow
 

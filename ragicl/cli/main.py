@@ -50,7 +50,7 @@ the input fields and labels, and a column named "id" gives the example ids. Exit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
     from ..training.finetune import MODES, OBJECTIVES
 
     parser = argparse.ArgumentParser(prog="ragicl", description=__doc__.split("\n\n")[0], epilog=EPILOG,

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .._estimator import EstimatorMixin, split_index_folder
 from .._exceptions import DataError, NotFittedError
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
@@ -32,6 +31,7 @@ from ._common import (
     make_retriever,
     softmax,
 )
+from .base import EstimatorMixin, split_index_folder
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._atomic import write_json_atomic
-from .._estimator import EstimatorMixin, split_index_folder
 from .._exceptions import DataError, NotFittedError, check_positive_int
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
@@ -62,6 +61,7 @@ from ..stats import (
 )
 from ..types import Dataset, PackedPrompt, Query
 from ._common import as_examples, ensure_lm_and_retriever, fit_source, make_retriever
+from .base import EstimatorMixin, split_index_folder
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
   the packer (its tokenizer-specific encoders are closures) and the retriever are derived from them, so they
   are dropped on pickling and rebuilt on first use (``_prepare``). An LM given as an object is pickled with
   the parameters, as sklearn does; one given by name is reloaded by name.
-* **Save / load** (:func:`save_estimator`, :func:`load_estimator`, in :mod:`ragicl._estimator_folder`, which
+* **Save / load** (:func:`save_estimator`, :func:`load_estimator`, in :mod:`ragicl.estimators.folder`, which
   documents the folder and every field of ``estimator.json``): a folder holding ``estimator.json`` (format,
   class, parameters, template, fitted label set and fields, where the index is, a digest of it all) and,
   unless the index is referenced in its own folder (the explicit ``"kind": "reference"`` entry, an absolute
@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._estimator_folder import load_estimator, read_manifest, save_estimator, template_to_json
-from ._exceptions import EstimatorFormatError
+from .._exceptions import EstimatorFormatError
+from .folder import load_estimator, read_manifest, save_estimator, template_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class EstimatorMixin:
 def split_index_folder(data: Any) -> tuple[Path | None, Any]:
     """``fit`` given a saved index folder: (the folder, the loaded index); anything else: (None, data)."""
     if isinstance(data, (str, os.PathLike)):
-        from .index.core import ExampleIndex
+        from ..index.core import ExampleIndex
 
         return Path(data).resolve(), ExampleIndex.load(data)
     return None, data

@@ -48,10 +48,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _atomic
-from ._exceptions import EstimatorFormatError
+from .. import _atomic
+from .._exceptions import EstimatorFormatError
 
-logger = logging.getLogger("ragicl._estimator")
+logger = logging.getLogger(__name__)
 
 FORMAT = "ragicl-estimator"
 VERSION = 2
@@ -69,7 +69,7 @@ def checkpoint(step: str) -> None:
 
 # ------------------------------------------------------------------------------------------ parameters
 def _param_to_json(name: str, value: Any) -> Any:
-    from .prompt.template import PromptTemplate
+    from ..prompt.template import PromptTemplate
 
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
@@ -80,7 +80,7 @@ def _param_to_json(name: str, value: Any) -> Any:
     if name == "embedder" and hasattr(value, "name"):
         return str(value.name)  # get_embedder maps the name back ("hash-64", a model name or path)
     if name == "lm":
-        from .lm.factory import spec_of
+        from ..lm.factory import spec_of
 
         spec = spec_of(value)
         if spec is not None:  # a server or llama.cpp LM: how to reach it again (never an API key)
@@ -102,7 +102,7 @@ def template_to_json(template: Any) -> dict[str, Any]:
 
 
 def _template_from_json(file: Path, field: str, value: Any) -> Any:
-    from .prompt.template import PromptTemplate
+    from ..prompt.template import PromptTemplate
 
     names = {f.name for f in dataclasses.fields(PromptTemplate) if f.init}
     simple = (str, bool, type(None))
@@ -122,7 +122,7 @@ def _param_from_json(file: Path, name: str, value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"PromptTemplate"}:
         return _template_from_json(file, f"params.{name}", value["PromptTemplate"])
     if name == "lm" and isinstance(value, dict) and set(value) == {"LMSpec"}:
-        from .lm.factory import LMSpec
+        from ..lm.factory import LMSpec
 
         try:
             return LMSpec.from_json(value["LMSpec"])
@@ -398,7 +398,7 @@ def load_estimator(cls: type, path: str | os.PathLike, **overrides: Any) -> Any:
 
 
 def _load_from(cls: type, path: Path, data: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    from .index.core import ExampleIndex
+    from ..index.core import ExampleIndex
 
     file = path / MANIFEST
     params = {k: _param_from_json(file, k, v) for k, v in data["params"].items()}
