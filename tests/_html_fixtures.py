@@ -46,3 +46,26 @@ def synthetic_report(n_labels=6, n=200, *, reference=True, labels=None, systems=
     report = compare(test, clfs, reference="fine-tuned" if reference else None, n_boot=n_boot,
                      notes=("synthetic systems",))
     return report, test
+
+
+def trec_fixture(tmp_path):
+    """``(report, predictions, tune dict, curve dict, command)`` of the real TREC evaluation saved in
+    tests/fixtures/report-trec (see its README.md); skips when the folder is missing."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from ragicl.evaluation.compare import Report
+    from ragicl.evaluation.predictions import load_predictions
+
+    folder = Path(__file__).parent / "fixtures" / "report-trec"
+    if not (folder / "report.json").exists():
+        pytest.skip(f"fixture {folder} missing")
+    report = Report.from_json(json.loads((folder / "report.json").read_text(encoding="utf-8")))
+    path = tmp_path / "predictions.json"
+    path.write_bytes(gzip.decompress((folder / "predictions.json.gz").read_bytes()))
+    tune = json.loads(gzip.decompress((folder / "tune.json.gz").read_bytes()))
+    curve = json.loads((folder / "curve-k.json").read_text(encoding="utf-8"))
+    return report, load_predictions(path), tune, curve, (folder / "COMMAND").read_text(encoding="utf-8").strip()

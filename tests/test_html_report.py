@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from _html_fixtures import synthetic_report
+from _html_fixtures import synthetic_report, trec_fixture
 
 from ragicl.evaluation.compare import Report
 from ragicl.evaluation.curves import Curve
@@ -290,3 +290,21 @@ def test_report_files_follow_the_umask(tmp_path, umask):
         assert path.stat().st_mode & 0o777 == plain_file, path
     for folder in (out, out / "experiment"):
         assert folder.stat().st_mode & 0o777 == plain_dir, folder
+
+
+def test_real_trec_report_from_its_files(tmp_path):
+    """The files of a real ``ragicl eval`` on TREC (tests/fixtures/report-trec/README.md) render with every
+    part, and what the page shows agrees with the saved report."""
+    report, preds, tune, curve, command = trec_fixture(tmp_path)
+    raw = render_html(report, predictions=preds, tune=tune, curves={"gap vs shots k": curve}, command=command)
+    page = Page(raw)
+    _assert_safe(page, raw)
+    assert {"fig-accuracy", "fig-tv", "fig-gap-closed", "fig-tune", "curves", "notes"} <= page.ids()
+    best = next(g for g in report.gaps if g.system == "ragicl best")
+    assert f"{round(best.agreement * report.n)} of {report.n} queries agree" in raw
+    gold = np.array([report.labels.index(g) for g in preds.gold])
+    for s in report.systems:  # the saved distributions are the report's systems
+        assert np.mean(preds.probs[s.name].argmax(1) == gold) == pytest.approx(s.accuracy.estimate)
+    assert page.count("tr", **{"class": "chosen"}) == 1
+    assert f"Best 10 of {len(tune['trials'])} settings tried" in raw
+    assert "(reference, not converged)" in raw and "150 steps, 1200 examples seen, not converged" in raw

@@ -16,12 +16,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _html_fixtures import synthetic_report
+from _html_fixtures import synthetic_report, trec_fixture
 
 from ragicl.evaluation.html_report import write_html_report
 
 HOSTILE = ("<script>window.__pwned=1</script>", '"><img src=x onerror="window.__pwned=2">', "a&amp;b")
-FIXTURE = Path(__file__).parent / "fixtures" / "report-trec"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900")
@@ -104,18 +103,10 @@ def _check_clean(facts: dict, path: Path) -> None:
 
 
 def test_real_report_renders_in_chromium(browser, tmp_path):
-    """The report of a real ``ragicl eval`` on TREC (tests/fixtures/report-trec, see its README)."""
-    from ragicl.evaluation.compare import Report
-    from ragicl.evaluation.predictions import load_predictions
-
-    if not (FIXTURE / "report.json").exists():
-        pytest.skip(f"fixture {FIXTURE} missing")
-    report = Report.from_json(json.loads((FIXTURE / "report.json").read_text(encoding="utf-8")))
-    tune = json.loads((FIXTURE / "tune.json").read_text(encoding="utf-8"))
-    curves = json.loads((FIXTURE / "curve-k.json").read_text(encoding="utf-8"))
-    command = (FIXTURE / "COMMAND").read_text(encoding="utf-8").strip()
-    path = write_html_report(report, tmp_path / "report.html", tune=tune, curves={"gap vs shots k": curves},
-                             predictions=load_predictions(FIXTURE / "predictions.json"), command=command)
+    """The report of a real ``ragicl eval`` on TREC (tests/fixtures/report-trec, see its README.md)."""
+    report, preds, tune, curve, command = trec_fixture(tmp_path)
+    path = write_html_report(report, tmp_path / "report.html", tune=tune, curves={"gap vs shots k": curve},
+                             predictions=preds, command=command)
     facts = _open(browser, path)
     _check_clean(facts, path)
     assert browser.title == f"ragicl report: {report.dataset}"

@@ -13,6 +13,8 @@ Every function returns one ``<svg>`` element as a string, with every piece of te
 True
 >>> nice_ticks(0.0, 1.0)
 [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+>>> [_tick_text(t, 0.25) for t in nice_ticks(-0.2, 1.0)]
+['-0.25', '0.00', '0.25', '0.50', '0.75', '1.00']
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ def _open(width: float, height: float, label: str, css_class: str) -> str:
 def _tick_text(v: float, step: float) -> str:
     if abs(v) >= 1000 and float(v).is_integer():
         return f"{v:,.0f}"
-    digits = 0 if step >= 1 else min(4, max(1, -math.floor(math.log10(step) + 1e-9)))
+    digits = 0  # as many decimals as the step needs: ticks every 0.25 read 0.25, 0.50, ...
+    while digits < 6 and abs(round(step, digits) - step) > 1e-9 * max(abs(step), 1e-12):
+        digits += 1
     return f"{v:.{digits}f}"
 
 

@@ -223,8 +223,9 @@ def _per_label(conf: Confusion) -> str:
             f"</thead><tbody>{body}</tbody></table>")
 
 
-def _params(p: Mapping[str, Any]) -> str:
-    return ", ".join(f"{esc(k)}={esc(v)}" for k, v in p.items())
+def _value(v: Any) -> str:
+    """A parameter value as escaped text (None, i.e. JSON null, as an em dash)."""
+    return "—" if v is None else esc(v)
 
 
 def _mapping(v: Any) -> Mapping[str, Any]:
@@ -237,7 +238,7 @@ def _tune_section(tune: Mapping[str, Any], top: int) -> str:
     out = []
     if params:
         out.append("<table class=compact><tbody>" + "".join(
-            f"<tr><th scope=row>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in params.items()) + "</tbody></table>")
+            f"<tr><th scope=row>{esc(k)}</th><td>{_value(v)}</td></tr>" for k, v in params.items()) + "</tbody></table>")
     if tune.get("reason"):
         out.append(f"<p>{esc(tune['reason'])}</p>")
     baselines = _mapping(tune.get("baselines"))
@@ -259,7 +260,7 @@ def _tune_section(tune: Mapping[str, Any], top: int) -> str:
             p = _mapping(t.get("params"))
             chosen = bool(params) and all(params.get(k) == v for k, v in p.items())
             body.append(f"<tr{' class=chosen' if chosen else ''}><td>{i}</td><td>{fmt(t.get('accuracy'))}</td>"
-                        f"<td>{fmt(t.get('log_loss'))}</td>" + "".join(f"<td>{esc(p.get(k, ''))}</td>" for k in keys)
+                        f"<td>{fmt(t.get('log_loss'))}</td>" + "".join(f"<td>{_value(p.get(k))}</td>" for k in keys)
                         + "</tr>")
         out.append(f"<h4>Best {min(top, len(ranked))} of {len(ranked)} settings tried</h4><div class=scroll>"
                    f"<table class=compact><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
@@ -326,7 +327,7 @@ def render_html(report: Report, *, tune: Any = None, curves: Any = None, predict
                 gold: Sequence[str] | None = None, title: str | None = None, command: str | None = None,
                 top_trials: int = 10) -> str:
     """The report as one HTML document (a string); see :func:`write_html_report` for the arguments."""
-    from .. import __version__
+    from .._version import __version__
 
     probs, gold_ids, data_notes = distributions(report, predictions, gold)
     tune_d = tune_dict(tune)
