@@ -308,3 +308,6 @@ def test_real_trec_report_from_its_files(tmp_path):
     assert page.count("tr", **{"class": "chosen"}) == 1
     assert f"Best 10 of {len(tune['trials'])} settings tried" in raw
     assert "(reference, not converged)" in raw and "150 steps, 1200 examples seen, not converged" in raw
+    md = write_markdown_report(report, tmp_path / "report.md", tune=tune).read_text(encoding="utf-8")
+    assert md.count(report.reference_training["note"]) == 1  # the table's footnote, not again in the notes
+    assert "| ragicl best | 0.805 [0.755, 0.860] |" in md

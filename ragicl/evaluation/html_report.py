@@ -403,8 +403,10 @@ def write_markdown_report(report: Report, path: str | os.PathLike, *, tune: Any 
 
     parts = [f"# {title or f'ragicl report: {report.dataset}'}", "",
              f"{report.dataset}: {report.n} test queries, {len(report.labels)} labels", "", report_markdown(report)]
-    if report.notes:
-        parts += ["", "## Notes", "", *[f"- {n}" for n in report.notes]]
+    footnote = (report.reference_training or {}).get("note")  # report_markdown prints it under the table
+    notes = [n for n in report.notes if n != footnote]
+    if notes:
+        parts += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     tune_d = tune_dict(tune)
     if tune_d:
         parts += ["", f"## How {BEST} was chosen", "", f"Chosen: {_md_params(_mapping(tune_d.get('params')))}"]
