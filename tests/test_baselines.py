@@ -21,19 +21,53 @@ def sst(sst2_train_path):
     return ExampleIndex.build(train, embedder=HashEmbedder(32), device="cpu"), test
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_knn_vote_equals_hand_count(sst, weighted):
+@pytest.mark.parametrize("temperature", [None, 0.05])
+def test_knn_vote_equals_hand_count(sst, temperature):
     index, test = sst
-    clf = KNNVoteClassifier(k=5, weighted=weighted, smoothing=0.5).fit(index)
+    clf = KNNVoteClassifier(k=5, temperature=temperature, smoothing=0.5).fit(index)
     probs = clf.predict_proba(list(test.examples))
     assert probs.shape == (len(test), 2)
     np.testing.assert_allclose(probs.sum(1), 1.0)
     for row, r in zip(probs, Retriever(k=5).retrieve(index, list(test.examples))):
+        scores = np.asarray(r.scores, dtype=np.float64)
+        w = (np.ones(len(scores)) if temperature is None  # plain: one vote each; weighted: softmax(s/T) x count
+             else np.exp((scores - scores.max()) / temperature) / np.exp((scores - scores.max()) / temperature).sum()
+             * len(scores))
         counts = np.full(2, 0.5)
-        for pos, score in zip(r.positions, r.scores):
-            counts[index.labels.index(index.examples[pos].label)] += max(score, 0.0) if weighted else 1.0
+        for pos, weight in zip(r.positions, w):
+            counts[index.labels.index(index.examples[pos].label)] += weight
         np.testing.assert_allclose(row, counts / counts.sum())
     assert clf.predict(list(test.examples)) == [clf.classes_[i] for i in probs.argmax(1)]
+
+
+def test_weighted_is_the_deprecated_spelling_of_the_weighted_vote(sst):
+    index, test = sst
+    with pytest.warns(DeprecationWarning, match="temperature=0.05"):
+        old = KNNVoteClassifier(k=5, weighted=True).fit(index).predict_proba(list(test.examples))
+    new = KNNVoteClassifier(k=5, temperature=0.05).fit(index).predict_proba(list(test.examples))
+    np.testing.assert_array_equal(old, new)
+
+
+def test_every_estimator_clones_with_its_parameters():
+    """The scikit-learn contract on every estimator (one base: ParamsMixin), with scikit-learn's own clone."""
+    clone = pytest.importorskip("sklearn.base").clone
+    from ragicl import FusionClassifier, FusionTuner, ICLClassifier, ICLGenerator
+    from ragicl.estimators.baselines import CalibratedClassifier, KNNPromptingClassifier
+
+    estimators = [KNNVoteClassifier(k=7, temperature=0.1), CalibratedClassifier(ICLClassifier(k=3)),
+                  KNNPromptingClassifier(ICLClassifier(k=0), n_anchors=10), FusionClassifier(k=4, knn_weight=0.3),
+                  FusionTuner(dev_size=20, ks=(4,)), ICLClassifier(k=2), ICLGenerator(k=1)]
+    for est in estimators:
+        twin = clone(est)
+        assert type(twin) is type(est) and twin is not est
+        assert repr(twin) == repr(est)
+        params = est.get_params(deep=False)
+        assert params == twin.get_params(deep=False) or type(est).__name__ in ("CalibratedClassifier",
+                                                                                "KNNPromptingClassifier")
+        with pytest.raises(ValueError, match="Invalid parameter"):
+            est.set_params(no_such_parameter=1)
+    assert FusionClassifier(k=4).set_params(knn_weight=0.9).knn_weight == 0.9
+    assert CalibratedClassifier(ICLClassifier(k=3)).set_params(base__k=5).base.k == 5
 
 
 def test_knn_vote_excludes_the_query_itself(sst):

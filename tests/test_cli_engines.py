@@ -80,3 +80,18 @@ def test_retrieval_options_reach_the_retrieved_system(tmp_path, capsys):
 
     assert EvalOptions.from_args(args).retrieval == {"selection": "dpp", "search": "hybrid",
                                                      "reranker": "some/cross-encoder"}
+
+
+def test_eval_report_html_has_the_gold_confusion_and_the_tuner(tmp_path, capsys):
+    """ragicl eval --report FILE.html: the page carries the per-label confusion (gold labels passed) and the
+    tuner's choice; a bad suffix is refused before any work."""
+    import json
+
+    rows = [{"text": f"{w} film {i}", "label": lab} for i in range(12)
+            for w, lab in (("great", "pos"), ("awful", "neg"))]
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    assert main(["index", "build", str(train), "--out", str(tmp_path / "idx"), "--embedder", "hash-32"]) == 0
+    assert main(["eval", "--index", str(tmp_path / "idx"), "--test", str(test), "--report", str(tmp_path / "r.pdf")]) == 2
+    assert "--report" in capsys.readouterr().err

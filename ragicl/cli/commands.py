@@ -117,9 +117,13 @@ def _check_eval_outputs(opts: EvalOptions, best: BestOptions) -> None:
     for option, path in (("--json", opts.json), ("--report", opts.report), ("--predictions", opts.predictions)):
         if path:
             check_output_file(path, option)
-    if opts.report and Path(opts.report).suffix.lower() not in {".html", ".htm", ".md", ".markdown"}:
-        raise UsageError(f"--report {opts.report!r}: expected a .html file (a self-contained page) or a .md "
-                         "file (Markdown).")
+    if opts.report:
+        from ..evaluation.html_report import report_format
+
+        try:
+            report_format(opts.report)
+        except ValueError as err:
+            raise UsageError(f"--report {opts.report!r}: {err}") from None
     if opts.rescore:
         if not opts.predictions:
             raise UsageError(f"--rescore {opts.rescore[0]!r} applies to --predictions FILE (systems saved there are "
@@ -162,14 +166,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     log = (PredictionsLog(opts.predictions, lm=lm, opts=opts, best=best, prompt=prompt, index=index, test=test)
            if opts.predictions else None)
     reuse = log.start(notes) if log else {}
+    tuned: dict = {}  # the tuner's TuneResult, when "ragicl best" is tuned in this run (for --report)
     if opts.ray:
         from .ray import eval_systems
 
         systems = eval_systems(index, template, lm=lm, opts=opts, best=best, prompt=prompt, notes=notes,
-                               reuse=reuse)
+                               reuse=reuse, tuned=tuned)
     else:
         systems = build_systems(index, template, lm=lm, opts=opts, best=best, prompt=prompt, notes=notes,
-                                reuse=reuse)
+                                reuse=reuse, tuned=tuned)
     report = compare(test, systems, reference="fine-tuned" if opts.finetuned else None, notes=notes,
                      on_result=(lambda r: log.add(r, notes)) if log else None)
     print(report.table())
@@ -177,23 +182,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report.to_json(opts.json)
         print(f"wrote {opts.json}")
     if opts.report:
-        write_report(report, opts.report)
+        import shlex
+        import sys
+
+        from ..evaluation.html_report import write_report_file
+
+        result = tuned.get("result")
+        write_report_file(report, opts.report, gold=[ex.label for ex in test.examples],
+                          tune=result.to_json() if result is not None else None,
+                          command=shlex.join(["ragicl", *sys.argv[1:]]))
         print(f"wrote {opts.report}")
     return 0
-
-
-def write_report(report, path: str, **extra) -> None:
-    """``--report FILE``: a self-contained HTML page (``.html``) or Markdown (``.md``)."""
-    from .._atomic import write_atomic
-
-    if Path(path).suffix.lower() in {".md", ".markdown"}:
-        from ..evaluation.report import report_markdown
-
-        write_atomic(path, report_markdown(report))
-        return
-    from ..evaluation.html_report import write_html_report
-
-    write_html_report(report, path, **extra)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

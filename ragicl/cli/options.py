@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..estimators.vote import VOTE_KS
 from ..models import DEFAULT_EMBEDDER, DEFAULT_LM
 from .checks import device_value, k_value, non_negative_int, positive_float, positive_int
 
 ESCAPES_HELP = r"\n, \t and \r are a newline, a tab and a carriage return, \\ a backslash; any Unicode is kept"
 TEMPLATE_HELP = r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'; " + ESCAPES_HELP
 DEVICE_HELP = "where the models run: auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps (default auto)"
-VOTE_KS = (8, 32)
 
 
 def data_args(p: argparse.ArgumentParser) -> None:

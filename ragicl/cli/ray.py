@@ -13,9 +13,9 @@ from typing import Any
 from ..distributed._ray import connect
 from ..distributed.predict import DistributedClassifier
 from ..distributed.sharded import is_sharded
+from ..estimators.vote import VOTE_KS, vote_name
 from ..lm.factory import LMSpec
 from .checks import UsageError, check_output_dir
-from .options import VOTE_KS
 from .settings import BestOptions, DataOptions, EvalOptions, PromptOptions
 
 
@@ -61,7 +61,8 @@ def index_build(files: Sequence[str], out: str, *, data: DataOptions, embedder: 
 
 
 def eval_systems(index: Any, template: Any, *, lm: LMSpec, opts: EvalOptions, best: BestOptions,
-                 prompt: PromptOptions, notes: list[str], reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 prompt: PromptOptions, notes: list[str], reuse: Mapping[str, Any] | None = None,
+                 tuned: dict[str, Any] | None = None) -> dict[str, Any]:
     """``eval --ray``: the LM-scored systems as :class:`~ragicl.distributed.DistributedClassifier` (Ray actors
     load the index and the LM once each and score the test set in batches); kNN votes stay local (no LM);
     "ragicl best" is tuned in this process on dev queries, then scored on the actors as a fusion. A name in
@@ -82,12 +83,13 @@ def eval_systems(index: Any, template: Any, *, lm: LMSpec, opts: EvalOptions, be
                                                                **kw).fit()
     if best.vote:
         for k in VOTE_KS:
-            systems[f"kNN vote k={k}"] = KNNVoteClassifier(k=k).fit(index)
+            systems[vote_name(k, None)] = KNNVoteClassifier(k=k).fit(index)
     reuse = reuse or {}
     if best.best and opts.k != 0 and "ragicl best" in reuse:
         systems["ragicl best"] = reuse["ragicl best"]
     elif best.best and opts.k != 0:  # tuned here on dev queries (few), then the test set fans out like the rest
-        params = tune_best(index, template, lm=lm, opts=opts, best=best, prompt=prompt, notes=notes).get_params()
+        params = tune_best(index, template, lm=lm, opts=opts, best=best, prompt=prompt, notes=notes,
+                           tuned=tuned).get_params()
         for local in ("lm", "device", "show_progress", "batch_size"):
             params.pop(local)
         systems["ragicl best"] = DistributedClassifier(opts.index, remote_lm, estimator="fusion",

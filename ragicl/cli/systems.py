@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..estimators.vote import VOTE_KS, vote_name
 from ..lm.factory import LMSpec
-from .options import VOTE_KS
 from .settings import BestOptions, EvalOptions, PromptOptions
 
 logger = logging.getLogger("ragicl.cli")
@@ -22,12 +22,13 @@ logger = logging.getLogger("ragicl.cli")
 
 def build_systems(index: Any, template: Any, *, lm: LMSpec, opts: EvalOptions, best: BestOptions,
                   prompt: PromptOptions, notes: list[str], reuse: Mapping[str, Any] | None = None,
-                  lm_object: Any = None) -> dict[str, Any]:
+                  lm_object: Any = None, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fitted systems in table order; appends what tuning chose to ``notes``.
 
     A name in ``reuse`` (saved predictions, :class:`~ragicl.cli.predlog.PredictionsLog`) takes that object
     instead of being fitted: a reused "ragicl best" is not tuned again. ``lm_object`` is the LM built from
-    ``lm`` (shared by every LM system; built here when not given).
+    ``lm`` (shared by every LM system; built here when not given). ``tuned`` receives the tuner's result
+    (``"result"``) when "ragicl best" is tuned.
     """
     from ..estimators.baselines import KNNVoteClassifier
     from ..estimators.classifier import ICLClassifier
@@ -46,10 +47,10 @@ def build_systems(index: Any, template: Any, *, lm: LMSpec, opts: EvalOptions, b
         put(f"retrieved-{opts.k}", lambda: ICLClassifier(model, k=opts.k, **opts.retrieval, **common).fit(index))
     if best.vote:
         for k in VOTE_KS:
-            put(f"kNN vote k={k}", lambda k=k: KNNVoteClassifier(k=k).fit(index))
+            put(vote_name(k, None), lambda k=k: KNNVoteClassifier(k=k).fit(index))
     if best.best and opts.k != 0:
         put("ragicl best", lambda: tune_best(index, template, lm=model, opts=opts, best=best, prompt=prompt,
-                                             notes=notes))
+                                             notes=notes, tuned=tuned))
     if opts.finetuned:
         put("fine-tuned", lambda: ICLClassifier(finetuned_spec(lm, opts.finetuned), k=0, **common).fit(index))
     return systems
@@ -67,7 +68,7 @@ def system_names(opts: EvalOptions, best: BestOptions) -> list[str]:
     if opts.k != 0:
         names += [f"random-{opts.k}", f"retrieved-{opts.k}"]
     if best.vote:
-        names += [f"kNN vote k={k}" for k in VOTE_KS]
+        names += [vote_name(k, None) for k in VOTE_KS]
     if best.best and opts.k != 0:
         names.append("ragicl best")
     if opts.finetuned:
@@ -76,7 +77,7 @@ def system_names(opts: EvalOptions, best: BestOptions) -> list[str]:
 
 
 def tune_best(index: Any, template: Any, *, lm: Any, opts: EvalOptions, best: BestOptions, prompt: PromptOptions,
-              notes: list[str]) -> Any:
+              notes: list[str], tuned: dict[str, Any] | None = None) -> Any:
     """'ragicl best': the FusionClassifier that FusionTuner chooses on dev queries from the index's training
     examples (in this process); what it chose and why is logged and appended to ``notes``."""
     from ..estimators.tune import FusionTuner
@@ -86,6 +87,8 @@ def tune_best(index: Any, template: Any, *, lm: Any, opts: EvalOptions, best: Be
                         dev_size=best.dev_size, ks=(opts.k,), time_budget=best.tune_budget, seed=opts.seed,
                         vote_dev_size=best.vote_dev_size).fit(index)
     res = tuner.result_
+    if tuned is not None:
+        tuned["result"] = res
     logger.info("ragicl best:\n%s", res.table())
     notes.append(f"ragicl best = {_describe(res.params)}; chosen on {res.n_dev} dev queries from the "
                  f"training set in {res.seconds:.0f} s ({res.reason})")

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .vote import PLAIN_VOTES, vote_name
+
 KINDS = ("vote", "plain", "fusion")  # simplest first
 RULES = ("best", "one-se", "fallback", "crossfit")
 WEIGHTINGS = ("none", "prior", "distance", "both")
@@ -55,8 +57,8 @@ def plain_name(params: Mapping[str, Any]) -> str | None:
     k = kind(params)
     if k == "plain" and params.get("candidate_mass") is None:
         return f"retrieved-{params['k']}" if params["k"] else "zero-shot"
-    if k == "vote" and params["knn_k"] in (8, 32) and params["knn_temperature"] in (None, 0.05):
-        return f"kNN vote k={params['knn_k']}" + ("" if params["knn_temperature"] is None else " weighted")
+    if k == "vote" and (params["knn_k"], params["knn_temperature"]) in PLAIN_VOTES:
+        return vote_name(params["knn_k"], params["knn_temperature"])
     return None
 
 

@@ -33,17 +33,15 @@ from .folder import load_estimator, read_manifest, save_estimator, template_to_j
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EstimatorFormatError", "EstimatorMixin", "load_estimator", "read_manifest", "save_estimator",
+__all__ = ["EstimatorFormatError", "EstimatorMixin", "ParamsMixin", "load_estimator", "read_manifest", "save_estimator",
            "template_to_json"]
 
 
-class EstimatorMixin:
-    """``get_params``/``set_params``/``__repr__``/pickling for estimators whose parameters are the
-    keyword arguments of ``__init__``. Subclasses list their derived (rebuilt) attributes in ``_DERIVED``
-    and their persisted fitted attributes in ``_FITTED``, and implement ``_prepare()``."""
-
-    _DERIVED: tuple[str, ...] = ("lm_", "packer_", "retriever_")
-    _FITTED: tuple[str, ...] = ("input_fields_", "template_")
+class ParamsMixin:
+    """The scikit-learn parameter contract for any ragicl estimator: ``get_params``/``set_params``/``__repr__``
+    and scikit-learn's tags, with the parameters read from ``__init__``'s keyword arguments (stored
+    unchanged), so ``sklearn.base.clone`` and ``GridSearchCV`` work on every estimator (the baselines, the
+    fusion, the tuner) without scikit-learn installed."""
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -67,7 +65,7 @@ class EstimatorMixin:
             out[name] = value
         return out
 
-    def set_params(self, **params: Any) -> EstimatorMixin:
+    def set_params(self, **params: Any) -> Any:
         """Set constructor parameters (``k=4``, nested ``lm__batch_size=2``); returns ``self``. A fitted
         estimator must be fitted again for new parameters to take effect (as in scikit-learn)."""
         valid = self._param_names()
@@ -113,6 +111,16 @@ class EstimatorMixin:
                     classifier_tags=ClassifierTags() if classifier else None,
                     input_tags=InputTags(one_d_array=True, two_d_array=False, string=True, dict=True),
                     non_deterministic=getattr(self, "selection", "") == "random")
+
+
+
+class EstimatorMixin(ParamsMixin):
+    """:class:`ParamsMixin` plus pickling and ``save``/``load`` for the LM estimators (``ICLClassifier``,
+    ``ICLGenerator``). Subclasses list their derived (rebuilt) attributes in ``_DERIVED`` and their persisted
+    fitted attributes in ``_FITTED``, and implement ``_prepare()``."""
+
+    _DERIVED: tuple[str, ...] = ("lm_", "packer_", "retriever_")
+    _FITTED: tuple[str, ...] = ("input_fields_", "template_")
 
     # ---------------------------------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:

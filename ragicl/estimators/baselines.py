@@ -23,52 +23,17 @@ import numpy as np
 
 from .._exceptions import NotFittedError, check_positive_int
 from ..index.core import ExampleIndex
-from ..prompt.retrieve import Retriever
 from ..prompt.step import make_packer
 from ..types import Example, Query
 from ._common import as_examples, softmax
+from .base import ParamsMixin
 from .classifier import ICLClassifier
+from .vote import KNNVoteClassifier  # noqa: F401  (re-exported: the baseline rows)
 
 logger = logging.getLogger(__name__)
 
 
-class KNNVoteClassifier:
-    """Label distribution = (smoothed) label frequencies among the k retrieved neighbours.
-
-    >>> from ragicl import ExampleIndex, HashEmbedder, read_dataset           # doctest: +SKIP
-    >>> index = ExampleIndex.build(read_dataset("train.jsonl"), embedder=HashEmbedder())  # doctest: +SKIP
-    >>> KNNVoteClassifier(k=16).fit(index).predict(["great film"])           # doctest: +SKIP
-    """
-
-    def __init__(self, k: int = 16, *, weighted: bool = False, smoothing: float = 0.5) -> None:
-        self.k = k
-        self.weighted = weighted
-        self.smoothing = smoothing
-
-    def fit(self, index: ExampleIndex) -> KNNVoteClassifier:
-        check_positive_int("k", self.k)
-        self.index_ = index
-        self.classes_ = tuple(index.dataset.labels)
-        self.input_fields_ = tuple(index.dataset.input_fields)
-        self._label_of = np.array([self.classes_.index(ex.label) for ex in index.examples], dtype=np.int64)
-        self.retriever_ = Retriever(k=self.k, selection="topk")
-        return self
-
-    def predict_proba(self, queries: Sequence[Query] | Query) -> np.ndarray:
-        if not hasattr(self, "index_"):
-            raise NotFittedError("call fit(index) before predict_proba.")
-        examples = as_examples(queries, self.input_fields_)
-        out = np.full((len(examples), len(self.classes_)), self.smoothing, dtype=np.float64)
-        for row, r in zip(out, self.retriever_.retrieve(self.index_, examples)):
-            weights = np.maximum(np.asarray(r.scores), 0.0) if self.weighted else np.ones(len(r.positions))
-            np.add.at(row, self._label_of[list(r.positions)], weights)
-        return out / out.sum(1, keepdims=True)
-
-    def predict(self, queries: Sequence[Query] | Query) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(queries).argmax(1)]
-
-
-class CalibratedClassifier:
+class CalibratedClassifier(ParamsMixin):
     """Contextual calibration of an ICL classifier (Zhao et al. 2021).
 
     For each query, the prompt is rebuilt with the same demonstrations and a content-free query
@@ -115,7 +80,7 @@ class CalibratedClassifier:
         return [self.classes_[i] for i in self.predict_proba(queries).argmax(1)]
 
 
-class KNNPromptingClassifier:
+class KNNPromptingClassifier(ParamsMixin):
     """kNN-prompting (Xu et al. 2023): nearest training anchors in the LM's output-distribution space.
 
     ``n_demos`` random training examples form one fixed prefix (as in the paper); every anchor and every

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -43,12 +42,13 @@ from .._exceptions import NotFittedError, check_positive_int
 from ..index.core import ExampleIndex
 from ..lm.hf import LanguageModel
 from ..models import DEFAULT_LM
-from ..prompt.retrieve import Retriever
 from ..prompt.step import MANY_SHOT, check_k, resolve_k
 from ..prompt.template import PromptTemplate
 from ..types import Example, PackedPrompt, Query
 from ._common import as_examples
+from .base import ParamsMixin
 from .classifier import ICLClassifier
+from .vote import knn_distribution, neighbours
 
 logger = logging.getLogger(__name__)
 
@@ -87,33 +87,6 @@ class FusionParts:
     neighbor_scores: np.ndarray
     n_labels: int
     candidates: np.ndarray
-
-
-def knn_distribution(neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_labels: int, *,
-                     k: int, temperature: float | None, smoothing: float = 0.5) -> np.ndarray:
-    """``(n, L)`` similarity-weighted label distribution over the first ``k`` neighbours of each row.
-
-    >>> import numpy as np
-    >>> knn_distribution(np.array([[0, 1, 1]]), np.array([[0.9, 0.5, 0.4]]), 2, k=3, temperature=None,
-    ...                  smoothing=0.0).round(3).tolist()
-    [[0.333, 0.667]]
-    """
-    labels = neighbor_labels[:, :k]
-    scores = neighbor_scores[:, :k].astype(np.float64)
-    valid = labels >= 0
-    if temperature is None:
-        w = valid.astype(np.float64)
-    else:
-        z = np.where(valid, scores / temperature, -np.inf)
-        z = z - np.max(np.where(valid, z, -np.inf), axis=1, keepdims=True, initial=-1e300)
-        w = np.where(valid, np.exp(z), 0.0)
-        w /= np.maximum(w.sum(1, keepdims=True), 1e-300)
-        w *= valid.sum(1, keepdims=True)  # weights sum to the neighbour count, as the plain vote's do
-    out = np.full((len(labels), n_labels), float(smoothing), dtype=np.float64)  # add-α, as KNNVoteClassifier
-    rows = np.repeat(np.arange(len(labels)), labels.shape[1])
-    np.add.at(out, (rows[valid.ravel()], labels.ravel()[valid.ravel()]), w.ravel()[valid.ravel()])
-    total = out.sum(1, keepdims=True)
-    return np.divide(out, total, out=np.full_like(out, 1.0 / max(n_labels, 1)), where=total > 0)
 
 
 def candidate_labels(knn_p: np.ndarray, candidates: int | None, *, keep: np.ndarray | None = None,
@@ -219,7 +192,7 @@ def _check_weight(w: float) -> float:
     return float(w)
 
 
-class FusionClassifier:
+class FusionClassifier(ParamsMixin):
     """Retrieval ICL × kNN vote, with candidate labels, label-aware prompts and calibration.
 
     Parameters
@@ -410,49 +383,6 @@ class FusionClassifier:
     def predict(self, queries: Sequence[Query] | Query) -> list[str]:
         return [self.classes_[i] for i in self.predict_proba(queries).argmax(1)]
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _PARAMS}
-
-    def set_params(self, **params: Any) -> FusionClassifier:
-        for name, value in params.items():
-            if name not in _PARAMS:
-                raise ValueError(f"invalid parameter {name!r} for FusionClassifier; valid: {sorted(_PARAMS)}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in ("k", "knn_k", "knn_weight", "knn_temperature",
-                                                                "candidates", "calibration"))
-        return f"FusionClassifier({shown})"
-
-
-_PARAMS = ("lm", "template", "k", "max_prompt_tokens", "selection", "knn_k", "knn_temperature", "knn_weight",
-           "candidates", "candidate_mass", "label_aware", "calibration", "prior", "smoothing", "output_temperature", "batch_size",
-           "device", "seed", "show_progress")
-
-
-def neighbours(index: ExampleIndex, examples: Sequence[Example], k: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(n, k)`` positions, label ids (both ``-1`` pad) and cosine scores of each query's ``k`` nearest
-    indexed examples, nearest first.
-
-    The query itself (an indexed example with the same text) is excluded, as :class:`Retriever` does, so a
-    dev query drawn from the training set never votes for itself. ``k`` is capped at the index size, as
-    ``index.search`` caps it (no ``(n, k)`` array wider than the index: ``k=10**9`` is the whole index).
-    """
-    k = max(0, min(int(k), len(index)))
-    retrieved = Retriever(k=k, selection="topk").retrieve(index, list(examples))
-    label_of = index.label_ids
-    positions = np.full((len(examples), k), -1, dtype=np.int64)
-    labels = np.full((len(examples), k), -1, dtype=np.int64)
-    scores = np.full((len(examples), k), -np.inf, dtype=np.float64)
-    for row, r in enumerate(retrieved):
-        pos = np.asarray(r.positions, dtype=np.int64)
-        pos = pos[pos >= 0][:k]
-        positions[row, : len(pos)] = pos
-        labels[row, : len(pos)] = label_of[pos]
-        scores[row, : len(pos)] = np.asarray(r.scores, dtype=np.float64)[: len(pos)]
-    return positions, labels, scores
 
 
 def label_aware_order(pool: Sequence[int], label_of: np.ndarray, candidates: Sequence[int], k: int) -> list[int]:

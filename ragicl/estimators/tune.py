@@ -52,6 +52,7 @@ from ..types import Query
 from ._common import as_examples
 from ._tune_result import Trial, TuneResult, _config_name, _plain_trials, _rank_key
 from ._tune_rules import RULES, WEIGHTINGS, Answers, Shift, choose, estimate_shift
+from .base import ParamsMixin
 from .classifier import ICLClassifier
 from .fusion import (
     FusionClassifier,
@@ -63,11 +64,11 @@ from .fusion import (
     neighbours,
     sharpen,
 )
+from .vote import PLAIN_VOTES
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TEMPERATURES = tuple(float(2.0 ** (-e / 4)) for e in range(-4, 17))  # 2 … 1/16, quarter octaves, 1 exact
-PLAIN_VOTES = ((8, None), (32, None), (8, 0.05), (32, 0.05))  # the reported kNN votes: always in the grid
 _now = time.perf_counter  # the clock of the optional seconds cap (tests substitute a simulated one)
 
 
@@ -90,7 +91,7 @@ def lm_configs(ks: Sequence[int | str], candidates: Sequence[int | None], label_
     return plain, extras
 
 
-class FusionTuner:
+class FusionTuner(ParamsMixin):
     """Grid search of :class:`FusionClassifier` settings on dev data carved from the training set.
 
     Parameters

@@ -89,7 +89,7 @@ class LMSpec:
                 raise ValueError(f"{name} must be a JSON object, e.g. '{{\"trust_remote_code\": true}}'; "
                                  f"got {text!r} ({err}).") from None
             if not isinstance(value, dict):
-                raise ValueError(f"{name} must be a JSON object, got {text!r}.")
+                raise ValueError(f"{name} must be a JSON object, got {text!r}.")  # noqa: TRY004 (user input)
         if self.quantization_config is not None and (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("quantization_config and load_in_4bit/load_in_8bit both set: give one of them.")
 
