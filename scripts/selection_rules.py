@@ -38,7 +38,7 @@ from ragicl.stats import bootstrap_ci
 
 PLAIN_TEST = {"zero-shot": (8, None, 0.0), "kNN vote k=8": (8, None, 1.0), "kNN vote k=32": (32, None, 1.0),
               "kNN vote k=8 weighted": (8, 0.05, 1.0), "kNN vote k=32 weighted": (32, 0.05, 1.0)}
-GRIDS = ("full", "no zero-shot mix")  # the tuner's grid, or without zero-shot LM scores mixed with a vote
+GRIDS = ("no zero-shot mix", "zero-shot mix")  # FusionTuner(zero_shot_mix=False) (the default), or True
 
 
 def _key(cfg: Mapping[str, Any]) -> tuple:
@@ -72,9 +72,12 @@ class Scores:
         self.configs = [c for c in plain if _key(c) in self.dev] + rest
         self.n_plain = sum(_key(c) in self.dev for c in plain)
 
-    def answers(self, budget: int | None = None) -> tuple[list, dict[tuple, np.ndarray], list[str]]:
+    def answers(self, budget: int | None = None, zero_shot_mix: bool | None = None
+                ) -> tuple[list, dict[tuple, np.ndarray], list[str]]:
         """The dev answers of every setting (as ``FusionTuner.fit`` makes them), the LM prior of each
-        configuration, and the configurations an ``lm_budget`` of ``budget`` tokens would skip."""
+        configuration, and the configurations an ``lm_budget`` of ``budget`` tokens would skip
+        (``zero_shot_mix``: None = the tuner's setting)."""
+        zs_mix = self.tuner.zero_shot_mix if zero_shot_mix is None else zero_shot_mix
         out, priors, skipped, used = [], {}, [], 0
         for i, cfg in enumerate(self.configs):
             parts, tokens = self.dev[_key(cfg)]
@@ -85,7 +88,7 @@ class Scores:
             priors[_key(cfg)] = _softmax_masked(parts.lm_logp).mean(0)
             out += [a for a, _ in grid_answers(parts, self.y_dev, cfg, priors[_key(cfg)], self.tuner.vote_grid(),
                                                self.tuner.weights, self.tuner.calibrations, keep_vote=i == 0,
-                                               lm_tokens=tokens)]
+                                               lm_tokens=tokens, mix=cfg["k"] != 0 or zs_mix)]
         return out, priors, skipped
 
     def test_distribution(self, params: Mapping[str, Any], priors: Mapping[tuple, np.ndarray]) -> np.ndarray:
@@ -119,14 +122,13 @@ class Scores:
 def evaluate(scores: Scores, rules: Sequence[str] = RULES, weightings: Sequence[str] = WEIGHTINGS,
              grids: Sequence[str] = GRIDS, budget: int | None = None) -> dict[str, Any]:
     """Every rule's choice and its test accuracy against the plain systems, for one dataset."""
-    answers, priors, skipped = scores.answers(budget)
     plain = scores.plain_on_test()
     k = scores.meta["k"]
     target_names = [n for n in (f"retrieved-{k}", "kNN vote k=8", "kNN vote k=32") if n in plain]
     target = max(target_names, key=lambda n: plain[n].mean())
     rows = {}
     for grid in grids:
-        pool = [a for a in answers if grid == "full" or not (a.params["k"] == 0 and kind(a.params) == "fusion")]
+        pool, priors, skipped = scores.answers(budget, zero_shot_mix=grid == "zero-shot mix")
         for weighting in weightings:
             w = scores.weights(weighting)
             for rule in rules:

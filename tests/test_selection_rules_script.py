@@ -63,7 +63,7 @@ def test_rules_rederived_from_saved_scores_are_the_tuners_choices(trec, smollm_l
     rows = json.loads(out.read_text())
     assert [r["dataset"] for r in rows] == ["trec"] and rows[0]["target"] in ("retrieved-2", "kNN vote k=8",
                                                                              "kNN vote k=32")
-    best = rows[0]["rules"]["best|none|full"]
+    best = rows[0]["rules"]["best|none|no zero-shot mix"]
     assert best["minus_target"] == pytest.approx(best["test_accuracy"] - rows[0]["target_accuracy"])
     assert len(rows[0]["rules"]) == 4 * 4 * 2  # rules x dev weightings x grids
     assert meta["grid"]["calibrations"] == ["none", "batch", "prior"]  # main searched the grid of the scores

@@ -4,15 +4,15 @@ Everything here is a pure function of the settings' answers on the dev queries (
 answers give the same choice on any machine, and ``scripts/selection_rules.py`` re-derives every rule's choice
 from saved scores.
 
-**Rules.** ``"best"``: the best dev accuracy (ties: dev log-loss, then the cheaper setting). ``"one-se"``: the
-simplest kind of system (a kNN vote, then plain retrieval ICL, then a fusion) whose best setting is within one
-paired standard error of the overall best. ``"fallback"``: the best setting unless its paired 95 % bootstrap
-interval against the best plain system includes 0, then that plain system. ``"crossfit"``: the dev queries are
-split in halves many times (seeded); in each split "choose the best setting among the votes", "... among the
-votes and the plain LM systems" and "... among every setting" choose on one half and are scored on the other;
-the procedure with the best held-out accuracy (ties: the simpler) then chooses on every dev query. This
-measures the optimism of picking the best of a thousand settings on a couple of hundred queries, which a
-single dev score cannot.
+**Rules.** They choose among nested sets of settings, simplest first: the plain systems (zero-shot,
+retrieved-k over every label, the kNN votes k = 8 and 32 plain and weighted), then every vote setting with
+them, then every setting. ``"best"``: the best dev accuracy (ties: dev log-loss, then the cheaper setting).
+``"one-se"``: the best of the simplest set whose best is within one paired standard error of the overall best.
+``"fallback"``: the best setting unless its paired 95 % bootstrap interval against the best plain system
+includes 0, then that plain system. ``"crossfit"``: the dev queries are split in halves many times (seeded); in
+each split "the best of set S" is chosen on one half and scored on the other, for each set; the set with the
+best held-out accuracy (ties: the simpler) then chooses on every dev query. This measures the optimism of
+picking the best of a thousand settings on a couple of hundred queries, which a single dev score cannot.
 
 **Weights.** Dev queries are drawn from the training set; the user's queries may be drawn differently. Given
 unlabeled queries of the user's, ``"prior"`` weights each dev query by how much more often the kNN vote
@@ -121,19 +121,21 @@ def choose(answers: Sequence[Answers], y: np.ndarray, rule: str = "best", weight
     acc = "weighted dev accuracy" if weights is not None else "dev accuracy"
     if rule == "best":
         return Choice(best, rule, f"best {acc}, ties broken by log-loss, then by cost")
+    pools = _pools(answers, kinds)
     if rule == "one-se":
-        for k in KINDS[:-1]:
-            rows = every[kinds == k]
-            if not len(rows) or kinds[best] == k:
+        for name, rows in list(pools.items())[:-1]:
+            if not len(rows):
                 continue
+            if best in rows:
+                return Choice(best, rule, f"best {acc}, one of {name}")
             pick = _best(correct, loss, cost_rank, rows, w)
             d, se = _paired(correct, best, pick, w)
             if d <= se:
-                return Choice(pick, rule, f"the best {k} setting is within one standard error of the best "
-                                          f"setting ({acc} {d:+.3f} behind, SE {se:.3f}): the simpler system")
-        return Choice(best, rule, f"best {acc}; no simpler kind of system within one standard error of it")
+                return Choice(pick, rule, f"the best of {name} is within one standard error of the best setting "
+                                          f"({acc} {d:+.3f} behind, SE {se:.3f}): the simpler choice")
+        return Choice(best, rule, f"best {acc}; nothing simpler within one standard error of it")
     if rule == "fallback":
-        named = every[[plain_name(a.params) is not None for a in answers]]
+        named = pools["the plain systems"]
         if not len(named) or best in named:
             return Choice(best, rule, f"best {acc} (a plain system)")
         rival = _best(correct, loss, cost_rank, named, w)
@@ -142,7 +144,7 @@ def choose(answers: Sequence[Answers], y: np.ndarray, rule: str = "best", weight
             return Choice(rival, rule, f"the best setting's 95% interval against {plain_name(answers[rival].params)}"
                                        f" on the dev queries [{lo:+.3f}, {hi:+.3f}] includes 0: that plain system")
         return Choice(best, rule, f"best {acc}, above the best plain system: [{lo:+.3f}, {hi:+.3f}]")
-    return _crossfit(correct, loss, cost_rank, kinds, w, seed, acc)
+    return _crossfit(correct, loss, cost_rank, pools, w, seed, acc)
 
 
 def _interval(d: np.ndarray, w: np.ndarray, seed: int) -> tuple[float, float]:
@@ -156,12 +158,19 @@ def _interval(d: np.ndarray, w: np.ndarray, seed: int) -> tuple[float, float]:
     return mean - 1.96 * se, mean + 1.96 * se
 
 
-def _crossfit(correct: np.ndarray, loss: np.ndarray, cost_rank: np.ndarray, kinds: np.ndarray, w: np.ndarray,
-              seed: int, acc: str) -> Choice:
+def _pools(answers: Sequence[Answers], kinds: np.ndarray) -> dict[str, np.ndarray]:
+    """The nested sets of settings the rules choose among, simplest first: the plain systems (zero-shot,
+    retrieved-k, the kNN votes k = 8 and 32), then every vote setting with them, then every setting."""
+    every = np.arange(len(answers))
+    named = np.array([plain_name(a.params) is not None for a in answers])
+    return {"the plain systems": every[named], "the votes and plain systems": every[named | (kinds == "vote")],
+            "every setting": every}
+
+
+def _crossfit(correct: np.ndarray, loss: np.ndarray, cost_rank: np.ndarray, pools: dict[str, np.ndarray],
+              w: np.ndarray, seed: int, acc: str) -> Choice:
     n = correct.shape[1]
-    every = np.arange(len(kinds))
-    pools = {"the votes": every[kinds == "vote"], "the plain systems": every[np.isin(kinds, ("vote", "plain"))],
-             "every setting": every}
+    every = pools["every setting"]
     pools = {name: rows for name, rows in pools.items() if len(rows)}
     rng = np.random.default_rng(seed)
     held = {name: [] for name in pools}

@@ -119,6 +119,7 @@ class FusionTuner(ParamsMixin):
         ``"crossfit"`` (:mod:`ragicl.estimators._tune_rules`).
     dev_weights : with ``fit(..., unlabeled=...)``: ``"none"``, ``"prior"``, ``"distance"`` or ``"both"``
         (how the unlabeled queries weigh the dev queries in the rule).
+    zero_shot_mix : also mix the zero-shot LM with the votes (default: zero-shot is a plain candidate only).
     vote_dev_size : None (default) searches the vote's settings (``knn_ks`` x ``temperatures``) jointly with the
         rest on the dev queries. A number first ranks them alone, by leave-one-out accuracy (then log-loss) of
         the vote over that many training queries, which costs no LM call, and keeps only the best for the grid
@@ -138,7 +139,7 @@ class FusionTuner(ParamsMixin):
                  weights: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
                  calibrations: Sequence[str] = ("none", "batch", "prior"), max_full_labels: int = 20,
                  lm_budget: int | None = None, max_seconds: float | None = None, rule: str = "best",
-                 dev_weights: str = "none",
+                 dev_weights: str = "none", zero_shot_mix: bool = False,
                  output_temperatures: Sequence[float] = OUTPUT_TEMPERATURES, batch_size: int | None = None,
                  device: str = "auto", seed: int = 0, vote_dev_size: int | None = None,
                  show_progress: bool | None = None, time_budget: float | None = None,
@@ -161,6 +162,7 @@ class FusionTuner(ParamsMixin):
         self.max_seconds = max_seconds
         self.rule = rule
         self.dev_weights = dev_weights
+        self.zero_shot_mix = zero_shot_mix
         self.output_temperatures = output_temperatures
         self.batch_size = batch_size
         self.device = device
@@ -290,7 +292,8 @@ class FusionTuner(ParamsMixin):
             priors[_key(cfg)], scored[_key(cfg)] = prior, parts
             # the vote alone does not depend on the prompt: it is kept once, with the first configuration
             got = grid_answers(parts, y, cfg, prior, vote_grid, self.weights, self.calibrations,
-                               keep_vote=len(scored) == 1, lm_tokens=plan.lm_tokens)
+                               keep_vote=len(scored) == 1, lm_tokens=plan.lm_tokens,
+                               mix=cfg["k"] != 0 or self.zero_shot_mix)
             answers += [a for a, _ in got]
             trials += [Trial(t.params, t.accuracy, t.log_loss, seconds) for _, t in got]
         shift = None
@@ -363,11 +366,11 @@ def _shift_json(shift: Shift) -> dict[str, Any]:
 
 def grid_answers(parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prior: np.ndarray,
                  vote_grid: Sequence[tuple[int, float | None]], weights: Sequence[float], calibrations: Sequence[str],
-                 *, keep_vote: bool, lm_tokens: int = 0) -> list[tuple[Answers, Trial]]:
+                 *, keep_vote: bool, lm_tokens: int = 0, mix: bool = True) -> list[tuple[Answers, Trial]]:
     """Every mixing setting of one scored prompt configuration on the dev labels ``y``: its answers (for the
     rules) and its trial (accuracy, log-loss). The same arithmetic as :func:`combine`, each vote and calibrated
     LM distribution computed once. The vote alone (weight 1) only with ``keep_vote``; the LM alone (weight
-    0) once, with the first vote setting."""
+    0) once, with the first vote setting; ``mix=False``: no weight strictly between 0 and 1."""
     p_knn = {v: knn_distribution(parts.neighbor_labels, parts.neighbor_scores, parts.n_labels, k=int(v[0]),
                                  temperature=v[1], smoothing=0.5) for v in vote_grid}
     p_lm = _softmax_masked(parts.lm_logp)
@@ -378,6 +381,8 @@ def grid_answers(parts: FusionParts, y: np.ndarray, cfg: Mapping[str, Any], prio
         w = float(w)
         if (w >= 1.0 and (c != calibrations[0] or not keep_vote)) or (w <= 0.0 and (knn_k, temp) != vote_grid[0]):
             continue  # the vote alone: calibration is moot, one copy kept; the LM alone: the vote is moot
+        if not mix and 0.0 < w < 1.0:
+            continue
         p = p_knn[(knn_k, temp)] if w >= 1.0 else (1.0 - w) * cal[c] + w * p_knn[(knn_k, temp)]
         params = {**cfg, "knn_k": int(knn_k), "knn_temperature": temp, "knn_weight": w,
                   "calibration": "none" if w >= 1.0 else c}
