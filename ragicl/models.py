@@ -23,8 +23,12 @@ version: ``ragicl_finetune.json`` is the pointer (the training record, the name 
 checked here before anything is loaded (:func:`finetuned_model_path`; the writing side is
 :mod:`ragicl.training.folder`). Folders of the earlier flat layout (the files beside the record) load as they are.
 
->>> resolve_lm("some/unknown-model")
-'some/unknown-model'
+>>> resolve_lm("SmolLM2-135M-Instruct")  # doctest: +SKIP
+'/root/.cache/ragicl/models/SmolLM2-135M-Instruct'
+>>> resolve_lm("no/such-model-xyz")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+ragicl._hub.ModelNotFoundError: LM 'no/such-model-xyz' cannot be loaded: ...
 """
 
 from __future__ import annotations

@@ -225,14 +225,17 @@ def test_cli_eval_with_ray_fans_the_lm_systems_out(ray_built, tmp_path, capsys, 
     names = [s["name"] for s in data["systems"]]
     assert names == ["zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32", "ragicl best"]
     assert [c[:2] for c in calls] == [(str(ray_built.path), 9)] * 4
-    for (_, _, kw), (k, selection) in zip(calls, [(0, None), (2, "random"), (2, "topk"), (2, "topk")]):
-        assert kw["lm"] == smollm_path and kw["address"] == "local" and kw["workers"] == 3
+    # the last call is "ragicl best": its k is the tuner's choice (checked against the note below)
+    for (_, _, kw), (k, selection) in zip(calls, [(0, None), (2, "random"), (2, "topk"), (calls[3][2]["k"], "topk")]):
+        lm = kw["lm"]  # the CLI's LMSpec (the model and its loading options), or a bare name
+        assert getattr(lm, "model", lm) == smollm_path and kw["address"] == "local" and kw["workers"] == 3
         assert kw["lm_batch_size"] == 4 and kw["max_prompt_tokens"] == 200 and kw["k"] == k
         assert kw.get("selection") == selection and isinstance(kw["template"], PromptTemplate)
     # "ragicl best": tuned here on 6 dev queries, then fanned out as a fusion with the chosen setting
     best = calls[3][2]
     assert best["estimator"] == "fusion" and "batch_size" not in best and "device" not in best
     chosen = next(n for n in data["notes"] if n.startswith("ragicl best = "))
+    assert chosen.startswith(f"ragicl best = k={best['k']},") and best["k"] in (0, 2)
     assert f"vote k={best['knn_k']}" in chosen and f"weight {best['knn_weight']:.2f}" in chosen
     assert "estimator" not in calls[0][2]
     # the same run again with its saved predictions: nothing is scored on Ray and "ragicl best" is not re-tuned
