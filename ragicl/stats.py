@@ -2,7 +2,7 @@
 
 Numpy, plus scipy (imported lazily) for :func:`bootstrap_ci` (``scipy.stats.bootstrap``,
 percentile method), :func:`clopper_pearson` and :func:`exceedance`. Every interval is an :class:`Interval` with its estimate, bounds, nominal level and
-method name. What each interval guarantees is described in ``docs/BOUNDS.md``:
+method name. What each interval guarantees is described in ``docs/guide/BOUNDS.md``:
 
 * :func:`bootstrap_ci` — percentile bootstrap, approximate coverage (asymptotic);
 * :func:`clopper_pearson`, :func:`exceedance` — exact binomial, coverage ≥ level for every n;

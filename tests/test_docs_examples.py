@@ -1,4 +1,4 @@
-"""The runnable examples in docs/integrations/*.md: every ```python block of a page, run in order.
+"""The runnable examples in docs/guide/integrations/*.md: every ```python block of a page, run in order.
 
 A page's blocks share one namespace (later blocks may use names from earlier ones) and run from the
 repository root, where ``../shared/datasets`` is the dataset folder, so the examples cannot rot.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
+PAGES = sorted((ROOT / "docs" / "guide" / "integrations").glob("*.md"))
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # optional dependency each page needs
 NEEDS = {"langchain": "langchain_core", "lm_eval": "lm_eval"}
@@ -51,6 +51,6 @@ def test_docs_example_runs(page, monkeypatch, sst2_train_path):
 
 def test_lm_eval_page_shows_the_tested_task_yaml():
     """The YAML on the page is the task file ragicl ships and tests/test_lm_eval.py runs."""
-    shown = blocks(ROOT / "docs" / "integrations" / "lm_eval.md", "yaml")
+    shown = blocks(ROOT / "docs" / "guide" / "integrations" / "lm_eval.md", "yaml")
     shipped = (ROOT / "ragicl" / "integrations" / "lmeval_tasks" / "ragicl_sst2.yaml").read_text(encoding="utf-8")
     assert [code for _, code in shown] == [shipped]

@@ -1,7 +1,7 @@
 """ragicl.integrations.lm_eval through lm-eval's own code: its task loading from YAML with ragicl's
 ``--include_path`` folder (``TASKS_DIR``), the real MiniLM embedder, the SmolLM2 tokenizer, and an evaluation
 with lm-eval's ``hf`` model class on SmolLM2. The data are rows of ../shared/datasets/sst2; nothing is
-downloaded. (The ``lm_eval run`` command of docs/integrations/lm_eval.md loads the same YAML the same way; it
+downloaded. (The ``lm_eval run`` command of docs/guide/integrations/lm_eval.md loads the same YAML the same way; it
 is not run here because it indexes lm-eval's ~15,000 built-in tasks first.)
 """
 

@@ -82,10 +82,10 @@ def test_missing_optional_dependency_gives_the_install_hint(monkeypatch, module_
 
 
 def test_api_page_mentions_every_public_name():
-    page = (ROOT / "docs" / "API.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "guide" / "API.md").read_text(encoding="utf-8")
     names = list(ragicl.__all__)
     for module_name, dependency, _ in INTEGRATIONS:
         if importlib.util.find_spec(dependency) is not None:
             names += importlib.import_module(module_name).__all__
     missing = [n for n in names if f"`{n}`" not in page]
-    assert not missing, f"docs/API.md does not mention {missing}"
+    assert not missing, f"docs/guide/API.md does not mention {missing}"

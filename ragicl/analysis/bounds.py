@@ -14,7 +14,7 @@ classification, fixed context          O(1/ε² · log(1/δ))                   
 
 The O-forms hide a constant, which the caller sets (``constant=1.0``). Each also has an ``*_explicit``
 version whose constants come from a named standard inequality (derivations in the docstrings and in
-``docs/BOUNDS.md``). All logarithms are natural unless written log2. Every function returns the real
+``docs/guide/BOUNDS.md``). All logarithms are natural unless written log2. Every function returns the real
 threshold n* (take ``ceil`` for a sample count) and broadcasts over numpy arrays of ``epsilon`` and
 ``delta`` (for plotting n(ε) curves); integer parameters are scalars.
 """

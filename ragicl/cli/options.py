@@ -77,7 +77,7 @@ def lm_args(p: argparse.ArgumentParser, *, what: str = "base LM that scores the 
     c.add_argument("--n-threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's)")
     c.add_argument("--n-batch", type=positive_int, default=None, help="tokens per llama.cpp decode call (default 512)")
     c.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to the GPU (-1: all; default 0)")
-    s = p.add_argument_group("LM server (vLLM, SGLang, TGI, llama.cpp, Ollama, OpenAI; docs/SERVERS.md)")
+    s = p.add_argument_group("LM server (vLLM, SGLang, TGI, llama.cpp, Ollama, OpenAI; docs/guide/SERVERS.md)")
     s.add_argument("--lm-url", default=None, metavar="URL",
                    help="OpenAI-compatible API root, e.g. http://localhost:8000/v1; the API key is read from "
                         "$RAGICL_API_KEY or $OPENAI_API_KEY")

@@ -2,7 +2,7 @@
 
 Ray (``pip install 'ragicl[ray]'``) is imported only by :func:`build_distributed`,
 :func:`predict_distributed` and :func:`connect`; a sharded index loads and searches without it
-(:func:`load_sharded`, :func:`is_sharded`). See docs/SCALE.md.
+(:func:`load_sharded`, :func:`is_sharded`). See docs/guide/SCALE.md.
 """
 
 from __future__ import annotations

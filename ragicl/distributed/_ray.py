@@ -50,9 +50,9 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None, timeou
     address, so its GCS, raylet, workers and agents accept no connection from another machine (Ray on
     Linux otherwise gives a local node the machine's external IP and its gRPC servers listen on every
     interface). Pass another address only to make this node reachable, on a network you trust; a cluster
-    for several machines is started with ``ray start`` (docs/SCALE.md) and joined with ``address``. Joining
-    a loopback cluster (``"auto"`` finding one, ``RAY_ADDRESS`` or ``"127.0.0.1:PORT"``) keeps its address
-    loopback, where Ray alone would dial the machine's external address.
+    for several machines is started with ``ray start`` (docs/guide/SCALE.md) and joined with ``address``.
+    Joining a loopback cluster (``"auto"`` finding one, ``RAY_ADDRESS`` or ``"127.0.0.1:PORT"``) keeps its
+    address loopback, where Ray alone would dial the machine's external address.
     """
     ray = ray_module()
     explicit = address not in (None, "auto", "local")
@@ -118,7 +118,7 @@ def _start_local(ray: Any, node_ip_address: str, **kwargs: Any) -> Any:
                            f"version was asked for ({node_ip_address}): its servers would accept connections "
                            "from other machines, so it was shut down. Fix: start a one-machine cluster "
                            "yourself (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head "
-                           "--include-dashboard=false`, see docs/SCALE.md) and pass its address (--ray "
+                           "--include-dashboard=false`, see docs/guide/SCALE.md) and pass its address (--ray "
                            "127.0.0.1:6379).")
     logger.info("local Ray cluster on %s (its servers listen there only)", got)
     return ray

@@ -16,7 +16,7 @@ the named module; no start-up hook, no registration needed):
   a configured subclass from :func:`make_sampler`): the ``ContextSampler``. Used alone (without
   :class:`RetrievalTask`) it only sees the evaluated document when ``fewshot_split`` equals ``test_split``.
 
-Install with ``pip install 'ragicl[lmeval]'``. See docs/integrations/lm_eval.md.
+Install with ``pip install 'ragicl[lmeval]'``. See docs/guide/integrations/lm_eval.md.
 """
 
 from __future__ import annotations
