@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Build and save an ExampleIndex from a dataset file (same as ``ragicl index build``).
+"""Build and save the indexes of several dataset files in one go (``ragicl index build`` builds one).
 
-    python scripts/build_index.py ../shared/datasets/sst2/train.jsonl                # -> indexes/sst2
+    python scripts/build_index.py ../shared/datasets/*/train.jsonl     # -> indexes/sst2, indexes/trec, ...
     python scripts/build_index.py data.csv --input-fields question,context --out indexes/qa \
         --factory IVF64,Flat --embedder all-MiniLM-L6-v2 --device auto --batch-size 128
+
+Each file goes to ``indexes/<dataset folder name>`` (``--out`` only with a single file); a folder that is
+already a built index of the same file is skipped with ``--skip-built``. One failure does not stop the others;
+the exit status is 2 if any failed.
 
 Shows progress bars and prints a summary: count, dimension, factory, embedder, fingerprint, size on disk,
 seconds.
@@ -35,8 +39,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from ragicl.models import DEFAULT_EMBEDDER
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", help="dataset file: .jsonl, .json, .csv or .parquet (meta.json beside it is used)")
-    p.add_argument("--out", default=None, help="index folder (default: indexes/<dataset folder name>)")
+    p.add_argument("data", nargs="+", help="dataset files: .jsonl, .json, .csv or .parquet (meta.json beside is used)")
+    p.add_argument("--out", default=None, help="index folder, with one file only (default: indexes/<dataset name>)")
+    p.add_argument("--skip-built", action="store_true", help="skip a file whose index folder already exists")
     p.add_argument("--input-fields", default=None, help="comma-separated input fields (default: meta/inferred)")
     p.add_argument("--label-field", default="label", help="the label column (default: label)")
     p.add_argument("--output-field", default=None, help="target field of a generation dataset")
@@ -58,28 +63,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ragicl.cli.checks import check_output_dir, report_error
     from ragicl.index.core import build_and_save
 
-    out = args.out or str(Path("indexes") / dataset_name(args.data))
-    start = time.perf_counter()
-    try:
-        check_output_dir(out, "--out", marker="manifest.json")  # before the embedding work
-        index = build_and_save(
-            args.data, out, embedder=args.embedder, factory=args.factory, device=args.device,
-            batch_size=args.batch_size, label_field=args.label_field, output_field=args.output_field,
-            input_fields=args.input_fields.split(",") if args.input_fields else None,
-            show_progress=not args.quiet)
-    except (RagiclError, ValueError, OSError) as err:  # user input: one line, exit 2 (as `ragicl`)
-        return report_error(err, args.verbose)
-    s = index.summary()
-    print(f"built {out}\n"
-          f"  examples     {s['count']}\n"
-          f"  dimension    {s['dimension']}\n"
-          f"  factory      {s['factory']} ({s['device']})\n"
-          f"  embedder     {s['embedder']}\n"
-          f"  fingerprint  {s['fingerprint'][:16]}\n"
-          f"  size on disk {(s['bytes_on_disk'] or 0) / 1e6:.1f} MB\n"
-          f"  seconds      {time.perf_counter() - start:.1f}")
-    return 0
-
+    if args.out and len(args.data) > 1:
+        print(f"error: --out names one folder but {len(args.data)} files were given; drop --out (each goes to "
+              "indexes/<dataset name>) or build one file at a time", file=sys.stderr)
+        return 2
+    outs = [args.out or str(Path("indexes") / dataset_name(d)) for d in args.data]
+    if len(set(outs)) < len(outs):
+        dup = sorted({o for o in outs if outs.count(o) > 1})
+        print(f"error: several files map to the same index folder {dup}; build them one at a time with --out",
+              file=sys.stderr)
+        return 2
+    failed = 0
+    for data, out in zip(args.data, outs):
+        if args.skip_built and (Path(out) / "manifest.json").exists():
+            print(f"skipped {out} (already built)")
+            continue
+        start = time.perf_counter()
+        try:
+            check_output_dir(out, "--out", marker="manifest.json")  # before the embedding work
+            index = build_and_save(
+                data, out, embedder=args.embedder, factory=args.factory, device=args.device,
+                batch_size=args.batch_size, label_field=args.label_field, output_field=args.output_field,
+                input_fields=args.input_fields.split(",") if args.input_fields else None,
+                show_progress=not args.quiet)
+        except (RagiclError, ValueError, OSError) as err:  # user input: one line per file, exit 2 at the end
+            report_error(err, args.verbose)
+            failed += 1
+            continue
+        s = index.summary()
+        print(f"built {out}\n"
+              f"  examples     {s['count']}\n"
+              f"  dimension    {s['dimension']}\n"
+              f"  factory      {s['factory']} ({s['device']})\n"
+              f"  embedder     {s['embedder']}\n"
+              f"  fingerprint  {s['fingerprint'][:16]}\n"
+              f"  size on disk {(s['bytes_on_disk'] or 0) / 1e6:.1f} MB\n"
+              f"  seconds      {time.perf_counter() - start:.1f}")
+    return 2 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())

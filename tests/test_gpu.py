@@ -209,10 +209,10 @@ def test_token_budget_on_cuda_fills_the_gpu_and_scores_like_count_batches():
 
 
 def test_hardware_peak_and_mfu(monkeypatch):
-    """The benchmarks' FLOP accounting (scripts/_hardware.py: benchmark support, outside the package)."""
+    """The benchmarks' FLOP accounting (benchmarks/_hardware.py: benchmark support, outside the package)."""
     from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from _hardware import forward_flops, gpu_peak_flops, mfu
 
     peak, name = gpu_peak_flops("bfloat16")

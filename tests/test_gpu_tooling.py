@@ -4,7 +4,7 @@
   run on an image with cuBLAS 13 only. Built with the same script the device uses, against a fake
   ``libcublas.so.13`` whose functions return their arguments, so a lost or shifted argument (the long
   ``cublasGemmStridedBatchedEx`` passes some on the stack) shows;
-* ``scripts/bench_gpu_search.py`` on the CPU at a small size: its certified torch search equals the exact
+* ``benchmarks/bench_gpu_search.py`` on the CPU at a small size: its certified torch search equals the exact
   float32 result and its two-stage group-max prototype equals the one-shot top-k.
 """
 
@@ -87,7 +87,7 @@ def test_cublas12_shim_exports_the_cuda12_symbol_version(tmp_path):
 
 def test_bench_gpu_search_runs_on_cpu(tmp_path):
     out = tmp_path / "search.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu_search.py"), "--device", "cpu", "--n", "3000",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu_search.py"), "--device", "cpu", "--n", "3000",
                     "--queries", "20", "--repeat", "1", "--chunks", "1024", "--no-faiss", "--json", str(out)],
                    check=True, capture_output=True, text=True, cwd=ROOT)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}

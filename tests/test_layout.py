@@ -122,7 +122,8 @@ def test_the_cycle_check_finds_a_cycle():
 
 def _python_files() -> list[Path]:
     """The package's modules, and the tests and scripts beside it (the rule holds for them too)."""
-    return sorted(p for top in ("ragicl", "tests", "scripts") for p in (PKG.parent / top).rglob("*.py")
+    tops = ("ragicl", "tests", "scripts", "benchmarks", "experiments")
+    return sorted(p for top in tops for p in (PKG.parent / top).rglob("*.py")
                   if "__pycache__" not in p.parts)
 
 

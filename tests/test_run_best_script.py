@@ -1,4 +1,4 @@
-"""scripts/run_best.py builds the `ragicl eval` command a researcher would type, options passed through."""
+"""experiments/run_best.py builds the `ragicl eval` command a researcher would type, options passed through."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/tune_scores.py + scripts/selection_rules.py: every configuration scored once on dev and test, then each
+"""experiments/tune_scores.py + experiments/selection_rules.py: every configuration scored once on dev and test, then each
 rule's choice re-derived from the saved dev scores is the tuner's own choice, and scored on the test queries."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/vote_selection.py: scores the tuner's vote grid leave-one-out, with the tuner's own function."""
+"""experiments/vote_selection.py: scores the tuner's vote grid leave-one-out, with the tuner's own function."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/vote_smoothing.py: recovers the kNN vote's neighbour counts from saved rows and re-smooths them."""
+"""experiments/vote_smoothing.py: recovers the kNN vote's neighbour counts from saved rows and re-smooths them."""
 
 from __future__ import annotations
 

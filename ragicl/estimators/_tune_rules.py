@@ -1,7 +1,7 @@
 """How :class:`~ragicl.estimators.tune.FusionTuner` chooses among the settings it scored on its dev queries.
 
 Everything here is a pure function of the settings' answers on the dev queries (no LM, no clock), so the same
-answers give the same choice on any machine, and ``scripts/selection_rules.py`` re-derives every rule's choice
+answers give the same choice on any machine, and ``experiments/selection_rules.py`` re-derives every rule's choice
 from saved scores.
 
 **Rules.** They choose among nested sets of settings, simplest first: the plain systems (zero-shot,

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FinetuneResult", "StepProgress", "plan_passes", "train_model", "trainable_names"]
 LORA_RANK = 8
 # What one extra forward+backward pass costs, in padded tokens of one row, when a step's batch is cut into
-# passes of similar lengths (:func:`plan_passes`). Measured on a CPU (scripts/bench_finetune_padding.py,
+# passes of similar lengths (:func:`plan_passes`). Measured on a CPU (benchmarks/bench_finetune_padding.py,
 # SmolLM2-135M): 64 and 128 were the fastest of 0 … 256 on SST-2 and RTE (1.17x and 1.74x a single padded
 # pass). On an accelerator a small pass wastes the device, so there a batch stays whole (up to ``max_rows``).
 PASS_OVERHEAD_TOKENS = {"cpu": 128.0}

@@ -3,7 +3,7 @@
 # as each dataset finishes (a time limit loses only the dataset in progress).
 #   bash scripts/gpu/results13.sh OUT_DIR [datasets...]     # default: trec sst2 cr rte agnews subj banking77
 # For each dataset: `ragicl finetune` to convergence (early stopping on a dev split of the training data),
-# `ragicl index build`, then scripts/run_best.py (zero-shot, random-8, retrieved-8, kNN votes 8/32,
+# `ragicl index build`, then experiments/run_best.py (zero-shot, random-8, retrieved-8, kNN votes 8/32,
 # ragicl best, fine-tuned; 500 test queries or the whole test set) with the reference. Needs ../shared
 # (device_payload.sh links the carried datasets) and the default models (carried in the payload).
 set -uo pipefail
@@ -19,7 +19,7 @@ for d in $sets; do
     cp "/tmp/r13/refs/$d/ragicl_finetune.json" "$out/finetune_$d.json" 2>/dev/null
   fi
   refs=/tmp/r13/refs; [ -e "/tmp/r13/refs/$d/done" ] || refs=/tmp/r13/no-refs  # a failed reference: no row
-  python3 scripts/run_best.py --datasets "$d" --n 500 --k 8 --tune-budget 120 --dev-size 300 \
+  python3 experiments/run_best.py --datasets "$d" --n 500 --k 8 --tune-budget 120 --dev-size 300 \
     --index-root /tmp/r13/indexes --finetuned-root "$refs" --out "$out" > "$out/eval_$d.log" 2>&1
   echo "$d: $((SECONDS - t0)) s, rc $?" | tee -a "$out/summary.log"
 done

@@ -18,9 +18,9 @@ distribution, not from the database):
 
 Examples::
 
-    python scripts/bench_retrieval.py --quick
-    python scripts/bench_retrieval.py --n 100000 1000000 --queries 1000
-    python scripts/bench_retrieval.py --n 1000000 --device cuda          # GPU machine
+    python benchmarks/bench_retrieval.py --quick
+    python benchmarks/bench_retrieval.py --n 100000 1000000 --queries 1000
+    python benchmarks/bench_retrieval.py --n 1000000 --device cuda          # GPU machine
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The cost of the fine-tuned folder's checks: save a real model through ``save_model`` and time its loads.
 
-    python scripts/bench_finetune_load.py [--lm SmolLM2-135M-Instruct] [--repeat 3]
+    python benchmarks/bench_finetune_load.py [--lm SmolLM2-135M-Instruct] [--repeat 3]
 
 Rows (best of ``--repeat``): the record's digest and schema check (``read_finetune_record``); resolving with
 sizes only (``finetuned_model_path(verify=False)``) and with every file's SHA-256 (the default, what

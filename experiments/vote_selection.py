@@ -7,7 +7,7 @@ on ``--loo`` training queries (``FusionTuner(vote_dev_size=...)``'s ranking) and
 beside the better of the plain k=8 and k=32 votes on the test set (the "best kNN vote" of RESULTS_BEST).
 No LM is loaded; an index is built (default embedder) unless ``--index-root`` holds one::
 
-    python scripts/vote_selection.py --datasets sst2,subj,mr --data-dir ../shared/datasets --index-root indexes
+    python experiments/vote_selection.py --datasets sst2,subj,mr --data-dir ../shared/datasets --index-root indexes
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ report, with the share of the zero-shot → best-plain gap and the best-vs-vote 
 per-query distributions go to ``<out>/<dataset>.predictions.json``: a rerun resumes from it, and a rerun
 with a reference trained later scores only the reference.
 
-    python scripts/run_best.py --datasets trec,sst2,agnews --n 200 --k 8 --out runs/best
-    python scripts/run_best.py --datasets banking77 --n 500 --ray local --workers 2   # test queries on every core
-    python scripts/run_best.py --datasets cb --lm gemma-3-270m --finetuned-root refs-gemma --out runs/best-gemma
+    python experiments/run_best.py --datasets trec,sst2,agnews --n 200 --k 8 --out runs/best
+    python experiments/run_best.py --datasets banking77 --n 500 --ray local --workers 2   # test queries on every core
+    python experiments/run_best.py --datasets cb --lm gemma-3-270m --finetuned-root refs-gemma --out runs/best-gemma
 """
 
 from __future__ import annotations

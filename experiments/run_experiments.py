@@ -7,7 +7,7 @@ auxiliary few-shot loss); TV of every system to the reference fine-tuned model (
 break-even query volume, optional curves (k, budget, data fraction + power-law fit + bounds) and ICL
 retention on another task.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/run_experiments.py --dataset sst2 --n 100 --steps 40 \
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python experiments/run_experiments.py --dataset sst2 --n 100 --steps 40 \
         --variants full,value --curves k,data --out runs/sst2
 """
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants must be a non-empty comma list of {VARIANTS}; got {args.variants!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/run_experiments.py " + shlex.join(
+    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python experiments/run_experiments.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     t_start = time.perf_counter()
 

@@ -1,6 +1,6 @@
 """Cost of the index checksums (sha256, verified by ``ExampleIndex.load``) on a 1 GB file.
 
-    python scripts/bench_index_checksum.py [--gb 1.0] [--repeat 3]
+    python benchmarks/bench_index_checksum.py [--gb 1.0] [--repeat 3]
 
 Writes a file of random bytes (a stand-in for ``embeddings.npy``/``index.faiss``: the hash cost depends on
 the size only), then times ragicl's ``file_checksum`` (what save records and load verifies) next to

@@ -1,4 +1,4 @@
-"""Shared helpers of the ``scripts/bench_*.py`` benchmarks: environment report, timing, tables, caches.
+"""Shared helpers of the ``benchmarks/bench_*.py`` benchmarks: environment report, timing, tables, caches.
 
 Not part of the library. Each benchmark prints the environment line first (machine, versions, load) so a
 pasted table always says where it was measured.

@@ -15,9 +15,9 @@ minus the single-process build's at 1 worker (same embedder, same rows).
 
 Examples::
 
-    python scripts/bench_distributed.py --n 100000 --embedder all-MiniLM-L6-v2   # the real embedder
-    python scripts/bench_distributed.py --n 1000000 --embedder hash-64           # later stages
-    python scripts/bench_distributed.py --quick
+    python benchmarks/bench_distributed.py --n 100000 --embedder all-MiniLM-L6-v2   # the real embedder
+    python benchmarks/bench_distributed.py --n 1000000 --embedder hash-64           # later stages
+    python benchmarks/bench_distributed.py --quick
 """
 
 from __future__ import annotations

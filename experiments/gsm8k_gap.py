@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """GSM8K end to end: retrieval ICL vs. a fine-tuned reference, exact match and TV distances.
 
-    python scripts/gsm8k_gap.py                                   # defaults below
-    python scripts/gsm8k_gap.py --n 10 --n-train 500 --k 2 --ft-steps 10 --max-new-tokens 96 \
+    python experiments/gsm8k_gap.py                                   # defaults below
+    python experiments/gsm8k_gap.py --n 10 --n-train 500 --k 2 --ft-steps 10 --max-new-tokens 96 \
         --json runs/gsm8k_gap.json
-    python scripts/gsm8k_gap.py --finetuned runs/ft-gsm8k         # reuse a checkpoint
+    python experiments/gsm8k_gap.py --finetuned runs/ft-gsm8k         # reuse a checkpoint
 
 Steps: index ``--n-train`` training questions (seeded sample) with the embedder; fine-tune the base LM
 with ``finetune_lm`` on the zero-shot prompts of those examples, target = ``ICLGenerator.target_ids``

@@ -7,8 +7,8 @@ a percentile-bootstrap 95% interval over the queries, and the cost per query (re
 scoring). TV to a converged reference is not computed here (it needs the fine-tuned reference: the full
 500-query protocol of issue 39 §4 runs once the tuner work lands).
 
-    .venv/bin/python scripts/compare_selection.py --dataset sst2 --queries 30 --out /tmp/sel.json
-    .venv/bin/python scripts/compare_selection.py --dataset rte --methods topk,bm25,hybrid --queries 40
+    .venv/bin/python experiments/compare_selection.py --dataset sst2 --queries 30 --out /tmp/sel.json
+    .venv/bin/python experiments/compare_selection.py --dataset rte --methods topk,bm25,hybrid --queries 40
 
 Methods: topk (dense, the baseline), bm25, hybrid (RRF 1:1), mmr, dpp, votek, mdl (over dense top-k
 candidates), random, and ``rerank`` when ``--reranker`` names a cross-encoder.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _bench_common import print_environment, print_table, save_json, setup_logging  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which selection rule makes "ragicl best" hold up on the test set? Every rule, from one LM pass.
 
-Input: the folders ``scripts/tune_scores.py`` writes (each of FusionTuner's prompt configurations scored once on
+Input: the folders ``experiments/tune_scores.py`` writes (each of FusionTuner's prompt configurations scored once on
 the tuner's dev queries and once on the test sample). For each dataset the dev answers of every setting are
 built exactly as ``FusionTuner.fit`` builds them (same configurations in the same search order, same mixing
 grid, same code: :func:`ragicl.estimators.tune.grid_answers`), each rule × dev weighting chooses
@@ -11,7 +11,7 @@ over the whole test sample, as ``ragicl eval`` mixes it). Each choice is compare
 the same test queries: retrieved-k, zero-shot and the kNN votes k = 8 and 32 (plain and weighted); the
 target of issue 37 is ``max(retrieved-k, kNN vote k=8, kNN vote k=32) - 0.01``::
 
-    python scripts/selection_rules.py --scores runs/tune37/smollm2 --datasets sst2,cr,subj --json rules.json
+    python experiments/selection_rules.py --scores runs/tune37/smollm2 --datasets sst2,cr,subj --json rules.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "scripts"):
+for _p in (ROOT, ROOT / "experiments"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -163,7 +163,7 @@ def summary(results: Sequence[Mapping[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scores", required=True, help="folder of scripts/tune_scores.py output (one folder per dataset)")
+    ap.add_argument("--scores", required=True, help="folder of experiments/tune_scores.py output (one folder per dataset)")
     ap.add_argument("--datasets", default=None, help="comma-separated (default: every complete folder)")
     ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--weightings", default=",".join(WEIGHTINGS))

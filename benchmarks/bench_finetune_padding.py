@@ -10,7 +10,7 @@ and CPU seconds per step (median over rounds) and the ratio to the single padded
 
 Example::
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_finetune_padding.py --datasets sst2,rte --steps 3 --rounds 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_finetune_padding.py --datasets sst2,rte --steps 3 --rounds 2
 """
 
 from __future__ import annotations

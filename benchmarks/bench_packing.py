@@ -24,9 +24,9 @@ the call), ``Packer.prepare`` alone (that query tokenization), and ``pack_batch`
 
 Examples::
 
-    python scripts/bench_packing.py --quick
-    python scripts/bench_packing.py --budget 256 512 --k 32
-    python scripts/bench_packing.py --systems ragicl      # skip the slow LangChain / OpenICL baselines
+    python benchmarks/bench_packing.py --quick
+    python benchmarks/bench_packing.py --budget 256 512 --k 32
+    python benchmarks/bench_packing.py --systems ragicl      # skip the slow LangChain / OpenICL baselines
 """
 
 from __future__ import annotations

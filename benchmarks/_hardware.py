@@ -90,7 +90,7 @@ def gpu_peak_flops(dtype: str = "bfloat16", device: int | str = 0) -> tuple[floa
         if fragment.lower() in name.lower():
             value = table.get(dtype)
             return (value * 1e12 if value else None), name
-    logger.warning("no datasheet peak for GPU %r; add it to GPU_PEAK_TFLOPS in scripts/_hardware.py", name)
+    logger.warning("no datasheet peak for GPU %r; add it to GPU_PEAK_TFLOPS in benchmarks/_hardware.py", name)
     return None, name
 
 

@@ -16,9 +16,9 @@ zero-shot accuracy is not the fine-tuned one's; only its cost is).
 
 Examples::
 
-    python scripts/bench_end_to_end.py --quick
-    python scripts/bench_end_to_end.py --queries 100 --k 16 --budget 512
-    python scripts/bench_end_to_end.py --device cuda --queries 1821
+    python benchmarks/bench_end_to_end.py --quick
+    python benchmarks/bench_end_to_end.py --queries 100 --k 16 --budget 512
+    python benchmarks/bench_end_to_end.py --device cuda --queries 1821
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ should not.
 
 Example::
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench_finetune_objective.py --dataset banking77 --steps 3
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_finetune_objective.py --dataset banking77 --steps 3
 """
 
 from __future__ import annotations

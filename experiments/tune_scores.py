@@ -7,10 +7,10 @@ dev queries (``--dev-size`` training examples, seed 0, as ``FusionTuner`` draws 
 every label, candidate labels, label-aware order) is planned and scored by ``FusionClassifier`` on both,
 exactly as the tuner scores dev queries, and saved as ``<out>/<dataset>/<config>.{dev,test}.npz`` (the LM's
 label log-probabilities, the neighbours, the candidate masks, the gold labels, the LM tokens and seconds).
-A rerun skips what is saved, so an interrupted run resumes. ``scripts/selection_rules.py`` then re-derives
+A rerun skips what is saved, so an interrupted run resumes. ``experiments/selection_rules.py`` then re-derives
 every selection rule's choice from the dev files and scores it on the test files, with no LM::
 
-    OMP_NUM_THREADS=1 python scripts/tune_scores.py --datasets sst2,cr --out runs/tune37/smollm2 --n 500
+    OMP_NUM_THREADS=1 python experiments/tune_scores.py --datasets sst2,cr --out runs/tune37/smollm2 --n 500
 """
 
 from __future__ import annotations

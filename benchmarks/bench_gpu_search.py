@@ -20,8 +20,8 @@ product (``2·N·d·Q`` FLOPs) followed by a top-k. This benchmark measures, in 
 
 Runs on CPU too (small ``N``) so the script itself is tested without a GPU::
 
-    python scripts/bench_gpu_search.py --n 1000000 10000000 --queries 1000 --json out.json   # GPU
-    python scripts/bench_gpu_search.py --device cpu --n 20000 --queries 100                  # smoke
+    python benchmarks/bench_gpu_search.py --n 1000000 10000000 --queries 1000 --json out.json   # GPU
+    python benchmarks/bench_gpu_search.py --device cpu --n 20000 --queries 100                  # smoke
 """
 
 from __future__ import annotations

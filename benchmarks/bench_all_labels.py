@@ -17,7 +17,7 @@ label as one sequence, one row per label: ``ragicl.lm.scoring.concat_scores``) o
 Timed in process CPU seconds (other processes on a loaded machine do not inflate them) and wall seconds,
 the best of ``--repeat`` calls, per query; the LM tokens column is the tuner's unit (``FusionPlan.lm_tokens``)::
 
-    OMP_NUM_THREADS=1 python scripts/bench_all_labels.py --queries 8 --naive 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_all_labels.py --queries 8 --naive 2
 """
 
 from __future__ import annotations

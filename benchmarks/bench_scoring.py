@@ -31,10 +31,10 @@ measured matmul ceiling).
 
 Examples::
 
-    python scripts/bench_scoring.py --quick
-    python scripts/bench_scoring.py --prompts 32 --budget 256
-    python scripts/bench_scoring.py --device cuda --prompts 512 --budget 1024
-    python scripts/bench_scoring.py --shared-prefix --prompts 32 --budget 512 --demos 8
+    python benchmarks/bench_scoring.py --quick
+    python benchmarks/bench_scoring.py --prompts 32 --budget 256
+    python benchmarks/bench_scoring.py --device cuda --prompts 512 --budget 1024
+    python benchmarks/bench_scoring.py --shared-prefix --prompts 32 --budget 512 --demos 8
 """
 
 from __future__ import annotations

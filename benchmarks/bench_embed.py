@@ -12,8 +12,8 @@ Times, on the same texts (SST-2 sentences repeated to ``--n``), in one process:
 The sum of 1 and 2 against 3 says whether the host (tokenization, per-batch copies) or the device bounds the
 rate. Random-weight stand-ins have the same speed as the real model (same config and tokenizer).
 
-    python scripts/bench_embed.py --n 4000 --batch-sizes 64 256
-    python scripts/bench_embed.py --device cuda --n 50000 --batch-sizes 64 256 1024 --profile
+    python benchmarks/bench_embed.py --n 4000 --batch-sizes 64 256
+    python benchmarks/bench_embed.py --device cuda --n 50000 --batch-sizes 64 256 1024 --profile
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Cost of the metadata checks on load (issue 35): the digest and schema check of ``manifest.json`` and
 ``estimator.json``, per load, next to the whole load they are part of.
 
-    python scripts/bench_load_checks.py [--count 1000] [--labels 77] [--repeat 300]
+    python benchmarks/bench_load_checks.py [--count 1000] [--labels 77] [--repeat 300]
 
 Builds a hash-64 index of ``--count`` examples over ``--labels`` labels (the manifest lists every label,
 so its size grows with them; 77 is Banking77's), saves it and a fitted ``ICLClassifier`` (a character-level

@@ -8,7 +8,7 @@ recovers the counts ``c`` from the saved rows, smooths them again with each α a
 the reference with a bootstrap interval, and its paired difference to a chosen system's TV (default "ragicl
 best"). No model is loaded::
 
-    python scripts/vote_smoothing.py runs/best/banking77.predictions.json --alphas 0.5 1/L 0
+    python experiments/vote_smoothing.py runs/best/banking77.predictions.json --alphas 0.5 1/L 0
 """
 
 from __future__ import annotations
