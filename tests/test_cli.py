@@ -43,6 +43,11 @@ def test_index_build_then_eval(tmp_path, tiny_sst2, capsys, smollm_path):
         "zero-shot", "random-2", "retrieved-2", "kNN vote k=8", "kNN vote k=32", "ragicl best"]
     chosen = [n for n in data["notes"] if n.startswith("ragicl best = ")]
     assert len(chosen) == 1 and "8 dev queries from the training set" in chosen[0]
+    # --tune-budget 0 (LM tokens): the plain systems only, the rest skipped for the budget, said in the JSON
+    tuned = data["tune"]
+    assert tuned["lm_budget"] == 0 and tuned["reproducible"] is True and "of an LM budget of 0" in chosen[0]
+    assert [(s["k"], s["candidates"]) for s in tuned["searched"]] == [(0, None), (2, None)]
+    assert tuned["skipped"] and all(s["reason"].startswith("lm_budget") for s in tuned["skipped"])
     # --vote-dev-size: the vote's settings chosen first on leave-one-out training queries, said in the note
     assert main(["eval", "--index", str(out), "--test", str(tiny_sst2), "--n", "4", "--k", "2", "--no-vote",
                  "--max-prompt-tokens", "256", "--lm", smollm_path, "--json", str(tmp_path / "loo.json"),

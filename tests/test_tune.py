@@ -1,8 +1,9 @@
 """FusionTuner's search: budgeted in LM work (the same choice on any machine), plain systems always in, an
 optional seconds cap that says what it skipped, exact accounting, and unlabeled queries for the rule.
 
-The LM is the real default one, wrapped to run on a simulated clock (``tune._now``) that advances a fixed
-number of seconds per LM token, so "a fast machine" and "a slow machine" are exact and the same everywhere.
+The LM is the real default one, wrapped to run on a simulated clock (``tune._now``; tests/_clock.py) that
+advances a fixed number of seconds per LM token, so "a fast machine" and "a slow machine" are exact and the same
+everywhere. tests/test_cli_tune.py runs the same check through ``ragicl tune`` and ``ragicl eval``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 
 import numpy as np
 import pytest
+from _clock import Clock, ClockedLM
 
 from ragicl import PromptTemplate
 from ragicl.estimators import tune
@@ -21,34 +23,6 @@ GRID = {"ks": (2,), "candidates": (None, 2), "label_aware": (False, True), "knn_
         "temperatures": (None,), "weights": (0.0, 0.5, 1.0), "calibrations": ("none", "batch"), "dev_size": 12}
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class _ClockedLM:
-    """The real LM on a simulated clock advancing ``cost`` seconds per LM token it is fed; counts the tokens
-    (every prompt token, plus each continuation's tokens after its first) and replays identical calls."""
-
-    def __init__(self, lm, clock: _Clock, cost: float, cache: dict) -> None:
-        self.lm, self.clock, self.cost, self.cache, self.tokens = lm, clock, cost, cache, 0
-
-    def __getattr__(self, name):
-        return getattr(self.lm, name)
-
-    def score_continuations(self, prompts, continuations, *, show_progress=None):
-        fed = sum(len(p) for p in prompts) + len(prompts) * sum(len(c) - 1 for c in continuations)
-        self.tokens += fed
-        self.clock.t += self.cost * fed
-        key = (tuple(map(tuple, prompts)), tuple(map(tuple, continuations)))
-        if key not in self.cache:
-            self.cache[key] = self.lm.score_continuations(prompts, continuations, show_progress=show_progress)
-        return self.cache[key]
-
-
 @pytest.fixture(scope="module")
 def replay():
     return {}
@@ -57,10 +31,10 @@ def replay():
 @pytest.fixture()
 def machine(smollm_lm, replay, monkeypatch):
     """``machine(seconds_per_token)``: a fresh clocked LM (the clock starts at 0)."""
-    def make(cost: float) -> _ClockedLM:
-        clock = _Clock()
+    def make(cost: float) -> ClockedLM:
+        clock = Clock()
         monkeypatch.setattr(tune, "_now", clock)
-        return _ClockedLM(smollm_lm, clock, cost, replay)
+        return ClockedLM(smollm_lm, clock, cost, replay)
     return make
 
 

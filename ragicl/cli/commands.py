@@ -24,7 +24,7 @@ from .checks import (
 )
 from .predlog import PredictionsLog
 from .settings import BestOptions, DataOptions, EvalOptions, PromptOptions, lm_spec
-from .systems import build_systems, system_names
+from .systems import build_systems, system_names, warn_seconds_cap, warn_small_budget
 
 logger = logging.getLogger("ragicl")
 
@@ -174,12 +174,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                reuse=reuse, tuned=tuned)
     else:
         systems = build_systems(index, template, lm=lm, opts=opts, best=best, prompt=prompt, notes=notes,
-                                reuse=reuse, tuned=tuned)
+                                reuse=reuse, tuned=tuned, unlabeled=test)
     report = compare(test, systems, reference="fine-tuned" if opts.finetuned else None, notes=notes,
                      on_result=(lambda r: log.add(r, notes)) if log else None)
     print(report.table())
     if opts.json:
-        report.to_json(opts.json)
+        from .._atomic import write_json_atomic
+
+        data = report.to_json()
+        if tuned.get("result") is not None:  # what the tuner searched, skipped and chose, and why
+            data["tune"] = tune_summary(tuned["result"])
+        write_json_atomic(opts.json, data)
         print(f"wrote {opts.json}")
     if opts.report:
         import shlex
@@ -195,8 +200,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_summary(result) -> dict:
+    """``eval --json``'s ``tune``: the :class:`~ragicl.estimators.tune.TuneResult` without its per-setting
+    trials (thousands; ``ragicl tune --json`` and ``eval --report`` keep them): the choice, the rule and why, the
+    configurations searched and skipped (with LM tokens and the reason), the LM budget and tokens used, the
+    seconds cap, whether the search is reproducible, and the plain systems' dev accuracy."""
+    data = result.to_json()
+    data["n_trials"] = len(data.pop("trials"))
+    data.pop("vote_trials")
+    return data
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
-    """``ragicl tune``: choose 'ragicl best' on dev queries from the index's training set; print and save it."""
+    """``ragicl tune``: choose 'ragicl best' on dev queries from the index's training set, within the LM-token
+    budget (``--tune-budget``; auto: ``(len(ks) + 3) x dev size x max prompt tokens``); print and save it."""
     from .._atomic import write_atomic
     from ..estimators.tune import FusionTuner
     from ..index.core import ExampleIndex
@@ -214,9 +231,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_lm(lm)
     index = ExampleIndex.load(args.index)
     template = prompt.template_for(index.dataset)
+    warn_seconds_cap(best)
     tuner = FusionTuner(lm.build(), template, max_prompt_tokens=prompt.max_prompt_tokens, selection=args.selection,
-                        dev_size=best.dev_size, ks=ks, time_budget=best.tune_budget, seed=args.seed,
-                        vote_dev_size=best.vote_dev_size).fit(index)
+                        ks=ks, seed=args.seed, **best.tuner_kwargs(len(ks), prompt.max_prompt_tokens)).fit(index)
+    warn_small_budget(tuner.result_, best)
     print(tuner.result_.table())
     if args.json:
         write_atomic(args.json, json.dumps(tuner.result_.to_json(), indent=2).encode())

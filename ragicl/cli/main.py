@@ -4,7 +4,7 @@
     ragicl finetune --train DATA --out DIR [--epochs 10 | --steps N] [--mode full|attention|value|lora] [--objective labels|gold]
     ragicl eval --index indexes/NAME --test DATA [--finetuned DIR] [--k 16|max] [--n 200] [--json out.json] [--report r.html] [--predictions p.json] [--ray auto]
     ragicl eval ... --lm Qwen/Qwen2.5-7B --lm-url http://localhost:8000/v1   # the LM behind a vLLM/SGLang/llama.cpp server
-    ragicl tune --index indexes/NAME [--ks 4,8,16,max] [--tune-budget S]   # pick "ragicl best" on training dev data
+    ragicl tune --index indexes/NAME [--ks 4,8,16,max] [--tune-budget TOKENS]   # pick "ragicl best" on training dev data
     ragicl demo            # the main job: the whole comparison on SST-2 with the default models
 
 Every command logs progress to stderr and prints its result (a summary or a table) to stdout. A user error

@@ -7,8 +7,13 @@ the same option means the same thing everywhere (one ``--device`` type, one set 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import re
+from typing import Any
 
+from ..estimators._tune_rules import RULES
+from ..estimators.tune import FusionTuner
 from ..estimators.vote import VOTE_KS
 from ..models import DEFAULT_EMBEDDER, DEFAULT_LM
 from .checks import device_value, k_value, non_negative_int, positive_float, positive_int
@@ -16,6 +21,47 @@ from .checks import device_value, k_value, non_negative_int, positive_float, pos
 ESCAPES_HELP = r"\n, \t and \r are a newline, a tab and a carriage return, \\ a backslash; any Unicode is kept"
 TEMPLATE_HELP = r"example format ending in {label}, e.g. 'Review: {text}\nSentiment: {label}'; " + ESCAPES_HELP
 DEVICE_HELP = "where the models run: auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps (default auto)"
+#: ``--tune-budget``'s default: (k tried + this) full-length prompts per dev query (settings.BestOptions.lm_budget)
+AUTO_BUDGET = "auto"
+AUTO_EXTRA_PROMPTS = 3
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+
+
+def default_tune(name: str) -> Any:
+    """The library's default of a :class:`FusionTuner` parameter (the CLI follows it)."""
+    return inspect.signature(FusionTuner.__init__).parameters[name].default
+
+
+def lm_tokens_value(text: str) -> int | str | None:
+    """argparse type of ``--tune-budget``: LM tokens (``600000``, ``600_000``, ``600k``, ``1.5M``), ``none``
+    (no limit) or ``auto`` (the default). Seconds (``600s``; a fraction such as ``600.0``; it used to be
+    seconds) are refused with what changed, and so is the ambiguous ``m`` (million or minutes?).
+
+    >>> lm_tokens_value("1.5M"), lm_tokens_value("600k"), lm_tokens_value("0"), lm_tokens_value("none")
+    (1500000, 600000, 0, None)
+    """
+    raw = text.strip().replace("_", "").replace(",", "")
+    if raw.lower() in ("none", "all"):
+        return None
+    if raw.lower() == AUTO_BUDGET:
+        return AUTO_BUDGET
+    changed = ("--tune-budget counts LM tokens (prompt + label tokens scored) since the search became "
+               "machine-independent, no longer seconds; for a time limit use --tune-max-seconds SECONDS")
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([kKMG]?)", raw)
+    if match is None:
+        if re.fullmatch(r"[\d.]+\s*m", raw):
+            raise argparse.ArgumentTypeError(f"got {text!r}: write M for millions of LM tokens (e.g. 1.5M); "
+                                             f"{changed}.")
+        if re.fullmatch(r"[\d.]+\s*(s|sec|secs|seconds?|min|mins|minutes?|h|hours?)", raw.lower()):
+            raise argparse.ArgumentTypeError(f"got {text!r}: {changed}.")
+        raise argparse.ArgumentTypeError(f"expected a number of LM tokens (e.g. 600000, 600k, 1.5M), 'auto' or "
+                                         f"'none', got {text!r}.")
+    number, suffix = match.groups()
+    value = float(number) * _SUFFIX[suffix.lower()]
+    if value != int(value) or (not suffix and "." in number):
+        raise argparse.ArgumentTypeError(f"got {text!r}, a fraction: {changed}. Expected a whole number of LM "
+                                         "tokens, e.g. 600000 or 600k.")
+    return int(value)
 
 
 def data_args(p: argparse.ArgumentParser) -> None:
@@ -134,9 +180,28 @@ def best_args(p: argparse.ArgumentParser, *, toggles: bool = True) -> None:
                        help=f"skip the kNN-vote rows (k = {', '.join(map(str, VOTE_KS))}; no LM)")
     g.add_argument("--dev-size", type=positive_int, default=150,
                    help="dev queries drawn from the index's training examples (default 150)")
-    g.add_argument("--tune-budget", type=non_negative_int, default=600,
-                   help="seconds for tuning (default 600); on a slow machine fewer dev queries are used "
-                        "(at least 50) so the budget holds")
+    g.add_argument("--tune-budget", type=lm_tokens_value, default=AUTO_BUDGET, metavar="TOKENS",
+                   help="LM work the search may spend, in LM tokens scored (prompt + label tokens), counted "
+                        "before anything runs: the same search and choice on any machine (it used to be "
+                        "seconds; for a time limit use --tune-max-seconds). E.g. 600000, 600k, 1.5M; none = "
+                        "every configuration; 0 = the plain systems only. The plain systems (zero-shot, "
+                        "retrieved-k over every label) are always scored, the kNN votes cost no LM call; the "
+                        "other prompt configurations (candidate labels, label-aware order) are tried cheapest "
+                        "first while they fit. Default auto = (number of k tried + "
+                        f"{AUTO_EXTRA_PROMPTS}) x --dev-size x --max-prompt-tokens, room for the plain systems "
+                        f"and {AUTO_EXTRA_PROMPTS} more configurations of full-length prompts: 614,400 at "
+                        "eval's defaults, which holds every configuration of k=16 when the prompts are short "
+                        "(SST-2, TREC, Banking77) and about 3 beyond the plain ones when they are full")
+    g.add_argument("--tune-max-seconds", type=positive_float, default=None, metavar="S",
+                   help="optional wall-clock cap on the search (default none). A configuration that would pass it "
+                        "is skipped, with a warning, and the result is marked NOT reproducible: another "
+                        "machine may search more and choose otherwise")
+    g.add_argument("--tune-rule", default=None, choices=list(RULES),
+                   help="how the choice is made from the dev answers: best (best dev accuracy), one-se (the "
+                        "simplest set of systems within one standard error of the best), fallback (the best "
+                        "plain system unless the best setting beats it outside the dev noise), crossfit (the "
+                        f"set that chooses best on held-out halves of the dev queries); default "
+                        f"{default_tune('rule')}, the library's")
     g.add_argument("--vote-dev-size", type=positive_int, default=None,
                    help="choose the kNN vote's size and temperature first, without the LM, by leave-one-out "
                         "accuracy over this many training queries (default: jointly on the dev queries)")

@@ -83,18 +83,53 @@ class PromptOptions:
 
 @dataclass(frozen=True)
 class BestOptions:
-    """The tuned "ragicl best" and the kNN-vote rows (eval and demo)."""
+    """The tuned "ragicl best" and the kNN-vote rows (eval, tune and demo).
+
+    ``tune_budget`` is LM tokens (``--tune-budget``): a number, None (no limit) or ``"auto"`` (the default,
+    resolved by :meth:`lm_budget`); ``tune_max_seconds`` the optional seconds cap; ``tune_rule`` the selection
+    rule (the library's default unless given).
+
+    >>> BestOptions().lm_budget(n_ks=1, max_prompt_tokens=1024)  # eval's defaults: (1 + 3) x 150 x 1024
+    614400
+    """
 
     best: bool = True
     vote: bool = True
     dev_size: int = 150
-    tune_budget: int | None = 600
+    tune_budget: int | str | None = "auto"
     vote_dev_size: int | None = None
+    tune_max_seconds: float | None = None
+    tune_rule: str = "best"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BestOptions:
+        from .options import AUTO_BUDGET, default_tune
+
         return cls(getattr(args, "best", True), getattr(args, "vote", True), getattr(args, "dev_size", 150),
-                   getattr(args, "tune_budget", 600), getattr(args, "vote_dev_size", None))
+                   getattr(args, "tune_budget", AUTO_BUDGET), getattr(args, "vote_dev_size", None),
+                   getattr(args, "tune_max_seconds", None), getattr(args, "tune_rule", None) or default_tune("rule"))
+
+    def lm_budget(self, n_ks: int, max_prompt_tokens: int | None) -> int | None:
+        """The search's budget in LM tokens (None: no limit). ``"auto"``: ``(n_ks + 3) x dev_size x
+        max_prompt_tokens``, room for the plain systems (zero-shot is short; retrieved-k for each of the
+        ``n_ks`` k at most one full prompt per dev query) and three more configurations at full length;
+        shorter prompts fit more. Deterministic: the same on any machine."""
+        from .options import AUTO_BUDGET, AUTO_EXTRA_PROMPTS
+
+        if self.tune_budget != AUTO_BUDGET:
+            return self.tune_budget  # type: ignore[return-value]
+        return (n_ks + AUTO_EXTRA_PROMPTS) * self.dev_size * (max_prompt_tokens or 1024)
+
+    def tuner_kwargs(self, n_ks: int, max_prompt_tokens: int | None) -> dict[str, Any]:
+        """The :class:`~ragicl.estimators.tune.FusionTuner` keywords these options set."""
+        return {"dev_size": self.dev_size, "lm_budget": self.lm_budget(n_ks, max_prompt_tokens),
+                "max_seconds": self.tune_max_seconds, "rule": self.tune_rule, "vote_dev_size": self.vote_dev_size}
+
+    def identity(self, n_ks: int, max_prompt_tokens: int | None) -> dict[str, Any]:
+        """What decides the tuned system's search beyond the dev set (a saved predictions file's
+        ``tune_budget``): the LM budget, the seconds cap and the rule."""
+        return {"lm_budget": self.lm_budget(n_ks, max_prompt_tokens), "max_seconds": self.tune_max_seconds,
+                "rule": self.tune_rule}
 
 
 @dataclass(frozen=True)

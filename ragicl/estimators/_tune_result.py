@@ -80,8 +80,9 @@ class TuneResult:
     def search_summary(self) -> str:
         """What was searched: configurations scored and skipped, LM tokens used of the budget."""
         budget = "no LM budget" if self.lm_budget is None else f"of an LM budget of {self.lm_budget:,}"
-        out = (f"searched {len(self.searched)} LM configuration(s) and every vote, {self.lm_tokens:,} LM tokens "
-               f"{budget}")
+        names = "; ".join(_config_name(s) for s in self.searched)
+        out = (f"searched {len(self.searched)} LM configuration(s) ({names}) and every vote, {self.lm_tokens:,} "
+               f"LM tokens {budget}")
         if self.skipped:
             out += f", {len(self.skipped)} skipped (" + "; ".join(
                 f"{_config_name(s)}: {s['reason']}" for s in self.skipped) + ")"
