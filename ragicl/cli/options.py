@@ -197,11 +197,14 @@ def best_args(p: argparse.ArgumentParser, *, toggles: bool = True) -> None:
                         "is skipped, with a warning, and the result is marked NOT reproducible: another "
                         "machine may search more and choose otherwise")
     g.add_argument("--tune-rule", default=None, choices=list(RULES),
-                   help="how the choice is made from the dev answers: best (best dev accuracy), one-se (the "
-                        "simplest set of systems within one standard error of the best), fallback (the best "
+                   help="how the choice is made from the dev answers: best (best dev accuracy), one-se (the best "
+                        "of the simplest set, plain systems then votes, within one standard error of the best), fallback (the best "
                         "plain system unless the best setting beats it outside the dev noise), crossfit (the "
                         f"set that chooses best on held-out halves of the dev queries); default "
-                        f"{default_tune('rule')}, the library's")
+                        f"{default_tune('rule')}, the library's. eval gives the tuner the test inputs (never "
+                        f"their labels) only when its default dev_weights uses them: it is "
+                        f"{default_tune('dev_weights')!r}, so they are "
+                        f"{'' if default_tune('dev_weights') != 'none' else 'not '}given")
     g.add_argument("--vote-dev-size", type=positive_int, default=None,
                    help="choose the kNN vote's size and temperature first, without the LM, by leave-one-out "
                         "accuracy over this many training queries (default: jointly on the dev queries)")
