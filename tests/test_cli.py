@@ -259,13 +259,33 @@ def test_demo_runs_the_whole_comparison_small(tmp_path, capsys, monkeypatch, smo
                  "--tune-budget", "0", "--out", str(tmp_path / "runs"), "--index-dir", str(tmp_path / "idx")])
     assert code == 0
     out = capsys.readouterr().out
-    for name in ("zero-shot", "random-2", "retrieved-2", "kNN vote k=32", "ragicl best", "fine-tuned",
+    for name in ("zero-shot", "retrieved-2", "kNN vote k=32", "ragicl best", "fine-tuned",
                  "(reference", "test set sampled"):
         assert name in out
+    assert "random-2" not in out  # only with --random
     data = json.loads((tmp_path / "runs" / "report-sst2.json").read_text())
     names = [s["name"] for s in data["systems"]]
-    assert data["reference"] == "fine-tuned" and len(data["gaps"]) == len(names) - 1 == 6
+    assert names == ["zero-shot", "retrieved-2", "kNN vote k=8", "kNN vote k=32", "ragicl best", "fine-tuned"]
+    assert data["reference"] == "fine-tuned" and len(data["gaps"]) == len(names) - 1 == 5
     assert all(0.0 <= g["tv"]["estimate"] <= 1.0 for g in data["gaps"])
+    # it ends with the full protocol's commands, on this run's data and index
+    tail = out[out.index("The full protocol"):]
+    assert f"ragicl finetune --train {SHARED_DATASETS / 'sst2' / 'train.jsonl'} --out refs/sst2" in tail
+    assert f"ragicl eval --index {tmp_path / 'idx'} " in tail and "--n 500 --k 8 --dev-size 200" in tail
+
+
+def test_demo_defaults_fit_two_cores_and_random_is_optional():
+    """The demo's defaults (what the README times): 150 queries, k=4, a 16 x 8 reference, the tuner on 100 dev
+    queries with the plain systems' LM passes only (0 extra LM tokens); eval keeps its own defaults."""
+    from ragicl.cli.main import build_parser
+
+    demo = build_parser().parse_args(["demo"])
+    assert (demo.n, demo.k, demo.steps, demo.ft_batch_size, demo.dev_size, demo.tune_budget, demo.random) == \
+        (150, 4, 16, 8, 100, 0, False)
+    given = build_parser().parse_args(["demo", "--random", "--dev-size", "200", "--tune-budget", "600k"])
+    assert (given.random, given.dev_size, given.tune_budget) == (True, 200, 600_000)
+    evals = build_parser().parse_args(["eval", "--index", "i", "--test", "t"])
+    assert (evals.k, evals.dev_size, evals.tune_budget) == (16, 150, "auto")
 
 
 @pytest.mark.slow

@@ -166,15 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: the full comparison on SST-2 with the default models",
                        description="Index a dataset, fine-tune the base LM briefly, and compare zero-shot, "
-                                   "random-k, retrieved-k, the kNN votes, ragicl best and fine-tuned on a test "
-                                   "sample; writes <out>/report-<dataset>.json.")
+                                   "retrieved-k, the kNN votes, ragicl best and fine-tuned (random-k with "
+                                   "--random) on a test sample; writes <out>/report-<dataset>.json and prints "
+                                   "the commands of the full protocol. Sized for 2 CPU cores: --k 4, "
+                                   "--dev-size 100 and --tune-budget 0 (ragicl best mixes retrieved-k's LM "
+                                   "distribution with the tuned kNN vote; no other prompt configuration) "
+                                   "unless given.")
     demo_args(d)
     d.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
                    help="token budget of each whole prompt (default 1024)")
-    eval_args(d, k=8)  # 8 shots keeps the whole job short on 2 CPU cores
+    eval_args(d, k=4)  # 4 shots keeps the whole job short on 2 CPU cores
     lm_args(d, serve=True)
     best_args(d)
-    d.set_defaults(func=cmd_demo)
+    # the tuner's search sized for 2 CPU cores (the help of --dev-size/--tune-budget shows eval's defaults)
+    d.set_defaults(func=cmd_demo, dev_size=100, tune_budget=0)
     return parser
 
 
