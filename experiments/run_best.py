@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--tune-budget", type=int, default=300)
+    p.add_argument("--tune-budget", default="auto",
+                   help="the tuner's LM-token budget (ragicl eval --tune-budget: 600k, none, auto). The published "
+                        "runs predate it and capped the search in seconds: reproduce them with "
+                        "--tune-budget none --tune-max-seconds S")
+    p.add_argument("--tune-max-seconds", default=None, help="optional seconds cap (ragicl eval --tune-max-seconds)")
     p.add_argument("--dev-size", type=int, default=150)
     p.add_argument("--finetuned-root", default=None)
     p.add_argument("--out", default="runs/best")
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = ["eval", "--index", str(index), "--test", str(data / "test.jsonl"), "--n", str(args.n),
                "--k", str(args.k), "--tune-budget", str(args.tune_budget), "--dev-size", str(args.dev_size),
                "--json", str(out / f"{name}.json"), "--predictions", str(out / f"{name}.predictions.json")]
+        if args.tune_max_seconds is not None:
+            cmd += ["--tune-max-seconds", str(args.tune_max_seconds)]
         for system in args.rescore:
             cmd += ["--rescore", system]
         if args.lm:

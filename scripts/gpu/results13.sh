@@ -19,7 +19,7 @@ for d in $sets; do
     cp "/tmp/r13/refs/$d/ragicl_finetune.json" "$out/finetune_$d.json" 2>/dev/null
   fi
   refs=/tmp/r13/refs; [ -e "/tmp/r13/refs/$d/done" ] || refs=/tmp/r13/no-refs  # a failed reference: no row
-  python3 experiments/run_best.py --datasets "$d" --n 500 --k 8 --tune-budget 120 --dev-size 300 \
+  python3 experiments/run_best.py --datasets "$d" --n 500 --k 8 --tune-budget none --tune-max-seconds 120 --dev-size 300 \
     --index-root /tmp/r13/indexes --finetuned-root "$refs" --out "$out" > "$out/eval_$d.log" 2>&1
   echo "$d: $((SECONDS - t0)) s, rc $?" | tee -a "$out/summary.log"
 done
