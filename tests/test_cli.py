@@ -270,7 +270,7 @@ def test_demo_runs_the_whole_comparison_small(tmp_path, capsys, monkeypatch, smo
     assert all(0.0 <= g["tv"]["estimate"] <= 1.0 for g in data["gaps"])
     # it ends with the full protocol's commands, on this run's data and index
     tail = out[out.index("The full protocol"):]
-    assert f"ragicl finetune --train {SHARED_DATASETS / 'sst2' / 'train.jsonl'} --out refs/sst2" in tail
+    assert f"ragicl finetune --train {SHARED_DATASETS / 'sst2' / 'train.jsonl'} --out refs/sst2   #" in tail
     assert f"ragicl eval --index {tmp_path / 'idx'} " in tail and "--n 500 --k 8 --dev-size 200" in tail
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import RagiclError
+from ..models import DEFAULT_LM
 from .checks import check_lm, check_output_dir
 from .settings import BestOptions, DataOptions, EvalOptions, PromptOptions, lm_spec
 
@@ -126,7 +127,7 @@ def full_protocol(args: argparse.Namespace, index_dir: Path) -> str:
     convergence, 500 test queries, k=8, the tuner's whole search on 200 dev queries."""
     data = Path(args.data_dir) / args.dataset
     ref = Path("refs") / args.dataset
-    lm = f" --lm {args.lm}" if getattr(args, "lm", None) else ""
+    lm = f" --lm {args.lm}" if getattr(args, "lm", None) not in (None, DEFAULT_LM) else ""
     return "\n".join([
         "The full protocol (docs/results/classification.md; hours on 2 CPU cores, minutes on a GPU):",
         f"  ragicl finetune --train {data / 'train.jsonl'} --out {ref}{lm}   # to convergence; a rerun resumes",
