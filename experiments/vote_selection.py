@@ -4,7 +4,7 @@ For each dataset: the vote settings of ``FusionTuner``'s grid (``knn_k`` × temp
 scored (a) on the tuner's dev queries (``dev_size`` drawn from the training set, seed 0), (b) leave-one-out
 on ``--loo`` training queries (``FusionTuner(vote_dev_size=...)``'s ranking) and (c) on the test sample of
 ``ragicl eval --n N --seed 0``. Each row says which setting (a) and (b) pick and that setting's test accuracy,
-beside the better of the plain k=8 and k=32 votes on the test set (the "best kNN vote" of RESULTS_BEST).
+beside the better of the plain k=8 and k=32 votes on the test set (the "best kNN vote" of docs/results/best.md).
 No LM is loaded; an index is built (default embedder) unless ``--index-root`` holds one::
 
     python experiments/vote_selection.py --datasets sst2,subj,mr --data-dir ../shared/datasets --index-root indexes

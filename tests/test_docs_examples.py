@@ -45,8 +45,8 @@ def test_docs_example_runs(page, monkeypatch, sst2_train_path):
     for line, code in blocks(page, "python"):
         exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)  # noqa: S102
     elapsed = time.perf_counter() - start
-    logger.info("%s example ran in %.1f s", page.name, elapsed)
-    assert elapsed < 120, f"{page.name}'s example took {elapsed:.0f} s; keep docs examples small (< 30 s)"
+    logger.info("%s example ran in %.1f s (keep docs examples small: no timing is asserted, per the project's "
+                "rule that tests hold on any machine)", page.name, elapsed)
 
 
 def test_lm_eval_page_shows_the_tested_task_yaml():
