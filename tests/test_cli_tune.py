@@ -49,17 +49,51 @@ def test_defaults_follow_the_library_and_scale_with_the_search(tmp_path):
     assert best.lm_budget(1, args.max_prompt_tokens) == (1 + 3) * 150 * 1024 == 614_400
     t = parser.parse_args(["tune", "--index", "i", "--dev-size", "40", "--max-prompt-tokens", "512"])
     assert BestOptions.from_args(t).lm_budget(len(t.ks.split(",")), 512) == (3 + 3) * 40 * 512
+    plain = {"search": "dense", "selection": "topk", "searches": None, "selections": None}
     assert best.tuner_kwargs(1, 1024) == {"dev_size": 150, "lm_budget": 614_400, "max_seconds": None,
-                                          "rule": default_tune("rule"), "vote_dev_size": None}
+                                          "rule": default_tune("rule"), "vote_dev_size": None, **plain}
     given = BestOptions.from_args(parser.parse_args(["eval", "--index", "i", "--test", "t", "--tune-budget", "1.5M",
                                                      "--tune-max-seconds", "30", "--tune-rule", "one-se"]))
     assert given.tuner_kwargs(1, 1024) == {"dev_size": 150, "lm_budget": 1_500_000, "max_seconds": 30.0,
-                                           "rule": "one-se", "vote_dev_size": None}
+                                           "rule": "one-se", "vote_dev_size": None, **plain}
     unlimited = BestOptions.from_args(parser.parse_args(["tune", "--index", "i", "--tune-budget", "none"]))
     assert unlimited.lm_budget(3, 1024) is None
     # what a saved predictions file records of the tuned system: a change re-tunes it
     assert given.identity(1, 1024) == {"lm_budget": 1_500_000, "max_seconds": 30.0, "rule": "one-se"}
     assert best.identity(1, 1024) != given.identity(1, 1024)
+
+
+def test_tune_search_and_selection_lists_grow_the_auto_budget_and_the_identity():
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--index", "i", "--test", "t", "--search", "bm25",
+                              "--tune-search", "dense,bm25, hybrid", "--tune-selection", "topk,mmr"])
+    best = BestOptions.from_args(args)
+    assert best.tune_searches == ("dense", "bm25", "hybrid") and best.tune_selections == ("topk", "mmr")
+    assert best.other_retrievers("bm25", "topk") == 5  # 3 x 2 pairs, bm25 + topk being the plain systems'
+    kwargs = best.tuner_kwargs(1, 1024, "bm25", "topk")
+    assert kwargs["lm_budget"] == (1 * (1 + 5) + 3) * 150 * 1024  # one retrieved-k more per other retriever
+    assert (kwargs["search"], kwargs["searches"], kwargs["selections"]) == ("bm25", ("dense", "bm25", "hybrid"),
+                                                                            ("topk", "mmr"))
+    assert FusionTuner(**{k: kwargs[k] for k in ("search", "searches", "selections")}).retrievers()[0] == (
+        "bm25", "topk")
+    plain = BestOptions.from_args(parser.parse_args(["eval", "--index", "i", "--test", "t"]))
+    assert best.identity(1, 1024, "bm25", "topk")["searches"] == ["dense", "bm25", "hybrid"]
+    assert "searches" not in plain.identity(1, 1024)  # a saved predictions file without them still matches
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--tune-search", "dense,bm2"], ["--tune-search", "'bm2' is not one", "dense, bm25, hybrid"]),
+    (["--tune-search", ","], ["--tune-search", "expected a comma-separated list"]),
+    (["--tune-selection", "topk,mdl"], ["--tune-selection", "'mdl' is not one", "votek"]),
+])
+def test_bad_retriever_lists_exit_2_naming_the_option(argv, expected, capsys):
+    for command in (["eval", "--index", "i", "--test", "t"], ["tune", "--index", "i"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(command + argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        for text in expected:
+            assert text in err, err
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -224,3 +258,28 @@ def test_ragicl_eval_chooses_the_same_on_both_machines_and_its_json_says_what_wa
     weighed, _ = evaluate(tmp_path / "unlabeled.json", "--tune-budget", str(budget))
     assert weighed["tune"]["shift"]["n_unlabeled"] == 4
     assert weighed["tune"]["params"] == tuned["params"]  # dev_weights "none": described, not weighted
+
+
+@pytest.mark.slow
+def test_ragicl_eval_and_tune_let_the_tuner_choose_the_retriever(trec_cli, smollm_path, machine, tmp_path, capsys):
+    machine(FAST)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--index", str(trec_cli / "idx"), "--test", str(trec_cli / "test.jsonl"), "--n", "4",
+                 "--k", "2", "--max-prompt-tokens", "256", "--lm", smollm_path, "--dev-size", "12",
+                 "--tune-budget", "none", "--tune-search", "dense,bm25", "--json", str(out)]) == 0
+    js = json.loads(out.read_text())
+    tuned = js["tune"]
+    assert list(tuned["retrievers"]) == ["dense", "bm25"] and tuned["retriever"] in ("dense", "bm25")
+    bm25 = [s for s in tuned["searched"] if s.get("search") == "bm25"]
+    assert sorted((s["k"], s["candidates"] or 0) for s in bm25) == [(2, 0), (2, 4)]  # every label; 4 of 6
+    note = " ".join(js["notes"])
+    assert "best dev accuracy by retriever: dense" in note
+    # the plain rows keep eval's own retriever; only 'ragicl best' may use another
+    assert {s["name"] for s in js["systems"]} >= {"retrieved-2", "ragicl best"}
+    capsys.readouterr()
+    # ragicl tune: --search makes the plain systems, the list adds the others
+    js = _tune(trec_cli, smollm_path, tmp_path / "tune.json", "--tune-budget", "none", "--search", "bm25",
+               "--tune-search", "bm25,dense")
+    assert list(js["retrievers"]) == ["bm25", "dense"]
+    assert all(s.get("search") in (None, "dense") for s in js["searched"])
+    assert "best dev accuracy by retriever: bm25" in capsys.readouterr().out

@@ -149,3 +149,52 @@ def test_unlabeled_queries_weigh_the_dev_queries_without_their_labels(trec, mach
     with pytest.raises(ValueError, match="dev_weights"):
         FusionTuner(machine(1e-4), TEMPLATE, dev_weights="all").fit(index)
     assert np.isfinite(res.dev_accuracy)
+
+
+@pytest.mark.slow
+def test_the_tuner_chooses_the_retriever_too_and_says_which_and_by_how_much(trec, machine, tmp_path):
+    """searches x selections: the tuner's own retriever makes the plain systems; BM25 is searched like the
+    other configurations (within the budget), its prompts are BM25's, and the result names each retriever's
+    best dev accuracy and the choice's."""
+    from ragicl import FusionClassifier, ICLClassifier
+
+    index = trec[0]
+    grid = {**GRID, "label_aware": (False,)}
+    tuner = FusionTuner(machine(1e-4), TEMPLATE, searches=("dense", "bm25"), **grid).fit(index)
+    res = tuner.result_
+    names = [(s["k"], s["candidates"], s.get("search")) for s in res.searched]
+    assert names[:2] == [(0, None, None), (2, None, None)]  # the plain systems first, with the tuner's retriever
+    assert set(names[2:]) == {(2, 2, None), (2, None, "bm25"), (2, 2, "bm25")} and len(names) == 5
+    assert [s["lm_tokens"] for s in res.searched[2:]] == sorted(s["lm_tokens"] for s in res.searched[2:])
+    # BM25 configurations are not plain systems: the baselines are the tuner's own retriever's
+    assert set(res.baselines) == {"zero-shot", "retrieved-2", "kNN vote k=8", "kNN vote k=32",
+                                  "kNN vote k=8 weighted", "kNN vote k=32 weighted"}
+    # each retriever's best dev accuracy, recomputed from the trials (LM settings only)
+    for name, search in (("dense", None), ("bm25", "bm25")):
+        accs = [t.accuracy for t in res.trials if t.params.get("search") == search and t.params["k"]
+                and t.params["knn_weight"] < 1.0]
+        assert res.retrievers[name] == max(accs)
+    assert list(res.retrievers) == ["dense", "bm25"]
+    assert "best dev accuracy by retriever: dense" in res.reason and "bm25" in res.reason
+    js = res.to_json()
+    assert js["retrievers"] == dict(res.retrievers) and js["retriever"] in ("dense", "bm25")
+    chosen = res.params.get("search", "dense")
+    assert tuner.best_estimator_.search == chosen and tuner.best_estimator_.icl_.search == chosen
+    # a BM25 prompt is BM25's: the same demonstrations ICLClassifier(search="bm25") retrieves
+    dev = tuner.dev_queries(index)[:5]
+    bm25 = FusionClassifier(machine(1e-4), TEMPLATE, k=2, search="bm25", candidates=None).fit(index)
+    plain_bm25 = ICLClassifier(machine(1e-4), TEMPLATE, k=2, search="bm25").fit(index)
+    dense = FusionClassifier(machine(1e-4), TEMPLATE, k=2, candidates=None).fit(index)
+    got = [p.included for p in bm25.plan(dev).prompts]
+    assert got == [p.included for p in plain_bm25.prompts(dev)]
+    assert got != [p.included for p in dense.plan(dev).prompts]  # the hash embedder's neighbours differ
+    # within a budget that holds only the plain systems, BM25 is skipped and said so
+    tight = FusionTuner(machine(1e-4), TEMPLATE, searches=("dense", "bm25"), lm_budget=0, **grid).fit(index).result_
+    assert [s.get("search") for s in tight.skipped].count("bm25") == 2
+    assert all(s["reason"].startswith("lm_budget") for s in tight.skipped)
+    with pytest.raises(ValueError, match="MDL"):
+        FusionTuner(machine(1e-4), TEMPLATE, selections=("topk", "mdl")).fit(index)
+    with pytest.raises(ValueError, match="unknown search"):
+        FusionTuner(machine(1e-4), TEMPLATE, searches=("bm2",)).fit(index)
+    with pytest.raises(ValueError, match="non-empty list"):
+        FusionTuner(machine(1e-4), TEMPLATE, searches="bm25").fit(index)

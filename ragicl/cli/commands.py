@@ -232,8 +232,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     index = ExampleIndex.load(args.index)
     template = prompt.template_for(index.dataset)
     warn_seconds_cap(best)
-    tuner = FusionTuner(lm.build(), template, max_prompt_tokens=prompt.max_prompt_tokens, selection=args.selection,
-                        ks=ks, seed=args.seed, **best.tuner_kwargs(len(ks), prompt.max_prompt_tokens)).fit(index)
+    kwargs = best.tuner_kwargs(len(ks), prompt.max_prompt_tokens, getattr(args, "search", "dense"), args.selection)
+    tuner = FusionTuner(lm.build(), template, max_prompt_tokens=prompt.max_prompt_tokens, ks=ks, seed=args.seed,
+                        **kwargs).fit(index)
     warn_small_budget(tuner.result_, best)
     print(tuner.result_.table())
     if args.json:

@@ -24,6 +24,8 @@ from .._exceptions import RagiclError
 from .checks import non_negative_int, positive_float, positive_int, report_error
 from .commands import cmd_demo, cmd_eval, cmd_finetune, cmd_index_build, cmd_tune
 from .options import (
+    SEARCHES,
+    TUNABLE_SELECTIONS,
     best_args,
     data_args,
     demo_args,
@@ -156,8 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", default=None, help="also write the choice and every trial as JSON to this file")
     t.add_argument("--ks", default="4,8,16", help="demonstrations per prompt to try, integers or 'max' (as many as "
                    "the budget holds); default 4,8,16")
-    t.add_argument("--selection", default="topk", choices=["topk", "balanced", "mmr"],
-                   help="how demonstrations are picked (default topk)")
+    t.add_argument("--selection", default="topk", choices=list(TUNABLE_SELECTIONS),
+                   help="how the plain systems' demonstrations are picked (default topk; --tune-selection tries "
+                        "others too)")
+    t.add_argument("--search", default="dense", choices=list(SEARCHES),
+                   help="how the plain systems' candidates are found: dense (the FAISS index, default), bm25 or "
+                        "hybrid (--tune-search tries others too)")
     t.add_argument("--seed", type=int, default=0, help="seed of the dev sample (default 0)")
     prompt_args(t)
     lm_args(t)

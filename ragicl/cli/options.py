@@ -153,6 +153,25 @@ def eval_args(p: argparse.ArgumentParser, *, k: int = 16) -> None:
 
 
 SELECTIONS = ["topk", "balanced", "mmr", "dpp", "votek", "mdl"]
+SEARCHES = ("dense", "bm25", "hybrid")
+TUNABLE_SELECTIONS = ("topk", "balanced", "mmr", "dpp", "votek")  # FusionTuner's; MDL scores with the LM itself
+
+
+def name_list(option: str, valid: tuple[str, ...]):
+    """argparse type of a comma-separated list of names among ``valid`` (a tuple, duplicates dropped).
+
+    >>> name_list("--tune-search", SEARCHES)("dense, bm25")
+    ('dense', 'bm25')
+    """
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        bad = [n for n in names if n not in valid]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(
+                f"got {text!r}{f' ({bad[0]!r} is not one)' if bad else ''}: expected a comma-separated list of "
+                f"{', '.join(valid)}, e.g. {option} {','.join(valid[:2])}")
+        return names
+    return parse
 
 
 def retrieval_args(g) -> None:
@@ -205,6 +224,17 @@ def best_args(p: argparse.ArgumentParser, *, toggles: bool = True) -> None:
                         f"their labels) only when its default dev_weights uses them: it is "
                         f"{default_tune('dev_weights')!r}, so they are "
                         f"{'' if default_tune('dev_weights') != 'none' else 'not '}given")
+    g.add_argument("--tune-search", type=name_list("--tune-search", SEARCHES), default=None, metavar="LIST",
+                   help="let the tuner choose how demonstrations are found too: a comma-separated list of "
+                        f"{', '.join(SEARCHES)} (default: --search only). --search makes the plain systems; each "
+                        "other one is tried with each k and candidate-label count, within --tune-budget (auto "
+                        "grows by one retrieved-k per other retriever), and the report gives each one's best dev "
+                        "accuracy")
+    g.add_argument("--tune-selection", type=name_list("--tune-selection", TUNABLE_SELECTIONS), default=None,
+                   metavar="LIST",
+                   help="the same for how demonstrations are chosen among the candidates: a comma-separated list "
+                        f"of {', '.join(TUNABLE_SELECTIONS)} (default: --selection only); every pair with "
+                        "--tune-search is tried")
     g.add_argument("--vote-dev-size", type=positive_int, default=None,
                    help="choose the kNN vote's size and temperature first, without the LM, by leave-one-out "
                         "accuracy over this many training queries (default: jointly on the dev queries)")

@@ -49,7 +49,7 @@ class PredictionsLog:
                 **({"rerank": o.rerank} if o.rerank else {}),
                 "instruction": p.instruction, "max_prompt_tokens": p.max_prompt_tokens, "seed": o.seed,
                 "dev_size": b.dev_size if b.best else None,
-                "tune_budget": b.identity(1, p.max_prompt_tokens) if b.best else None,
+                "tune_budget": b.identity(1, p.max_prompt_tokens, o.search, o.selection) if b.best else None,
                 **({"vote_dev_size": b.vote_dev_size} if b.vote_dev_size else {})}
 
     def start(self, notes: list[str]) -> dict[str, Any]:

@@ -100,6 +100,9 @@ class BestOptions:
     vote_dev_size: int | None = None
     tune_max_seconds: float | None = None
     tune_rule: str = "best"
+    #: the retrievers the tuner chooses among (None: the eval's --search / --selection only)
+    tune_searches: tuple[str, ...] | None = None
+    tune_selections: tuple[str, ...] | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BestOptions:
@@ -107,29 +110,45 @@ class BestOptions:
 
         return cls(getattr(args, "best", True), getattr(args, "vote", True), getattr(args, "dev_size", 150),
                    getattr(args, "tune_budget", AUTO_BUDGET), getattr(args, "vote_dev_size", None),
-                   getattr(args, "tune_max_seconds", None), getattr(args, "tune_rule", None) or default_tune("rule"))
+                   getattr(args, "tune_max_seconds", None), getattr(args, "tune_rule", None) or default_tune("rule"),
+                   getattr(args, "tune_search", None), getattr(args, "tune_selection", None))
 
-    def lm_budget(self, n_ks: int, max_prompt_tokens: int | None) -> int | None:
-        """The search's budget in LM tokens (None: no limit). ``"auto"``: ``(n_ks + 3) x dev_size x
-        max_prompt_tokens``, room for the plain systems (zero-shot is short; retrieved-k for each of the
-        ``n_ks`` k at most one full prompt per dev query) and three more configurations at full length;
-        shorter prompts fit more. Deterministic: the same on any machine."""
+    def other_retrievers(self, search: str, selection: str) -> int:
+        """How many ``(search, selection)`` pairs the tuner tries besides the plain systems' own."""
+        pairs = {(a, b) for a in self.tune_searches or (search,) for b in self.tune_selections or (selection,)}
+        return len(pairs - {(search, selection)})
+
+    def lm_budget(self, n_ks: int, max_prompt_tokens: int | None, other_retrievers: int = 0) -> int | None:
+        """The search's budget in LM tokens (None: no limit). ``"auto"``: ``(n_ks x (1 + other_retrievers) + 3)
+        x dev_size x max_prompt_tokens``, room for the plain systems (zero-shot is short; retrieved-k for each
+        of the ``n_ks`` k at most one full prompt per dev query), retrieved-k with each other retriever the
+        tuner tries, and three more configurations at full length; shorter prompts fit more. Deterministic:
+        the same on any machine."""
         from .options import AUTO_BUDGET, AUTO_EXTRA_PROMPTS
 
         if self.tune_budget != AUTO_BUDGET:
             return self.tune_budget  # type: ignore[return-value]
-        return (n_ks + AUTO_EXTRA_PROMPTS) * self.dev_size * (max_prompt_tokens or 1024)
+        return (n_ks * (1 + other_retrievers) + AUTO_EXTRA_PROMPTS) * self.dev_size * (max_prompt_tokens or 1024)
 
-    def tuner_kwargs(self, n_ks: int, max_prompt_tokens: int | None) -> dict[str, Any]:
-        """The :class:`~ragicl.estimators.tune.FusionTuner` keywords these options set."""
-        return {"dev_size": self.dev_size, "lm_budget": self.lm_budget(n_ks, max_prompt_tokens),
-                "max_seconds": self.tune_max_seconds, "rule": self.tune_rule, "vote_dev_size": self.vote_dev_size}
+    def tuner_kwargs(self, n_ks: int, max_prompt_tokens: int | None, search: str = "dense",
+                     selection: str = "topk") -> dict[str, Any]:
+        """The :class:`~ragicl.estimators.tune.FusionTuner` keywords these options set (``search`` and
+        ``selection``: the plain systems' retriever, e.g. eval's ``--search`` and ``--selection``)."""
+        other = self.other_retrievers(search, selection)
+        return {"dev_size": self.dev_size, "lm_budget": self.lm_budget(n_ks, max_prompt_tokens, other),
+                "max_seconds": self.tune_max_seconds, "rule": self.tune_rule, "vote_dev_size": self.vote_dev_size,
+                "search": search, "selection": selection, "searches": self.tune_searches,
+                "selections": self.tune_selections}
 
-    def identity(self, n_ks: int, max_prompt_tokens: int | None) -> dict[str, Any]:
+    def identity(self, n_ks: int, max_prompt_tokens: int | None, search: str = "dense",
+                 selection: str = "topk") -> dict[str, Any]:
         """What decides the tuned system's search beyond the dev set (a saved predictions file's
-        ``tune_budget``): the LM budget, the seconds cap and the rule."""
-        return {"lm_budget": self.lm_budget(n_ks, max_prompt_tokens), "max_seconds": self.tune_max_seconds,
-                "rule": self.tune_rule}
+        ``tune_budget``): the LM budget, the seconds cap, the rule and the retrievers tried."""
+        other = self.other_retrievers(search, selection)
+        return {"lm_budget": self.lm_budget(n_ks, max_prompt_tokens, other), "max_seconds": self.tune_max_seconds,
+                "rule": self.tune_rule,
+                **({"searches": list(self.tune_searches)} if self.tune_searches else {}),
+                **({"selections": list(self.tune_selections)} if self.tune_selections else {})}
 
 
 @dataclass(frozen=True)

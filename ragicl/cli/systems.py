@@ -89,10 +89,10 @@ def tune_best(index: Any, template: Any, *, lm: Any, opts: EvalOptions, best: Be
     from ..estimators.tune import FusionTuner
 
     model = lm.build() if isinstance(lm, LMSpec) else lm
-    kwargs = best.tuner_kwargs(1, prompt.max_prompt_tokens)
+    kwargs = best.tuner_kwargs(1, prompt.max_prompt_tokens, opts.search, opts.selection)
     warn_seconds_cap(best)
-    tuner = FusionTuner(model, template, max_prompt_tokens=prompt.max_prompt_tokens, selection=opts.selection,
-                        ks=(opts.k,), seed=opts.seed, **kwargs)
+    tuner = FusionTuner(model, template, max_prompt_tokens=prompt.max_prompt_tokens, ks=(opts.k,), seed=opts.seed,
+                        **kwargs)
     tuner.fit(index, unlabeled=unlabeled if uses_unlabeled() else None)
     res = tuner.result_
     if tuned is not None:
@@ -139,6 +139,9 @@ def _describe(params: Any) -> str:
         parts.append(f"{p['candidates']} candidate labels")
     if p.get("label_aware"):
         parts.append("label-aware prompt")
+    if p.get("search") is not None:
+        sel = p.get("selection", "topk")
+        parts.append(f"demonstrations by {p['search']}" + ("" if sel == "topk" else f" + {sel}"))
     if p.get("calibration", "none") != "none":
         parts.append(f"{p['calibration']} calibration")
     if p.get("output_temperature", 1.0) != 1.0:

@@ -58,6 +58,11 @@ class TuneResult:
     reproducible: bool = True
     #: what the unlabeled queries said (``fit(index, unlabeled=...)``), or None
     shift: Mapping[str, Any] | None = None
+    #: with several retrievers searched: the best dev accuracy of the LM settings with each ("dense", "bm25",
+    #: "dense+mmr"; the tuner's own first), else empty
+    retrievers: Mapping[str, float] = field(default_factory=dict)
+    #: the retriever of the chosen setting's prompts (None: not recorded)
+    retriever: str | None = None
 
     @property
     def reason(self) -> str:
@@ -75,7 +80,19 @@ class TuneResult:
         shift = f"; {self.shift['description']}" if self.shift else ""
         return (f"rule {self.rule!r}: {why}; dev accuracy {self.dev_accuracy:.3f} (log-loss "
                 f"{self.dev_log_loss:.3f}) on {self.n_dev} held-out training examples ({plain}){votes}"
-                f"{self._sharpened()}{shift}; {self.search_summary()}")
+                f"{self._sharpened()}{shift}{self.retriever_summary()}; {self.search_summary()}")
+
+    def retriever_summary(self) -> str:
+        """Which retriever the choice uses and how each did on dev (empty with one retriever searched)."""
+        if not self.retrievers:
+            return ""
+        own = next(iter(self.retrievers))
+        names = ", ".join(f"{name} {acc:.3f}" for name, acc in self.retrievers.items())
+        top, acc = max(self.retrievers.items(), key=lambda kv: kv[1])
+        lead = "" if top == own else f"; {top} {acc - self.retrievers[own]:+.3f} over {own}"
+        no_prompt = float(self.params.get("knn_weight", 0.0)) >= 1.0 or not self.params.get("k")
+        uses = "none (no demonstrations)" if no_prompt or self.retriever is None else self.retriever
+        return f"; retriever of the choice: {uses} (best dev accuracy by retriever: {names}{lead})"
 
     def search_summary(self) -> str:
         """What was searched: configurations scored and skipped, LM tokens used of the budget."""
@@ -119,6 +136,7 @@ class TuneResult:
                 "searched": [dict(s) for s in self.searched], "rule": self.rule, "rule_reason": self.rule_reason,
                 "lm_budget": self.lm_budget, "lm_tokens": self.lm_tokens, "max_seconds": self.max_seconds,
                 "reproducible": self.reproducible, "shift": None if self.shift is None else dict(self.shift),
+                "retrievers": dict(self.retrievers), "retriever": self.retriever,
                 "trials": [{"params": dict(t.params), "accuracy": t.accuracy, "log_loss": t.log_loss}
                            for t in self.trials],
                 "n_vote_dev": self.n_vote_dev,
@@ -132,6 +150,9 @@ def _config_name(cfg: Mapping[str, Any]) -> str:
     name = "zero-shot" if not cfg["k"] else f"k={cfg['k']}"
     if cfg.get("candidates") is not None:
         name += f", {cfg['candidates']} candidate labels"
+    if cfg.get("search") is not None:
+        selection = cfg.get("selection", "topk")
+        name += ", " + (cfg["search"] if selection == "topk" else f"{cfg['search']}+{selection}")
     return name + (", label-aware" if cfg.get("label_aware") else "")
 
 

@@ -53,9 +53,11 @@ def kind(params: Mapping[str, Any]) -> str:
 
 
 def plain_name(params: Mapping[str, Any]) -> str | None:
-    """The report's name of a plain system ("retrieved-8", "zero-shot", "kNN vote k=32 weighted"), or None."""
+    """The report's name of a plain system ("retrieved-8", "zero-shot", "kNN vote k=32 weighted"), or None.
+    Retrieval ICL with another retriever than the tuner's own (``params["search"]`` set) is not a plain
+    system: the plain ones are the baselines the report compares with."""
     k = kind(params)
-    if k == "plain" and params.get("candidate_mass") is None:
+    if k == "plain" and params.get("candidate_mass") is None and params.get("search") is None:
         return f"retrieved-{params['k']}" if params["k"] else "zero-shot"
     if k == "vote" and (params["knn_k"], params["knn_temperature"]) in PLAIN_VOTES:
         return vote_name(params["knn_k"], params["knn_temperature"])

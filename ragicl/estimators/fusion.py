@@ -197,8 +197,10 @@ class FusionClassifier(ParamsMixin):
 
     Parameters
     ----------
-    lm, template, k, max_prompt_tokens, selection, batch_size, device, seed, show_progress :
+    lm, template, k, max_prompt_tokens, selection, search, batch_size, device, seed, show_progress :
         as :class:`ICLClassifier` (the LM side). ``k`` may be larger than fits: the packer stops at the budget.
+        The vote always counts the dense index's neighbours; ``search`` and ``selection`` choose the prompt's
+        demonstrations (dense top-k reuses the vote's neighbours: no second search).
     knn_k : neighbours in the vote (default 64), independent of how many fit in the prompt.
     knn_temperature : softmax temperature over cosine scores (None = plain majority vote).
     knn_weight : mixing weight ``w`` of the vote, in [0, 1].
@@ -225,7 +227,8 @@ class FusionClassifier(ParamsMixin):
                  knn_temperature: float | None = 0.05, knn_weight: float = 0.5, candidates: int | None = None,
                  candidate_mass: float | None = None, label_aware: bool = True, calibration: str = "none", prior: Sequence[float] | None = None,
                  smoothing: float = 0.5, output_temperature: float = 1.0, batch_size: int | None = None,
-                 device: str = "auto", seed: int = 0, show_progress: bool | None = None) -> None:
+                 device: str = "auto", seed: int = 0, show_progress: bool | None = None,
+                 search: str = "dense") -> None:
         self.lm = lm
         self.template = template
         self.k = k
@@ -245,6 +248,7 @@ class FusionClassifier(ParamsMixin):
         self.device = device
         self.seed = seed
         self.show_progress = show_progress
+        self.search = search
 
     def _check_params(self) -> None:
         check_positive_int("knn_k", self.knn_k)
@@ -272,8 +276,8 @@ class FusionClassifier(ParamsMixin):
         self.icl_ = icl if icl is not None else ICLClassifier(
             self.lm, self.template, k=self.k if self.k == MANY_SHOT else max(check_k(self.k), 1),
             max_prompt_tokens=self.max_prompt_tokens,
-            selection=self.selection, batch_size=self.batch_size, device=self.device, seed=self.seed,
-            show_progress=self.show_progress).fit(index)
+            selection=self.selection, search=self.search, batch_size=self.batch_size, device=self.device,
+            seed=self.seed, show_progress=self.show_progress).fit(index)
         self.index_ = index
         self.k_ = resolve_k(self.k, self.icl_.packer_, len(index))
         self.classes_ = tuple(self.icl_.classes_)
@@ -340,7 +344,7 @@ class FusionClassifier(ParamsMixin):
     def _prompt_positions(self, examples: list[Example], nearest: np.ndarray) -> list[list[int]]:
         if self.k_ == 0:
             return [[] for _ in examples]
-        if self.selection == "topk":  # the vote's own neighbours, nearest first: no second search
+        if self.selection == "topk" and self.search == "dense":  # the vote's own neighbours: no second search
             return [[int(p) for p in row if p >= 0] for row in nearest]
         retrieved = self.icl_.retriever_.retrieve(self.index_, examples, n_candidates=2 * self.k_)
         return [list(r.positions) for r in retrieved]

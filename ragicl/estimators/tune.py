@@ -18,6 +18,11 @@ settings give the same search and the same choice on any machine. ``max_seconds`
 cap on top: a configuration it skips is listed with the reason, a warning is logged, and the result is marked
 not reproducible (``TuneResult.reproducible``).
 
+**Retrievers** (``searches`` x ``selections``, e.g. dense and BM25, top-k and MMR): the tuner's own
+``search``/``selection`` make the plain systems; every other pair is searched like the other configurations
+(each ``k`` and candidate-label count, cheapest first within the budget), and the result says which retriever
+won on dev and by how much (``TuneResult.retrievers``). The vote always counts the dense neighbours.
+
 **The choice** is made by ``rule`` (:mod:`ragicl.estimators._tune_rules`) over every setting's dev answers,
 optionally weighted toward the user's queries: ``fit(index, unlabeled=queries)`` takes unlabeled queries (the
 test inputs, no labels) and ``dev_weights`` says how they weigh the dev queries (label-prior shift, distance
@@ -68,6 +73,7 @@ from .vote import PLAIN_VOTES
 
 logger = logging.getLogger(__name__)
 
+TUNABLE_SELECTIONS = ("topk", "balanced", "mmr", "dpp", "votek")
 OUTPUT_TEMPERATURES = tuple(float(2.0 ** (-e / 4)) for e in range(-4, 17))  # 2 … 1/16, quarter octaves, 1 exact
 _now = time.perf_counter  # the clock of the optional seconds cap (tests substitute a simulated one)
 
@@ -91,13 +97,39 @@ def lm_configs(ks: Sequence[int | str], candidates: Sequence[int | None], label_
     return plain, extras
 
 
+def retriever_configs(ks: Sequence[int | str], candidates: Sequence[int | None],
+                      retrievers: Sequence[tuple[str, str]], n_labels: int, max_full_labels: int
+                      ) -> list[dict[str, Any]]:
+    """The prompt configurations of the other retrievers (``(search, selection)`` pairs): each ``k`` (not
+    zero-shot, which retrieves nothing) with each candidate-label count, in the natural prompt order; every
+    label is left out above ``max_full_labels`` labels, as for the label-aware order."""
+    ks = [k if k == MANY_SHOT else int(k) for k in ks]
+    out: list[dict[str, Any]] = []
+    for (search, selection), k, cand in itertools.product(retrievers, dict.fromkeys(ks), dict.fromkeys(candidates)):
+        cand = None if cand is None or cand >= n_labels else int(cand)
+        cfg = {"k": k, "candidates": cand, "label_aware": False, "search": search, "selection": selection}
+        if k == 0 or cfg in out or (cand is None and n_labels > max_full_labels):
+            continue
+        out.append(cfg)
+    return out
+
+
+def retriever_name(search: str, selection: str) -> str:
+    """``"dense"``, ``"bm25"``, ``"dense+mmr"``: how a prompt's demonstrations are found and chosen."""
+    return search if selection == "topk" else f"{search}+{selection}"
+
+
 class FusionTuner(ParamsMixin):
     """Grid search of :class:`FusionClassifier` settings on dev data carved from the training set.
 
     Parameters
     ----------
-    lm, template, max_prompt_tokens, selection, batch_size, device, show_progress : the LM side, as
-        :class:`ICLClassifier`.
+    lm, template, max_prompt_tokens, selection, search, batch_size, device, show_progress : the LM side, as
+        :class:`ICLClassifier`; ``search`` and ``selection`` are the retriever of the plain systems.
+    searches, selections : the retrievers to choose among (every pair; None = just ``search`` / ``selection``),
+        e.g. ``searches=("dense", "bm25", "hybrid")``. The pairs other than ``(search, selection)`` are tried
+        with each ``k`` and candidate-label count (not label-aware), within ``lm_budget``. ``"mdl"`` is not a
+        selection the tuner can try (it scores prompts with the LM itself).
     dev_size : dev queries drawn (seeded) from the indexed training examples; never shrunk.
     ks : demonstrations per prompt to try (``"max"`` = as many as the token budget holds: many-shot). Zero-shot
         and retrieved-k over every label for each of them are always scored.
@@ -143,7 +175,8 @@ class FusionTuner(ParamsMixin):
                  output_temperatures: Sequence[float] = OUTPUT_TEMPERATURES, batch_size: int | None = None,
                  device: str = "auto", seed: int = 0, vote_dev_size: int | None = None,
                  show_progress: bool | None = None, time_budget: float | None = None,
-                 min_dev_size: int | None = None) -> None:
+                 min_dev_size: int | None = None, search: str = "dense", searches: Sequence[str] | None = None,
+                 selections: Sequence[str] | None = None) -> None:
         self.lm = lm
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
@@ -171,6 +204,30 @@ class FusionTuner(ParamsMixin):
         self.show_progress = show_progress
         self.time_budget = time_budget
         self.min_dev_size = min_dev_size
+        self.search = search
+        self.searches = searches
+        self.selections = selections
+
+    def retrievers(self) -> list[tuple[str, str]]:
+        """Every ``(search, selection)`` pair searched, the tuner's own (that of the plain systems) first."""
+        from ..prompt.retrieve import check_search
+
+        own = (self.search, self.selection)
+        for name in ("searches", "selections"):
+            values = getattr(self, name)
+            if values is not None and (isinstance(values, str) or not len(values)):
+                raise ValueError(f"{name} must be a non-empty list of names or None, got {values!r}.")
+        searches = [self.search] if self.searches is None else list(self.searches)
+        selections = [self.selection] if self.selections is None else list(self.selections)
+        for search in searches:
+            check_search(search)
+        for selection in selections:
+            if selection not in TUNABLE_SELECTIONS and selection != self.selection:
+                raise ValueError(f"the tuner can try the selections {list(TUNABLE_SELECTIONS)}, got {selection!r}"
+                                 + (" (MDL scores candidate prompts with the LM itself: run it with ICLClassifier"
+                                    "(selection='mdl'))" if selection == "mdl" else "") + ".")
+        pairs = [own] + [(a, b) for a, b in itertools.product(searches, selections) if (a, b) != own]
+        return list(dict.fromkeys(pairs))
 
     def _seconds_cap(self) -> float | None:
         """``max_seconds``, or the deprecated ``time_budget`` mapped onto it; checked."""
@@ -211,6 +268,7 @@ class FusionTuner(ParamsMixin):
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < math.inf
                    for t in self.output_temperatures):
             raise ValueError(f"output_temperatures must be numbers > 0, got {list(self.output_temperatures)}.")
+        self.retrievers()
         return self._seconds_cap()
 
     def vote_grid(self, chosen: tuple[int, float | None] | None = None) -> list[tuple[int, float | None]]:
@@ -241,10 +299,17 @@ class FusionTuner(ParamsMixin):
         y = np.array([labels.index(ex.label) for ex in dev_examples], dtype=np.int64)
         ks = [check_k(k) for k in self.ks]
         ints = [k for k in ks if k != MANY_SHOT]
-        icl = ICLClassifier(self.lm, self.template, k=MANY_SHOT if MANY_SHOT in ks else max(max(ints, default=1), 1),
-                            max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
-                            batch_size=self.batch_size, device=self.device, seed=self.seed,
-                            show_progress=self.show_progress).fit(index)
+        k_icl = MANY_SHOT if MANY_SHOT in ks else max(max(ints, default=1), 1)
+        icl = ICLClassifier(self.lm, self.template, k=k_icl, max_prompt_tokens=self.max_prompt_tokens,
+                            selection=self.selection, search=self.search, batch_size=self.batch_size,
+                            device=self.device, seed=self.seed, show_progress=self.show_progress).fit(index)
+        retrievers = self.retrievers()
+        icls = {retrievers[0]: icl}
+        for search, selection in retrievers[1:]:  # the same loaded LM, another retriever
+            icls[(search, selection)] = ICLClassifier(
+                icl.lm_, self.template, k=k_icl, max_prompt_tokens=self.max_prompt_tokens, selection=selection,
+                search=search, batch_size=self.batch_size, device=self.device, seed=self.seed,
+                show_progress=self.show_progress).fit(index)
         depth = max(max(self.knn_ks), 32, 2 * icl.k_)
         vote_trials: tuple[Trial, ...] = ()
         first = None
@@ -256,12 +321,10 @@ class FusionTuner(ParamsMixin):
                         "%s (accuracy %.3f)", min(self.vote_dev_size, len(index)), *first, best_vote.accuracy)
         vote_grid = self.vote_grid(first)
         plain, extras = lm_configs(ks, self.candidates, self.label_aware, len(labels), self.max_full_labels)
+        extras += retriever_configs(ks, self.candidates, retrievers[1:], len(labels), self.max_full_labels)
         planned = []
         for cfg in plain + extras:
-            fc = FusionClassifier(self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens,
-                                  selection=self.selection, batch_size=self.batch_size, device=self.device,
-                                  seed=self.seed, show_progress=self.show_progress, candidate_mass=self.candidate_mass,
-                                  **cfg).fit(index, icl=icl)
+            fc = self._classifier(cfg).fit(index, icl=icls[_retriever(cfg, retrievers[0])])
             planned.append((cfg, fc, fc.plan(dev_examples, knn_k=depth)))
         n_plain = len(plain)
         order = list(range(n_plain)) + sorted(range(n_plain, len(planned)), key=lambda i: planned[i][2].lm_tokens)
@@ -319,17 +382,26 @@ class FusionTuner(ParamsMixin):
                             rule=self.rule, rule_reason=choice.reason, searched=tuple(searched),
                             lm_budget=self.lm_budget, lm_tokens=used, max_seconds=cap,
                             reproducible=not cut_by_clock,
-                            shift=None if shift is None else _shift_json(shift))
+                            shift=None if shift is None else _shift_json(shift),
+                            retrievers=retriever_accuracies(trials, retrievers[0]) if len(retrievers) > 1 else {},
+                            retriever=retriever_name(*_retriever(best.params, retrievers[0])))
         if cut_by_clock:
             logger.warning("tune: the %.0f s cap skipped %d configuration(s); another machine may choose otherwise "
                            "(budget the search with lm_budget instead)", cap, len(skipped))
         self.result_ = result
-        self.best_estimator_ = FusionClassifier(
-            self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens, selection=self.selection,
-            batch_size=self.batch_size, device=self.device, seed=self.seed, show_progress=self.show_progress,
-            prior=result.prior, candidate_mass=self.candidate_mass, **result.params).fit(index, icl=icl)
+        self.best_estimator_ = self._classifier(result.params, prior=result.prior).fit(
+            index, icl=icls[_retriever(result.params, retrievers[0])])
         logger.info("tune: %s", result.reason)
         return self
+
+    def _classifier(self, params: Mapping[str, Any], **extra: Any) -> FusionClassifier:
+        """A FusionClassifier with the tuner's LM side and ``params`` (their retriever, else the tuner's)."""
+        params = dict(params)
+        search, selection = params.pop("search", self.search), params.pop("selection", self.selection)
+        return FusionClassifier(self.lm, self.template, max_prompt_tokens=self.max_prompt_tokens,
+                                selection=selection, search=search, batch_size=self.batch_size, device=self.device,
+                                seed=self.seed, show_progress=self.show_progress,
+                                candidate_mass=self.candidate_mass, **params, **extra)
 
     def _why_skip(self, tokens: int, used: int, lm_seconds: float, spent: float, cap: float | None) -> str | None:
         """Why a configuration costing ``tokens`` LM tokens is not tried now (None: it is)."""
@@ -431,7 +503,24 @@ def best_output_temperature(p: np.ndarray, y: np.ndarray, temperatures: Sequence
 
 
 def _key(cfg: Mapping[str, Any]) -> tuple:
-    return (cfg["k"], cfg["candidates"], cfg["label_aware"])
+    return (cfg["k"], cfg["candidates"], cfg["label_aware"], cfg.get("search"), cfg.get("selection"))
+
+
+def _retriever(cfg: Mapping[str, Any], own: tuple[str, str]) -> tuple[str, str]:
+    return (cfg.get("search", own[0]), cfg.get("selection", own[1]))
+
+
+def retriever_accuracies(trials: Sequence[Trial], own: tuple[str, str]) -> dict[str, float]:
+    """The best dev accuracy of the settings that score the LM with each retriever (by
+    :func:`retriever_name`, the tuner's own first); the vote alone and zero-shot retrieve no demonstration."""
+    out: dict[str, float] = {}
+    for t in trials:
+        if float(t.params["knn_weight"]) >= 1.0 or not t.params["k"]:
+            continue
+        name = retriever_name(*_retriever(t.params, own))
+        out[name] = max(out.get(name, 0.0), t.accuracy)
+    mine = retriever_name(*own)
+    return {mine: out[mine], **out} if mine in out else out
 
 
 def _accuracy(p: np.ndarray, y: np.ndarray) -> float:
