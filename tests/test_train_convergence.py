@@ -90,11 +90,12 @@ def _v_weights(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("v_proj.weight")}
 
 
+@pytest.mark.parametrize("engine", ["ragicl", "hf"])
 @pytest.mark.parametrize("script, stop, best", [
     ([1.0, 0.8, 0.9, 0.85, 0.7], "early_stopping", 2),  # 2 evaluations without improvement: stop at step 4
     ([1.0, 0.9, 0.8], "epochs", 3),                      # still falling when the epoch limit came
 ])
-def test_early_stopping_restores_the_best_weights(smollm_lm, finetune_data, script, stop, best):
+def test_early_stopping_restores_the_best_weights(smollm_lm, finetune_data, script, stop, best, engine):
     """Dev losses scripted: the loop stops after `patience` evaluations without improvement, restores the
     weights of the best evaluation exactly, and records whether it converged and why."""
     from ragicl.training.config import TrainConfig
@@ -113,7 +114,7 @@ def test_early_stopping_restores_the_best_weights(smollm_lm, finetune_data, scri
         return script[len(seen_dev) - 1], 0.5
 
     cfg = TrainConfig(mode="value", epochs=len(script) / 3, batch_size=2, lr=1e-3, dev_fraction=0.25,
-                      eval_every=1, patience=2)
+                      eval_every=1, patience=2, engine=engine)
     res = train_model(smollm_lm, 8, loss_fn, config=cfg, kind="classification", longest=64, eval_fn=eval_fn,
                       strata=targets, show_progress=False)
     assert res.stop_reason == stop and res.converged == (stop == "early_stopping")
@@ -126,7 +127,8 @@ def test_early_stopping_restores_the_best_weights(smollm_lm, finetune_data, scri
     assert all(h["examples_seen"] == 2 * h["step"] for h in res.history)
 
 
-def test_best_weights_are_the_ones_kept(smollm_lm, finetune_data):
+@pytest.mark.parametrize("engine", ["ragicl", "hf"])
+def test_best_weights_are_the_ones_kept(smollm_lm, finetune_data, engine):
     """With inplace training the weights after each step are observable: the returned model holds exactly
     the weights of the best dev evaluation, not the last step's."""
     import copy
@@ -149,7 +151,7 @@ def test_best_weights_are_the_ones_kept(smollm_lm, finetune_data):
 
     res = train_model(own, 8, lambda m, b, pad, p: classification_loss(
         m, [prompts[i] for i in b], [targets[i] for i in b], label_ids, pad), config=TrainConfig(
-        mode="value", steps=4, batch_size=2, lr=1e-3, dev_fraction=0.25, eval_every=1, patience=2),
+        mode="value", steps=4, batch_size=2, lr=1e-3, dev_fraction=0.25, eval_every=1, patience=2, engine=engine),
         kind="classification", longest=64, eval_fn=eval_fn, strata=targets, inplace=True, show_progress=False)
     assert res.stop_reason == "early_stopping" and res.steps == 4
     final = _v_weights(res.lm.model)
@@ -157,14 +159,15 @@ def test_best_weights_are_the_ones_kept(smollm_lm, finetune_data):
     assert not all(torch.equal(final[n], after[4][n]) for n in final)  # the last step did change them
 
 
-def test_converged_run_scores_its_real_dev_split(smollm_lm, finetune_data, tmp_path):
+@pytest.mark.parametrize("engine", ["ragicl", "hf"])
+def test_converged_run_scores_its_real_dev_split(smollm_lm, finetune_data, tmp_path, engine):
     """Default-style training (epochs, real dev scoring): the recorded dev loss/accuracy are those of the
     saved model on the held-out examples, and the meta records the convergence fields."""
     from ragicl.training.checkpoint import split_dev
     from ragicl.training.config import TrainConfig
 
     prompts, targets, label_ids = finetune_data
-    cfg = TrainConfig(mode="value", epochs=2, batch_size=3, lr=1e-4, dev_fraction=0.25, seed=1)
+    cfg = TrainConfig(mode="value", epochs=2, batch_size=3, lr=1e-4, dev_fraction=0.25, seed=1, engine=engine)
     res = finetune(smollm_lm, prompts, targets, label_ids, config=cfg, out=tmp_path / "ft", show_progress=False)
     _, dev = split_dev(8, 0.25, 1000, 1, targets)
     # 6 training examples, 2 steps per epoch; the default cadence (a quarter epoch, at least 1 step) evaluates

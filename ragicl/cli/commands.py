@@ -64,7 +64,8 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(mode=args.mode, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, objective=args.objective, dev_fraction=args.dev_fraction,
                        patience=args.patience, eval_every=args.eval_every,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume)
+                       checkpoint_every=args.checkpoint_every, resume=args.resume,
+                       engine=getattr(args, "engine", "ragicl"))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

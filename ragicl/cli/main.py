@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default 5e-5)")
     f.add_argument("--seed", type=int, default=0, help="seed of the data order, dev split and LoRA init")
     f.add_argument("--force", action="store_true", help="train even if a matching checkpoint exists")
+    f.add_argument("--engine", default="ragicl", choices=["ragicl", "hf"],
+                   help="what runs the training loop: ragicl (its own, default; resumable checkpoints) or hf "
+                        "(transformers.Trainer: the same objective, schedule, early stopping and folder, with "
+                        "Trainer's launchers for mixed precision and several GPUs; no resumable checkpoint yet)")
     f.add_argument("--aux-fewshot", type=non_negative_int, default=0, metavar="K",
                    help="add the auxiliary K-shot loss (Lee, Sohn & Lee 2026) with shots retrieved from --index")
     f.add_argument("--index", default=None, help="index over the training set, for --aux-fewshot")

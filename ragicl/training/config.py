@@ -33,7 +33,7 @@ from typing import Any
 
 from .._exceptions import RagiclError
 
-__all__ = ["DEFAULT_EPOCHS", "MODES", "OBJECTIVES", "TrainConfig", "TrainConfigError", "resolve_config"]
+__all__ = ["DEFAULT_EPOCHS", "ENGINES", "MODES", "OBJECTIVES", "TrainConfig", "TrainConfigError", "resolve_config"]
 
 #: module-name suffixes trained by each mode (LoRA targets for ``"lora"``)
 MODES: dict[str, tuple[str, ...]] = {
@@ -42,6 +42,8 @@ MODES: dict[str, tuple[str, ...]] = {
     "value": ("v_proj",),
     "lora": ("q_proj", "v_proj"),
 }
+#: what runs the training loop: ragicl's own, or Hugging Face ``transformers.Trainer``
+ENGINES = ("ragicl", "hf")
 #: classification objectives of :func:`ragicl.training.finetune.finetune`
 OBJECTIVES = ("labels", "gold")
 #: the most passes over the training set when training to convergence (early stopping usually ends sooner)
@@ -102,6 +104,10 @@ class TrainConfig:
     checkpoint_every: steps between resumable checkpoints in the output folder (None: at every
     evaluation, or every 200 steps without a dev split; 0 disables).
     resume: continue from a checkpoint with the same settings and data found in the output folder.
+    engine: what runs the loop: ``"ragicl"`` (the default, :func:`ragicl.training.trainer.train_model`) or
+        ``"hf"`` (Hugging Face ``transformers.Trainer`` with the same objective, schedule, dev evaluation, early
+        stopping and best-weights restore, :mod:`ragicl.training.hf_engine`; it brings ``Trainer``'s mixed
+        precision and multi-GPU launch, but writes no resumable checkpoint yet).
 
     >>> TrainConfig(steps=8).with_overrides(lr=1e-4, batch_size=None).lr
     0.0001
@@ -124,8 +130,12 @@ class TrainConfig:
     eval_every: int | None = None
     checkpoint_every: int | None = None
     resume: bool = True
+    engine: str = "ragicl"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise TrainConfigError(f"engine must be one of {ENGINES}, got {self.engine!r}: 'ragicl' runs ragicl's "
+                                   "own loop, 'hf' the same training through transformers.Trainer.")
         if self.mode not in MODES:
             raise TrainConfigError(f"mode must be one of {sorted(MODES)}, got {self.mode!r}.")
         if self.objective not in OBJECTIVES:
@@ -190,7 +200,12 @@ class TrainConfig:
         return replace(self, **given) if given else self
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, but ``engine`` only when it is not the default (records and data fingerprints made
+        before it existed stay the same)."""
+        out = asdict(self)
+        if out["engine"] == ENGINES[0]:
+            del out["engine"]
+        return out
 
 
 def resolve_config(config: TrainConfig | None, **overrides: Any) -> TrainConfig:

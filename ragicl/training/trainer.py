@@ -230,6 +230,13 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
     from transformers import get_linear_schedule_with_warmup
 
     cfg = config
+    if cfg.engine == "hf":
+        from .hf_engine import train_model_hf
+
+        return train_model_hf(lm, n, loss_fn, config=cfg, kind=kind, longest=longest, eval_fn=eval_fn,
+                              strata=strata, rows_per_example=rows_per_example, max_rows=max_rows, out=out,
+                              inplace=inplace, show_progress=show_progress, fingerprint=fingerprint,
+                              on_step=on_step, meta_extra=meta_extra, lengths=lengths)
     if out is not None:
         ck.check_output(out)  # before any work: a folder of someone else's files is refused now, not after training
     frac = cfg.resolved_dev_fraction if eval_fn is not None else 0.0
@@ -350,12 +357,23 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
     finally:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
+    return _finish(model=model, target=target, tokenizer=tokenizer, cfg=cfg, st=st, n=n, n_train=n_train,
+                   n_dev=len(dev_idx), total=total, n_params=n_params, kind=kind, out=out, inplace=inplace,
+                   seconds=time.perf_counter() - t_start, meta_extra=meta_extra)
+
+
+def _finish(*, model: Any, target: TransformersLM, tokenizer: Any, cfg: TrainConfig, st: dict[str, Any], n: int,
+            n_train: int, n_dev: int, total: int, n_params: int, kind: str, out: str | os.PathLike | None,
+            inplace: bool, seconds: float, meta_extra: dict[str, Any] | None,
+            engine: dict[str, Any] | None = None) -> FinetuneResult:
+    """The end of a run, whichever loop ran it: the best dev-loss weights restored, LoRA merged, the
+    convergence record, the model saved as a new version of ``out`` (``engine``: what ran it, in the
+    record), the :class:`FinetuneResult`."""
     if st["best_weights"] is not None and st["best_step"] != st["step"]:
         logger.info("restoring the best dev-loss weights (step %d)", st["best_step"])
         _load_trainable(model, st["best_weights"])
-    seconds = time.perf_counter() - t_start
     losses = st["losses"]
-    conv = ck.convergence_meta(history=st["history"], stop_reason=st["stop_reason"], has_dev=bool(dev_idx),
+    conv = ck.convergence_meta(history=st["history"], stop_reason=st["stop_reason"], has_dev=bool(n_dev),
                                patience=cfg.patience, fast=cfg.fast, best_step=st["best_step"])
     logger.info("fine-tuned %d steps in %.1f s; loss %.4f -> %.4f; %s", st["step"], seconds, losses[0],
                 losses[-1], "converged (early stopping)" if conv["converged"] else
@@ -372,11 +390,11 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
     if out is not None:
         flat = {k: v for k, v in cfg.to_json().items() if not (k == "objective" and v == "labels")}
         meta = {"kind": kind, "base": target.name, **flat, "config": cfg.to_json(), "steps": st["step"],
-                "planned_steps": total, "examples": n, "train_examples": n_train, "dev_examples": len(dev_idx),
+                "planned_steps": total, "examples": n, "train_examples": n_train, "dev_examples": n_dev,
                 "examples_seen": st["examples_seen"], "epochs_seen": st["examples_seen"] / n_train,
                 "trainable_parameters": n_params, "seconds": round(seconds, 3), "final_loss": losses[-1],
                 "best_step": st["best_step"], **conv, "losses": losses, "dev_history": st["history"],
-                **(meta_extra or {})}
+                **(engine or {}), **(meta_extra or {})}
         path = ck.save_model(trained, tokenizer, out, meta, refuse_foreign=False)  # checked before training
     return FinetuneResult(path, seconds, tuple(losses), cfg.mode, st["step"], result_lm, conv["converged"],
                           st["stop_reason"], st["examples_seen"], conv["dev_loss"], conv["dev_accuracy"],
