@@ -282,3 +282,8 @@ def test_cli_finetune_defaults_to_convergence():
     args = build_parser().parse_args(["finetune", "--train", "t.jsonl", "--out", "o", "--steps", "16",
                                       "--patience", "2", "--checkpoint-every", "50", "--no-resume"])
     assert (args.steps, args.patience, args.checkpoint_every, args.resume) == (16, 2, 50, False)
+    from ragicl.cli.commands import train_config
+
+    assert train_config(args).engine == "ragicl"
+    hf = build_parser().parse_args(["finetune", "--train", "t.jsonl", "--out", "o", "--engine", "hf"])
+    assert train_config(hf).engine == "hf" and train_config(hf).to_json()["engine"] == "hf"
