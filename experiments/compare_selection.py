@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _bench_common import print_environment, print_table, save_json, setup_logging  # noqa: E402
+from _bench_common import print_environment, print_table, save_json, setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {

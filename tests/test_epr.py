@@ -13,14 +13,14 @@ from _selection_fakes import FakeLM, tiny_sentence_transformer
 
 pytest.importorskip("sentence_transformers")
 
-from ragicl._exceptions import DataError  # noqa: E402
-from ragicl.data import from_records, read_dataset  # noqa: E402
-from ragicl.index.core import ExampleIndex  # noqa: E402
-from ragicl.index.embed import get_embedder  # noqa: E402
-from ragicl.prompt.pack import Packer  # noqa: E402
-from ragicl.prompt.retrieve import Retriever  # noqa: E402
-from ragicl.prompt.template import PromptTemplate  # noqa: E402
-from ragicl.training.epr import RECORD, score_demonstrations, train_epr, triples  # noqa: E402
+from ragicl._exceptions import DataError
+from ragicl.data import from_records, read_dataset
+from ragicl.index.core import ExampleIndex
+from ragicl.index.embed import get_embedder
+from ragicl.prompt.pack import Packer
+from ragicl.prompt.retrieve import Retriever
+from ragicl.prompt.template import PromptTemplate
+from ragicl.training.epr import RECORD, score_demonstrations, train_epr, triples
 
 POS = ["a joy to watch", "funny and warm", "a superb cast", "moving and sharp", "great fun", "lovely film"]
 NEG = ["a dull mess", "far too long", "lifeless acting", "a tedious plot", "awful film", "boring and flat"]

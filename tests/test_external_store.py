@@ -9,17 +9,17 @@ import pytest
 
 pytest.importorskip("langchain_core", reason="the LangChain store tests need langchain-core")
 
-import faiss  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings  # noqa: E402
-from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
+import faiss
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
+from langchain_core.vectorstores import InMemoryVectorStore
 
-from ragicl._exceptions import DataError  # noqa: E402
-from ragicl.data import from_records, read_dataset  # noqa: E402
-from ragicl.index.core import ExampleIndex  # noqa: E402
-from ragicl.index.embed import HashEmbedder  # noqa: E402
-from ragicl.index.external import LangChainEmbedder, from_faiss, from_vectorstore, read_vectorstore  # noqa: E402
-from ragicl.prompt.retrieve import Retriever  # noqa: E402
+from ragicl._exceptions import DataError
+from ragicl.data import from_records, read_dataset
+from ragicl.index.core import ExampleIndex
+from ragicl.index.embed import HashEmbedder
+from ragicl.index.external import LangChainEmbedder, from_faiss, from_vectorstore, read_vectorstore
+from ragicl.prompt.retrieve import Retriever
 
 TEXTS = ["a gripping, funny film", "dull and far too long", "the cast is superb", "a mess of a plot",
          "warm and moving", "I want my two hours back", "sharp writing throughout", "flat, lifeless acting"]

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("bm25s")
 
-from langchain_core.prompts import FewShotPromptTemplate, PromptTemplate  # noqa: E402
+from langchain_core.prompts import FewShotPromptTemplate, PromptTemplate
 
-from ragicl import ExampleIndex, Retriever, read_dataset  # noqa: E402
-from ragicl.integrations.langchain import RagiclExampleSelector  # noqa: E402
+from ragicl import ExampleIndex, Retriever, read_dataset
+from ragicl.integrations.langchain import RagiclExampleSelector
 
 
 @pytest.fixture(scope="module")

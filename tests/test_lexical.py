@@ -16,16 +16,15 @@ import pytest
 
 pytest.importorskip("bm25s", reason="BM25 needs bm25s: pip install 'ragicl[retrieval]'")
 
-import bm25s  # noqa: E402
+import bm25s
+from conftest import dataset_path
 
-from ragicl import _atomic  # noqa: E402
-from ragicl._exceptions import IndexFormatError  # noqa: E402
-from ragicl.data import from_records, read_dataset  # noqa: E402
-from ragicl.index.core import ExampleIndex  # noqa: E402
-from ragicl.index.lexical import BM25_METHODS, LexicalIndex, top_positions  # noqa: E402
-from ragicl.prompt.retrieve import Retriever  # noqa: E402
-
-from conftest import dataset_path  # noqa: E402
+from ragicl import _atomic
+from ragicl._exceptions import IndexFormatError
+from ragicl.data import from_records, read_dataset
+from ragicl.index.core import ExampleIndex
+from ragicl.index.lexical import BM25_METHODS, LexicalIndex, top_positions
+from ragicl.prompt.retrieve import Retriever
 
 DOCS = ["the cat sat on the mat", "a dog chased the cat", "stock markets fell sharply today",
         "the market for cat food grew", "dogs and cats living together", "interest rates rise again",

@@ -24,7 +24,7 @@ from ragicl.prompt.select_votek import vote_graph, votek_pool, votek_rank
 from ragicl.prompt.step import PromptStep
 from ragicl.prompt.template import PromptTemplate
 
-WORDS = "red green blue cat dog film great awful plot actor music slow fast funny dull".split()
+WORDS = ["red", "green", "blue", "cat", "dog", "film", "great", "awful", "plot", "actor", "music", "slow", "fast", "funny", "dull"]
 
 
 def _synthetic(n=60, seed=0):
