@@ -99,7 +99,7 @@ class BestOptions:
     tune_budget: int | str | None = "auto"
     vote_dev_size: int | None = None
     tune_max_seconds: float | None = None
-    tune_rule: str = "best"
+    tune_rule: str = "one-se"
     #: the retrievers the tuner chooses among (None: the eval's --search / --selection only)
     tune_searches: tuple[str, ...] | None = None
     tune_selections: tuple[str, ...] | None = None
