@@ -36,16 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import checkpoint as ck
+from ._common import FinetuneResult, StepProgress, _amp_dtype, _prepare, _resolve_lm, _trainable_state, finish
 from .config import TrainConfig, default_eval_every
-from .trainer import (
-    FinetuneResult,
-    StepProgress,
-    _amp_dtype,
-    _finish,
-    _prepare,
-    _resolve_lm,
-    _trainable_state,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +160,7 @@ def train_model_hf(lm: Any, n: int, loss_fn: Callable[..., Any], *, config: Trai
         trainer.remove_callback(PrinterCallback)  # progress goes to ragicl's logger, not print()
         trainer.train()
     model = trainer.model
-    return _finish(model=model, target=target, tokenizer=tokenizer, cfg=cfg, st=st, n=n, n_train=n_train,
+    return finish(model=model, target=target, tokenizer=tokenizer, cfg=cfg, st=st, n=n, n_train=n_train,
                    n_dev=len(dev_idx), total=total, n_params=n_params, kind=kind, out=out, inplace=inplace,
                    seconds=time.perf_counter() - t0, meta_extra=meta_extra,
                    engine={"trainer": f"transformers.Trainer {transformers.__version__}",
