@@ -85,18 +85,6 @@ def test_tune_search_and_selection_lists_grow_the_auto_budget_and_the_identity()
     (["--tune-search", "dense,bm2"], ["--tune-search", "'bm2' is not one", "dense, bm25, hybrid"]),
     (["--tune-search", ","], ["--tune-search", "expected a comma-separated list"]),
     (["--tune-selection", "topk,mdl"], ["--tune-selection", "'mdl' is not one", "votek"]),
-])
-def test_bad_retriever_lists_exit_2_naming_the_option(argv, expected, capsys):
-    for command in (["eval", "--index", "i", "--test", "t"], ["tune", "--index", "i"]):
-        with pytest.raises(SystemExit) as exit_:
-            main(command + argv)
-        assert exit_.value.code == 2
-        err = capsys.readouterr().err
-        for text in expected:
-            assert text in err, err
-
-
-@pytest.mark.parametrize("argv, expected", [
     (["--tune-budget", "600.0"], ["--tune-budget", "no longer seconds", "--tune-max-seconds"]),
     (["--tune-budget", "600s"], ["--tune-budget", "no longer seconds"]),
     (["--tune-rule", "luck"], ["--tune-rule", "invalid choice", "one-se"]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -16,11 +17,39 @@ from typing import Any
 from .._exceptions import require
 from ..lm.hf import LanguageModel, TransformersLM
 from . import checkpoint as ck
-from .config import MODES, TrainConfig
+from .config import MODES, TrainConfig, default_eval_every
 
 logger = logging.getLogger("ragicl.training.trainer")
 
 LORA_RANK = 8
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The shape of a run, the same for both loops: the train/dev split, examples per step, steps."""
+
+    train_idx: list[int]
+    dev_idx: list[int]
+    per_step: int
+    steps_per_epoch: int
+    total: int
+    eval_every: int
+
+
+def plan_run(n: int, cfg: TrainConfig, *, has_eval: bool, strata: Any, out: Any) -> RunPlan:
+    """Check ``out`` (a folder of someone else's files is refused before any work), split the dev set
+    (seeded, stratified) and count the steps of a run over ``n`` examples."""
+    if out is not None:
+        ck.check_output(out)
+    frac = cfg.resolved_dev_fraction if has_eval else 0.0
+    train_idx, dev_idx = ck.split_dev(n, frac, cfg.max_dev_examples, cfg.seed, strata)
+    if frac > 0 and not dev_idx:
+        logger.warning("only %d example(s): no dev split, so no early stopping", n)
+    per_step = min(cfg.batch_size, len(train_idx))
+    steps_per_epoch = math.ceil(len(train_idx) / per_step)
+    total = cfg.steps if cfg.fast else max(1, math.ceil(cfg.resolved_epochs * steps_per_epoch))
+    return RunPlan(train_idx, dev_idx, per_step, steps_per_epoch, total,
+                   cfg.eval_every or default_eval_every(steps_per_epoch))
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import checkpoint as ck
-from ._common import FinetuneResult, StepProgress, _amp_dtype, _prepare, _resolve_lm, _trainable_state, finish
-from .config import TrainConfig, default_eval_every
+from ._common import (
+    FinetuneResult,
+    StepProgress,
+    _amp_dtype,
+    _prepare,
+    _resolve_lm,
+    _trainable_state,
+    finish,
+    plan_run,
+)
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +79,10 @@ def train_model_hf(lm: Any, n: int, loss_fn: Callable[..., Any], *, config: Trai
     from transformers.trainer_callback import PrinterCallback
 
     cfg = config
-    if out is not None:
-        ck.check_output(out)  # before any work, as ragicl's own loop
-    frac = cfg.resolved_dev_fraction if eval_fn is not None else 0.0
-    train_idx, dev_idx = ck.split_dev(n, frac, cfg.max_dev_examples, cfg.seed, strata)
-    if frac > 0 and not dev_idx:
-        logger.warning("only %d example(s): no dev split, so no early stopping", n)
+    run = plan_run(n, cfg, has_eval=eval_fn is not None, strata=strata, out=out)
+    train_idx, dev_idx, per_step, total, eval_every = (run.train_idx, run.dev_idx, run.per_step, run.total,
+                                                      run.eval_every)
     n_train = len(train_idx)
-    per_step = min(cfg.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / per_step)
-    total = cfg.steps if cfg.fast else max(1, math.ceil(cfg.resolved_epochs * steps_per_epoch))
-    eval_every = cfg.eval_every or default_eval_every(steps_per_epoch)
     micro, accumulate = micro_batches(per_step, max_rows, rows_per_example)
 
     target = _resolve_lm(lm, inplace, longest)

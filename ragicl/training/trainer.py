@@ -31,9 +31,10 @@ from ._common import (  # FinetuneResult, StepProgress, trainable_names: re-expo
     _resolve_lm,
     _trainable_state,
     finish,
+    plan_run,
     trainable_names,
 )
-from .config import TrainConfig, default_eval_every
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +113,10 @@ def train_model(lm: str | LanguageModel, n: int, loss_fn: Callable[..., Any], *,
                               strata=strata, rows_per_example=rows_per_example, max_rows=max_rows, out=out,
                               inplace=inplace, show_progress=show_progress, fingerprint=fingerprint,
                               on_step=on_step, meta_extra=meta_extra, lengths=lengths)
-    if out is not None:
-        ck.check_output(out)  # before any work: a folder of someone else's files is refused now, not after training
-    frac = cfg.resolved_dev_fraction if eval_fn is not None else 0.0
-    train_idx, dev_idx = ck.split_dev(n, frac, cfg.max_dev_examples, cfg.seed, strata)
-    if frac > 0 and not dev_idx:
-        logger.warning("only %d example(s): no dev split, so no early stopping", n)
+    run = plan_run(n, cfg, has_eval=eval_fn is not None, strata=strata, out=out)
+    train_idx, dev_idx, per_step, total, eval_every = (run.train_idx, run.dev_idx, run.per_step, run.total,
+                                                      run.eval_every)
     n_train = len(train_idx)
-    per_step = min(cfg.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / per_step)
-    total = cfg.steps if cfg.fast else max(1, math.ceil(cfg.resolved_epochs * steps_per_epoch))
-    eval_every = cfg.eval_every or default_eval_every(steps_per_epoch)
     ckpt_every = cfg.checkpoint_every if cfg.checkpoint_every is not None else (eval_every if dev_idx else 200)
     ckpt_every = ckpt_every if out is not None else 0
     fingerprint = ck.data_fingerprint(fingerprint, kind, n, cfg.to_json())
