@@ -21,11 +21,18 @@ argmax agreement.
 the first ``--n`` SST-2 test queries, systems interleaved per round (``--rounds``): the llama-cpp-python
 server with 1 and 4 requests in flight (response cache off), in-process ``LlamaCppLM`` on the same GGUF,
 ``TransformersLM``. Min and median seconds, queries/s, tokens/s, accuracy, and whether the prompts equal
-the saved ones.
+the saved ones. ``--slots N`` adds N server processes behind one URL, each request sent to the least busy
+(``tests/_llama_server.Slots``): llama-cpp-python's server decodes one request at a time, so this stands in
+for a server with N parallel slots (llama.cpp's ``llama-server --parallel``, vLLM), using N cores. With ``--best``, "ragicl best" is timed the same way: ``FusionTuner`` (its defaults,
+``--tune-dev`` dev queries drawn from the training split) is fitted once on ``TransformersLM`` and its choice
+saved (``runs/engines/best-params.json``); that configuration, as a ``FusionClassifier`` on each system's LM,
+predicts the same queries (only the prompts of the labels it scores reach the LM). ``--tune-on`` also times the
+tuning itself through the named systems (one fit each, not interleaved) and says whether each chose the same.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_engines.py agree --dataset sst2 --n 500 --engines hf,f32,q4,server
     python benchmarks/bench_engines.py report --datasets sst2,trec
     OMP_NUM_THREADS=1 python benchmarks/bench_engines.py throughput --n 40 --rounds 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_engines.py throughput --n 20 --rounds 2 --slots 2 --best --tune-on hf,server4
 """
 
 from __future__ import annotations
@@ -245,8 +252,29 @@ def report(datasets: list[str], json_path: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------ throughput
+SYSTEMS = {"server1": "server, 1 in flight", "server4": "server, 4 in flight", "q4": "LlamaCppLM Q4_1 in process",
+           "hf": "TransformersLM float32"}
+
+
+def tuned_params(index, hf_lm, dev_size: int) -> dict:
+    """"ragicl best"'s configuration on SST-2, tuned once on ``TransformersLM`` (saved, then read back)."""
+    from ragicl import FusionTuner
+
+    path = OUT / f"best-params-dev{dev_size}.json"
+    if path.exists():
+        return json.loads(path.read_text()) | {"fresh": False}
+    t = time.perf_counter()
+    tuner = FusionTuner(lm=hf_lm, dev_size=dev_size, device="cpu", show_progress=False).fit(index)
+    saved = {"params": json.loads(json.dumps(dict(tuner.result_.params))), "prior": tuner.result_.prior, "reason": tuner.result_.reason,
+             "lm_tokens": tuner.result_.lm_tokens, "seconds": time.perf_counter() - t, "dev_size": dev_size}
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=1))
+    print(f"# tuned ragicl best on TransformersLM in {saved['seconds']:.0f} s: {saved['reason']}", flush=True)
+    return saved | {"fresh": True, "load": load_average()}
+
+
 def throughput(args) -> None:
-    from ragicl import ICLClassifier, TransformersLM
+    from ragicl import FusionClassifier, FusionTuner, ICLClassifier, TransformersLM
 
     saved = prepare("sst2", args.n, TransformersLM(LM_NAME, device="cpu"))
     index = load_index("sst2")
@@ -255,22 +283,58 @@ def throughput(args) -> None:
     expected = saved["prompts"][: args.n]
     results: dict[str, list[float]] = {}
     accuracy: dict[str, float] = {}
-    same_prompts: dict[str, bool] = {}
+    same_prompts: dict[str, bool | str] = {}
+    lm_tokens: dict[str, int] = {}
     tokens = sum(len(p) for p in expected)
+    best = tuned_params(index, TransformersLM(LM_NAME, device="cpu"), args.tune_dev) if args.best else None
+    tune_rows = []
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(llama_server())
-        systems = {
-            "server, 1 in flight": stack.enter_context(engine("server", server=server, concurrency=1)),
-            "server, 4 in flight": stack.enter_context(engine("server", server=server, concurrency=4)),
-            "LlamaCppLM Q4_1 in process": stack.enter_context(engine("q4")),
-            "TransformersLM float32": stack.enter_context(engine("hf")),
+        lms = {
+            "server1": stack.enter_context(engine("server", server=server, concurrency=1)),
+            "server4": stack.enter_context(engine("server", server=server, concurrency=4)),
+            "q4": stack.enter_context(engine("q4")),
+            "hf": stack.enter_context(engine("hf")),
         }
-        clfs = {name: ICLClassifier(lm=lm, k=8, device="cpu", show_progress=False).fit(index)
-                for name, lm in systems.items()}
+        if args.slots > 1:  # more server processes behind one URL: a server with parallel slots
+            from _llama_server import Slots
+
+            more = [stack.enter_context(llama_server()) for _ in range(args.slots - 1)]
+            pool = stack.enter_context(Slots([server.url] + [m.url for m in more]))
+            SYSTEMS["slots"] = f"server, {args.slots} slots (1 thread each), {max(4, args.slots)} in flight"
+            lms["slots"] = stack.enter_context(engine("server", server=pool, concurrency=max(4, args.slots)))
+        clfs = {f"retrieved-8, {SYSTEMS[key]}": ICLClassifier(lm=lm, k=8, device="cpu", show_progress=False).fit(index)
+                for key, lm in lms.items()}
         for name, clf in clfs.items():  # load weights, probe the server, check the prompts (untimed)
             got = [list(p.token_ids) for p in clf.prompts(examples)]
             same_prompts[name] = got == expected
             clf.predict_proba(examples[:2])
+            lm_tokens[name] = tokens
+        if best is not None:
+            for key, lm in lms.items():
+                name = f"ragicl best, {SYSTEMS[key]}"
+                clf = FusionClassifier(lm, device="cpu", show_progress=False, **best["params"],
+                                       prior=best["prior"]).fit(index)
+                plan = clf.plan(examples)
+                lm_tokens[name] = plan.lm_tokens
+                same_prompts[name] = "n/a"  # its prompts are label-aware; the LM tokens column says what was scored
+                clf.predict_proba(examples[:2])
+                clfs[name] = clf
+            for key in (args.tune_on.split(",") if args.tune_on else []):
+                if key == "hf" and best["fresh"]:  # that tuning just ran in this process: its time is the row
+                    tune_rows.append({"tuned through": SYSTEMS[key], "seconds": best["seconds"],
+                                      "LM tokens": best["lm_tokens"], "LM tokens/s": best["lm_tokens"] / best["seconds"],
+                                      "same choice as TransformersLM": True, "choice": json.dumps(best["params"])})
+                    continue
+                t = time.perf_counter()
+                tuner = FusionTuner(lm=lms[key], dev_size=args.tune_dev, device="cpu", show_progress=False).fit(index)
+                seconds = time.perf_counter() - t
+                tune_rows.append({"tuned through": SYSTEMS[key], "seconds": seconds,
+                                  "LM tokens": tuner.result_.lm_tokens,
+                                  "LM tokens/s": tuner.result_.lm_tokens / seconds,
+                                  "same choice as TransformersLM": json.loads(json.dumps(dict(tuner.result_.params))) == best["params"],
+                                  "choice": json.dumps(dict(tuner.result_.params))})
+                print(f"# tuned through {SYSTEMS[key]} in {seconds:.0f} s, load {load_average()}", flush=True)
         for r in range(args.rounds):
             order = list(clfs) if r % 2 == 0 else list(reversed(clfs))
             for name in order:
@@ -280,11 +344,17 @@ def throughput(args) -> None:
                 accuracy[name] = float((probs.argmax(1) == gold_idx).mean())
                 print(f"# round {r + 1} {name}: {results[name][-1]:.1f} s, load {load_average()}", flush=True)
     rows = [{"system": name, "min s": min(ts), "median s": median(ts), "queries/s (best)": args.n / min(ts),
-             "queries/s (median)": args.n / median(ts), "prompt tokens/s (best)": tokens / min(ts),
-             "accuracy": accuracy[name], "prompts = saved": same_prompts[name]} for name, ts in results.items()]
-    print(f"\n{args.n} SST-2 queries, {tokens} prompt tokens, {args.rounds} rounds")
+             "queries/s (median)": args.n / median(ts), "LM tokens": lm_tokens[name],
+             "LM tokens/s (best)": lm_tokens[name] / min(ts), "accuracy": accuracy[name],
+             "prompts = saved": same_prompts[name]} for name, ts in results.items()]
+    print(f"\n{args.n} SST-2 queries, {tokens} retrieved-8 prompt tokens, {args.rounds} rounds")
+    if best is not None:
+        print(f"ragicl best: {json.dumps(best['params'])} (tuned on TransformersLM, {best['dev_size']} dev queries)")
     print_table(rows)
-    save_json(args.json, {"throughput": rows, "n": args.n, "rounds": args.rounds, "times": results})
+    if tune_rows:
+        print_table(tune_rows)
+    save_json(args.json, {"throughput": rows, "n": args.n, "rounds": args.rounds, "times": results,
+                          "best": best, "tuning": tune_rows})
 
 
 def main(argv=None) -> None:
@@ -301,8 +371,18 @@ def main(argv=None) -> None:
     t = sub.add_parser("throughput", help="queries/s: server (1 and 4 in flight) vs in process")
     t.add_argument("--n", type=int, default=40)
     t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--slots", type=int, default=1,
+                   help="also run N llama-cpp-python servers behind one URL (a server with N parallel slots)")
+    t.add_argument("--best", action="store_true", help='also time "ragicl best" (tuned once on TransformersLM)')
+    t.add_argument("--tune-dev", type=int, default=100, help="dev queries of that tuning")
+    t.add_argument("--tune-on", default="", help=f"also time the tuning through these systems ({','.join(SYSTEMS)})")
     t.add_argument("--json")
     args = p.parse_args(argv)
+    if args.cmd == "throughput" and args.tune_on and not args.best:
+        p.error("--tune-on needs --best")
+    allowed = list(SYSTEMS) + (["slots"] if args.cmd == "throughput" and args.slots > 1 else [])
+    if args.cmd == "throughput" and set(filter(None, args.tune_on.split(","))) - set(allowed):
+        p.error(f"--tune-on takes systems from {','.join(allowed)}, got {args.tune_on!r}")
     print_environment("cpu")
     if args.cmd == "agree":
         from ragicl import TransformersLM

@@ -4,7 +4,9 @@
 package ships (the same weights ``TransformersLM("SmolLM2-135M-Instruct")`` de-quantizes). :class:`Chaos`
 is a plain HTTP proxy that forwards to it and, per its ``mode``, answers some requests with 503, delays
 them past the client's timeout, or strips the log-probs from the answers: the server failures a client
-must survive, over real sockets.
+must survive, over real sockets. :class:`Slots` puts several such servers behind one URL, each request
+going to the least busy: a server with parallel slots, which llama-cpp-python's is not (it decodes one
+request at a time behind a global lock).
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ class Chaos:
                     return
                 if chaos.mode == "slow" and first and method == "POST":
                     time.sleep(chaos.delay)
-                url = chaos.target.rsplit("/v1", 1)[0] + self.path
+                target = chaos.acquire()
+                url = target.rsplit("/v1", 1)[0] + self.path
                 req = urllib.request.Request(url, data=body, method=method,
                                              headers={"Content-Type": "application/json"})
                 try:
@@ -137,6 +140,8 @@ class Chaos:
                         status, data = resp.status, resp.read()
                 except urllib.error.HTTPError as err:
                     status, data = err.code, err.read()
+                finally:
+                    chaos.release(target)
                 if chaos.mode == "no-logprobs" and status == 200 and method == "POST":
                     payload = json.loads(data)
                     for choice in payload.get("choices", []):
@@ -164,6 +169,13 @@ class Chaos:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
+    def acquire(self) -> str:
+        """The ``/v1`` root this request goes to."""
+        return self.target
+
+    def release(self, target: str) -> None:
+        """That request is answered."""
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -175,3 +187,28 @@ class Chaos:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+
+class Slots(Chaos):
+    """One ``/v1`` URL over several servers (``targets``), each request forwarded to the one with the fewest
+    requests in flight: a server with ``len(targets)`` parallel slots. ``served[i]`` counts what each got."""
+
+    def __init__(self, targets: list[str]) -> None:
+        self.targets = [t.rstrip("/") for t in targets]
+        self.inflight = dict.fromkeys(self.targets, 0)
+        self.served = dict.fromkeys(self.targets, 0)
+        self.peak = 0  # the most requests in flight at once, over all servers
+        super().__init__(self.targets[0], "pass")
+
+    def acquire(self) -> str:
+        with self.lock:
+            target = min(self.targets, key=lambda t: (self.inflight[t], self.served[t]))
+            self.inflight[target] += 1
+            self.served[target] += 1
+            self.peak = max(self.peak, sum(self.inflight.values()))
+        return target
+
+    def release(self, target: str) -> None:
+        with self.lock:
+            self.inflight[target] -= 1

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from _llama_server import MODEL_ALIAS, Chaos, start_server
+from _llama_server import MODEL_ALIAS, Chaos, Slots, start_server
 
 from ragicl import ExampleIndex, ICLClassifier, read_dataset
 from ragicl.lm._http import ServerError
@@ -157,6 +157,21 @@ def test_503s_are_retried_and_change_nothing(server, sst2, clean, tmp_path):
         got = proba(lm, index, test.subset(range(4)))
     assert lm.stats.retries > 0
     np.testing.assert_allclose(got, clean[0][:4], atol=1e-5)
+
+
+def test_requests_in_flight_fill_a_servers_parallel_slots(server, sst2, clean, tmp_path):
+    """Two server processes behind one URL stand in for a server with two slots: the client keeps both busy
+    (its requests overlap) and the scores are those of one server."""
+    index, test = sst2
+    second = start_server(tmp_path)
+    try:
+        with Slots([server.url, second.url]) as slots:
+            got = proba(server_lm(slots.url, tmp_path, cache=False), index, test)
+    finally:
+        second.stop()
+    assert slots.peak == 2, f"the client never had 2 requests in flight (peak {slots.peak})"
+    assert all(n > 0 for n in slots.served.values()), slots.served
+    np.testing.assert_allclose(got, clean[0], atol=1e-5)
 
 
 def test_slow_answers_time_out_and_are_retried(server, sst2, tmp_path):

@@ -272,16 +272,15 @@ class FusionTuner(ParamsMixin):
         ks = [check_k(k) for k in self.ks]
         ints = [k for k in ks if k != MANY_SHOT]
         k_icl = MANY_SHOT if MANY_SHOT in ks else max(max(ints, default=1), 1)
-        icl = ICLClassifier(self.lm, self.template, k=k_icl, max_prompt_tokens=self.max_prompt_tokens,
-                            selection=self.selection, search=self.search, batch_size=self.batch_size,
-                            device=self.device, seed=self.seed, show_progress=self.show_progress).fit(index)
         retrievers = self.retrievers()
-        icls = {retrievers[0]: icl}
-        for search, selection in retrievers[1:]:  # the same loaded LM, another retriever
+        icls: dict[tuple[str, str], ICLClassifier] = {}
+        for search, selection in retrievers:  # one loaded LM (the first's), each retriever
             icls[(search, selection)] = ICLClassifier(
-                icl.lm_, self.template, k=k_icl, max_prompt_tokens=self.max_prompt_tokens, selection=selection,
-                search=search, batch_size=self.batch_size, device=self.device, seed=self.seed,
+                icls[retrievers[0]].lm_ if icls else self.lm, self.template, k=k_icl,
+                max_prompt_tokens=self.max_prompt_tokens, selection=selection, search=search,
+                batch_size=self.batch_size, device=self.device, seed=self.seed,
                 show_progress=self.show_progress).fit(index)
+        icl = icls[retrievers[0]]
         depth = max(max(self.knn_ks), 32, 2 * icl.k_)
         vote_trials: tuple[Trial, ...] = ()
         first = None

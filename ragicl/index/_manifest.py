@@ -114,8 +114,8 @@ _SCHEMA: dict[str, tuple[Callable[[Any], bool], str, int | None]] = {
                          "null or a version folder name 'v-' + 12 hex digits (a folder inside this one)", None),
     "own_versions": (lambda v: isinstance(v, list) and all(_version(x) for x in v),
                      "a list of version folder names 'v-' + 12 hex digits", 3),
-    "lexical": (_lexical, "null or the BM25 part: {'kind': 'bm25', 'params': {...}, 'files': {'bm25/<name>': "
-                "size}, 'checksums': {'bm25/<name>': '<algorithm>:<hex>'}}", None),
+    "lexical": (_lexical, ("null or the BM25 part: {'kind': 'bm25', 'params': {...}, 'files': {'bm25/<name>': "
+                           "size}, 'checksums': {'bm25/<name>': '<algorithm>:<hex>'}}"), None),
 }
 
 

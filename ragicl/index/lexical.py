@@ -58,7 +58,7 @@ def _check_params(k1: Any, b: Any, method: Any, stopwords: Any, lower: Any) -> N
         raise ValueError(f"stopwords must be None, a language name of bm25s ('en', 'english', 'de'...) or a list "
                          f"of words, got {stopwords!r}.")
     if not isinstance(lower, bool):
-        raise ValueError(f"lower must be True or False, got {lower!r}.")
+        raise ValueError(f"lower must be True or False, got {lower!r}.")  # noqa: TRY004 (one error type for every bad parameter)
 
 
 class LexicalIndex:
