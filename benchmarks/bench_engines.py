@@ -25,7 +25,7 @@ the saved ones. ``--slots N`` adds N server processes behind one URL, each reque
 (``tests/_llama_server.Slots``): llama-cpp-python's server decodes one request at a time, so this stands in
 for a server with N parallel slots (llama.cpp's ``llama-server --parallel``, vLLM), using N cores. With ``--best``, "ragicl best" is timed the same way: ``FusionTuner`` (its defaults,
 ``--tune-dev`` dev queries drawn from the training split) is fitted once on ``TransformersLM`` and its choice
-saved (``runs/engines/best-params.json``); that configuration, as a ``FusionClassifier`` on each system's LM,
+saved (``runs/engines/best-params-dev<N>.json``); that configuration, as a ``FusionClassifier`` on each system's LM,
 predicts the same queries (only the prompts of the labels it scores reach the LM). ``--tune-on`` also times the
 tuning itself through the named systems (one fit each, not interleaved) and says whether each chose the same.
 
@@ -290,6 +290,7 @@ def throughput(args) -> None:
     tune_rows = []
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(llama_server())
+        names = dict(SYSTEMS)  # plus "slots" below
         lms = {
             "server1": stack.enter_context(engine("server", server=server, concurrency=1)),
             "server4": stack.enter_context(engine("server", server=server, concurrency=4)),
@@ -301,9 +302,9 @@ def throughput(args) -> None:
 
             more = [stack.enter_context(llama_server()) for _ in range(args.slots - 1)]
             pool = stack.enter_context(Slots([server.url] + [m.url for m in more]))
-            SYSTEMS["slots"] = f"server, {args.slots} slots (1 thread each), {max(4, args.slots)} in flight"
+            names["slots"] = f"server, {args.slots} slots (1 thread each), {max(4, args.slots)} in flight"
             lms["slots"] = stack.enter_context(engine("server", server=pool, concurrency=max(4, args.slots)))
-        clfs = {f"retrieved-8, {SYSTEMS[key]}": ICLClassifier(lm=lm, k=8, device="cpu", show_progress=False).fit(index)
+        clfs = {f"retrieved-8, {names[key]}": ICLClassifier(lm=lm, k=8, device="cpu", show_progress=False).fit(index)
                 for key, lm in lms.items()}
         for name, clf in clfs.items():  # load weights, probe the server, check the prompts (untimed)
             got = [list(p.token_ids) for p in clf.prompts(examples)]
@@ -312,7 +313,7 @@ def throughput(args) -> None:
             lm_tokens[name] = tokens
         if best is not None:
             for key, lm in lms.items():
-                name = f"ragicl best, {SYSTEMS[key]}"
+                name = f"ragicl best, {names[key]}"
                 clf = FusionClassifier(lm, device="cpu", show_progress=False, **best["params"],
                                        prior=best["prior"]).fit(index)
                 plan = clf.plan(examples)
@@ -322,19 +323,19 @@ def throughput(args) -> None:
                 clfs[name] = clf
             for key in (args.tune_on.split(",") if args.tune_on else []):
                 if key == "hf" and best["fresh"]:  # that tuning just ran in this process: its time is the row
-                    tune_rows.append({"tuned through": SYSTEMS[key], "seconds": best["seconds"],
+                    tune_rows.append({"tuned through": names[key], "seconds": best["seconds"],
                                       "LM tokens": best["lm_tokens"], "LM tokens/s": best["lm_tokens"] / best["seconds"],
                                       "same choice as TransformersLM": True, "choice": json.dumps(best["params"])})
                     continue
                 t = time.perf_counter()
                 tuner = FusionTuner(lm=lms[key], dev_size=args.tune_dev, device="cpu", show_progress=False).fit(index)
                 seconds = time.perf_counter() - t
-                tune_rows.append({"tuned through": SYSTEMS[key], "seconds": seconds,
+                tune_rows.append({"tuned through": names[key], "seconds": seconds,
                                   "LM tokens": tuner.result_.lm_tokens,
                                   "LM tokens/s": tuner.result_.lm_tokens / seconds,
                                   "same choice as TransformersLM": json.loads(json.dumps(dict(tuner.result_.params))) == best["params"],
                                   "choice": json.dumps(dict(tuner.result_.params))})
-                print(f"# tuned through {SYSTEMS[key]} in {seconds:.0f} s, load {load_average()}", flush=True)
+                print(f"# tuned through {names[key]} in {seconds:.0f} s, load {load_average()}", flush=True)
         for r in range(args.rounds):
             order = list(clfs) if r % 2 == 0 else list(reversed(clfs))
             for name in order:

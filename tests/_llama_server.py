@@ -192,7 +192,7 @@ class Chaos:
 
 class Slots(Chaos):
     """One ``/v1`` URL over several servers (``targets``), each request forwarded to the one with the fewest
-    requests in flight: a server with ``len(targets)`` parallel slots. ``served[i]`` counts what each got."""
+    requests in flight: a server with ``len(targets)`` parallel slots. ``served[url]`` counts what each got, ``peak`` the most requests in flight at once."""
 
     def __init__(self, targets: list[str]) -> None:
         self.targets = [t.rstrip("/") for t in targets]
